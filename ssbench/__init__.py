@@ -1,0 +1,3 @@
+"""ssbench: a reproducibility benchmark for semi-supervised medical image segmentation."""
+
+__version__ = "0.1.0"

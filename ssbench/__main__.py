@@ -1,0 +1,3 @@
+from ssbench.cli import main
+
+main()

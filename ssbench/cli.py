@@ -1,0 +1,197 @@
+"""The ``ssbench`` command line. Heavy imports (torch, the methods) happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ssbench.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reproducible semi-supervised medical image segmentation benchmarks.")
+data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.")
+app.add_typer(data_app, name="data")
+
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")):
+    _STATE["debug"] = debug
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+@app.command()
+def run(
+    method: str = typer.Option(..., "--method", help="Registered method name (see `ssbench methods`)."),
+    dataset: str = typer.Option("acdc", "--dataset", help="acdc, bhsd, nnunet or a plugin dataset."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder; omit for the embedded phantom."),
+    split: str = typer.Option("10%", "--split", help="Labeled patients: N, P% or all."),
+    split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the labeled draw (non-frozen splits)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (default 1337, the literature's)."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Training iterations (overrides the recipe)."),
+    out: Path = typer.Option(Path("results"), "--out", help="Results root folder."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    sets: List[str] = typer.Option([], "--set", help="Override a config field: section.key=value (repeatable)."),
+    hd_units: Optional[str] = typer.Option(None, "--hd-units", help="mm or voxel (default: mm where spacing is known)."),
+    empty_policy: Optional[str] = typer.Option(None, "--empty-policy", help="worst (default), exclude or legacy-zero."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a completed run with the same config path."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Train and evaluate one method on one labeled split."""
+    from ssbench.engine.run import RunRequest, execute
+
+    extra = []
+    if hd_units is not None:
+        extra.append(f"eval.hd_units={hd_units}")
+    if empty_policy is not None:
+        extra.append(f"eval.empty={empty_policy}")
+    req = RunRequest(method=method, dataset=dataset, data_root=str(data_root) if data_root else None, split=split,
+                     split_seed=split_seed, seed=seed, iters=iters, sets=tuple(extra + list(sets)), out=str(out),
+                     device=device, resume=resume, overwrite=overwrite, quiet=quiet)
+    console = _console()
+    run_dir = execute(req, console)
+    _print_summary(console, run_dir)
+
+
+def _print_summary(console, run_dir: Path, sub: str = "") -> None:
+    from rich.table import Table
+
+    summary = json.loads((run_dir / sub / "summary.json").read_text())
+    units = summary["metric_policy"]["hd_units"]
+    for ckpt, block in summary["checkpoints"].items():
+        table = Table(title=f"test set, {ckpt} checkpoint ({summary['test_cases']} volumes)")
+        for col in ("class", "Dice %", "Jaccard %", f"HD95 ({units})", f"ASD ({units})", "n"):
+            table.add_column(col, justify="right" if col != "class" else "left")
+        rows = list(block["per_class"].items()) + [("mean", {**block["mean"], "n_cases": ""})]
+        for name, m in rows:
+            table.add_row(name, _pct(m["dice"]), _pct(m["jaccard"]), _num(m["hd95"]), _num(m["asd"]),
+                          str(m["n_cases"]))
+        console.print(table)
+    console.print(f"results: {run_dir / sub}")
+
+
+def _pct(v):
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def _num(v):
+    return "—" if v is None else f"{v:.2f}"
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: Path = typer.Argument(..., help="A completed run folder."),
+    hd_units: Optional[str] = typer.Option(None, "--hd-units", help="mm or voxel."),
+    empty_policy: Optional[str] = typer.Option(None, "--empty-policy", help="worst, exclude or legacy-zero."),
+    device: str = typer.Option("auto", "--device"),
+):
+    """Re-evaluate a run's best and final checkpoints on its test set, e.g. under another metric policy."""
+    from ssbench.engine.reeval import reevaluate
+
+    sub = reevaluate(run_dir, hd_units, empty_policy, device)
+    _print_summary(_console(), run_dir, sub)
+
+
+@app.command()
+def split(
+    dataset: str = typer.Option("acdc", "--dataset"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Needed unless the split is frozen (ACDC)."),
+    split: str = typer.Option("10%", "--split"),
+    split_seed: int = typer.Option(0, "--split-seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print the patient sets as JSON."),
+):
+    """Print the patient sets of a split protocol."""
+    from ssbench import registry
+
+    cls = registry.dataset(dataset)
+    if data_root is None and hasattr(cls, "frozen_split"):
+        result = cls.frozen_split(split, split_seed)
+    else:
+        if data_root is None:
+            from ssbench.datasets import synthetic
+
+            data_root = synthetic.embedded(dataset)
+        result = cls(data_root, cls.Options()).split(split, split_seed)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    typer.echo(f"{result.protocol}")
+    for name, ids in result.as_dict().items():
+        typer.echo(f"{name} ({len(ids)}): {' '.join(ids)}")
+
+
+@app.command()
+def methods():
+    """List the registered methods (built-ins and plugins, from the ssbench.methods entry points)."""
+    from ssbench import registry
+
+    for name in registry.names(registry.METHODS_GROUP):
+        cls = registry.method(name)
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        typer.echo(f"{name:16s} {doc[0] if doc else ''}")
+
+
+@app.command()
+def datasets():
+    """List the registered dataset loaders."""
+    from ssbench import registry
+
+    for name in registry.names(registry.DATASETS_GROUP):
+        cls = registry.dataset(name)
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        typer.echo(f"{name:16s} {doc[0] if doc else ''}")
+
+
+@data_app.command("synth")
+def data_synth(
+    dataset: str = typer.Option(..., "--dataset", help="acdc or bhsd"),
+    out: Path = typer.Option(..., "--out", help="Folder to write (must be empty or absent)."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Write a synthetic phantom dataset in the real on-disk format."""
+    from ssbench.datasets import synthetic
+
+    if dataset not in synthetic.WRITERS:
+        raise UserError(f"--dataset {dataset}: phantoms exist for {', '.join(synthetic.WRITERS)}")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out}: folder is not empty")
+    synthetic.WRITERS[dataset](out, seed=seed)
+    typer.echo(f"wrote a synthetic {dataset} dataset to {out}")
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"ssbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("ssbench: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The shared engine: data pipeline, training loop, evaluation and the results folder. Methods never see it."""

@@ -1,0 +1,32 @@
+"""Slice-by-slice prediction at the training size, resized back to native resolution (order 0)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ssbench.engine.data import resize_slice
+
+
+@torch.no_grad()
+def predict_volume(method, image: np.ndarray, size: int, device, batch: int = 16) -> np.ndarray:
+    """(D, H, W) image -> (D, H, W) uint8 label map. Never sees a label."""
+    method.eval()
+    d, h, w = image.shape
+    slices = np.stack([resize_slice(image[z], size) for z in range(d)]).astype(np.float32)
+    out = np.empty((d, h, w), np.uint8)
+    for start in range(0, d, batch):
+        x = torch.from_numpy(slices[start : start + batch]).unsqueeze(1).to(device)
+        pred = method.predict(x).argmax(1).cpu().numpy().astype(np.uint8)
+        for j, p in enumerate(pred):
+            out[start + j] = _resize_back(p, h, w)
+    return out
+
+
+def _resize_back(p: np.ndarray, h: int, w: int) -> np.ndarray:
+    from scipy import ndimage
+
+    s = p.shape[0]
+    if (h, w) == (s, s):
+        return p
+    return ndimage.zoom(p, (h / s, w / s), order=0)

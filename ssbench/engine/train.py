@@ -1,0 +1,128 @@
+"""The training loop: SGD with poly LR, periodic validation and checkpoints, resumable bit for bit on CPU."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ssbench.atomic import torch_save, write_csv
+from ssbench.engine.data import Sampler
+from ssbench.errors import UserError
+from ssbench.methods.api import StepInfo
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def poly_lr(base: float, it: int, total: int, power: float) -> float:
+    return base * (1.0 - it / total) ** power
+
+
+def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, console) -> int:
+    """Train for cfg.train.iters steps; write best.pt, final.pt and train_log.csv; return the best iteration."""
+    from ssbench.engine.run import mean_val_dice
+
+    t = cfg.train
+    ckpt_dir = staging / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=t.lr, momentum=t.momentum,
+                                weight_decay=t.weight_decay)
+    augment = t.augment != "none"
+    samplers = {"labeled": Sampler(pools["labeled"], t.batch_labeled, t.seed, augment)}
+    if "unlabeled" in pools and t.batch_unlabeled > 0:
+        samplers["unlabeled"] = Sampler(pools["unlabeled"], t.batch_unlabeled, t.seed + 1, augment)
+    start, best, log = 0, {"dice": -1.0, "iteration": -1}, []
+    last = ckpt_dir / "last.pt"
+    if resume and last.exists():
+        state = torch.load(last, map_location=device, weights_only=True)
+        if state["config_hash"] != cfg.hash():
+            raise UserError(f"{last}: --resume with a different config (hash {state['config_hash']} vs {cfg.hash()})")
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        for name, s in samplers.items():
+            s.load_state_dict(state["samplers"][name])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        start, best, log = state["iteration"], state["best"], state["log"]
+
+    progress = _Progress(console, t.iters, start)
+    t_start = time.time()
+    val_dice = math.nan
+    for it in range(start, t.iters):
+        method.train()
+        lr = poly_lr(t.lr, it, t.iters, t.poly_power)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        labeled = samplers["labeled"].next(device)
+        unlabeled = samplers["unlabeled"].next(device) if "unlabeled" in samplers else None
+        step = StepInfo(it, t.iters)
+        losses = method.training_step(labeled, unlabeled, step)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"training stopped: non-finite loss {loss.item()} at iteration {it + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        method.after_optimizer_step(step)
+        done = it + 1
+        row = {"iteration": done, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()}}
+        if done % t.val_every == 0 or done == t.iters:
+            val_dice = mean_val_dice(method, val_cases, cfg, device)
+            row["val_dice"] = val_dice
+            if val_dice > best["dice"]:
+                best = {"dice": val_dice, "iteration": done}
+                torch_save(ckpt_dir / "best.pt", _weights(method, done, val_dice, cfg))
+        row["elapsed_s"] = round(time.time() - t_start, 2)
+        log.append(row)
+        if done % t.val_every == 0 or done == t.iters:
+            write_csv(staging / "train_log.csv", pd.DataFrame(log))
+        if done % t.checkpoint_every == 0 and done < t.iters:
+            torch_save(last, {
+                "config_hash": cfg.hash(), "iteration": done, "method": method.state_dict(),
+                "optimizer": optimizer.state_dict(), "samplers": {n: s.state_dict() for n, s in samplers.items()},
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "best": best, "log": log,
+            })
+        progress.update(done, row, val_dice, best)
+    progress.close()
+    torch_save(ckpt_dir / "final.pt", _weights(method, t.iters, val_dice, cfg))
+    return best["iteration"]
+
+
+def _weights(method, iteration: int, val_dice: float, cfg) -> dict:
+    return {"method": method.state_dict(), "iteration": iteration, "val_dice": val_dice, "config_hash": cfg.hash()}
+
+
+class _Progress:
+    """A rich progress bar with iteration, losses, val Dice and ETA; silent without a console."""
+
+    def __init__(self, console, total: int, start: int):
+        self.bar = None
+        if console is None:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(), console=console, transient=False,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=total, completed=start, info="")
+
+    def update(self, done: int, row: dict, val_dice: float, best: dict) -> None:
+        if self.bar is None:
+            return
+        losses = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("loss"))
+        val = "" if math.isnan(val_dice) else f" val_dice={val_dice:.3f} best={best['dice']:.3f}@{best['iteration']}"
+        self.bar.update(self.task, completed=done, info=losses + val)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI prints their message on one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user (an option, a config key, a data file). Exit code 2, no traceback."""
+
+
+class DataError(UserError):
+    """A dataset file is missing, corrupt or inconsistent. The message names the file."""
+
+
+class ConfigError(UserError):
+    """An unknown or ill-typed configuration key or option value."""

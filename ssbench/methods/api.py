@@ -1,0 +1,72 @@
+"""The Method API (version 1): what a segmentation method implements, and nothing of the engine's internals.
+
+A method is a ``torch.nn.Module`` that
+
+* declares ``name``, a ``Config`` dataclass whose defaults are the published recipe, and ``uses_unlabeled``;
+* builds its networks in ``__init__(config, ctx)`` from a :class:`MethodContext`;
+* takes one training step in ``training_step(labeled, unlabeled, step)`` and returns its losses, with the total
+  under ``"loss"`` (the engine calls backward, the optimizer step and the LR schedule);
+* may update non-gradient state (an EMA teacher) in ``after_optimizer_step(step)``;
+* predicts class probabilities for evaluation in ``predict(image)``.
+
+Everything it owns (students, teachers, buffers) is in its ``state_dict``, so checkpoints and ``--resume`` need
+nothing else from it. Batches arrive already weakly augmented (rotation/flip) and resized to ``ctx.image_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Iterable
+
+import torch
+from torch import nn
+
+API_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    in_channels: int  # 1 for the grayscale MR/CT slices of the built-in datasets
+    num_classes: int  # including background
+    image_size: int  # square training resolution
+    total_iters: int  # for methods whose schedules depend on the run length
+    device: torch.device
+
+
+@dataclass
+class Batch:
+    image: torch.Tensor  # (B, C, H, W) float in [0, 1]
+    label: torch.Tensor | None = None  # (B, H, W) int64 class indices; None for unlabeled batches
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    iteration: int  # 0-based index of this step
+    total: int
+
+
+class Method(nn.Module):
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    uses_unlabeled: ClassVar[bool] = False
+    api_version: ClassVar[int] = API_VERSION
+
+    def __init__(self, config, ctx: MethodContext):
+        super().__init__()
+        self.config = config
+        self.ctx = ctx
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        """Parameters the optimizer updates (override to leave out a teacher)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def training_step(self, labeled: Batch, unlabeled: Batch | None, step: StepInfo) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, step: StepInfo) -> None:
+        """Called after each optimizer step (EMA updates go here)."""
+
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> (B, K, H, W) class probabilities."""
+        raise NotImplementedError

@@ -1,0 +1,67 @@
+"""Per-case, per-class evaluation under an explicit, recorded metric policy.
+
+Status of a (case, class) pair:
+  ok              both masks non-empty: medpy semantics
+  missed          the reference has the class, the prediction is empty
+  false_positive  the prediction has the class, the reference does not
+  absent          neither has it: no number (NaN), excluded from every mean and counted instead
+
+Empty-mask policies (``empty``), for ``missed`` and ``false_positive``:
+  worst        Dice = Jaccard = 0; HD95 = ASD = the volume's diagonal (the largest distance possible in it).
+               The default: an empty prediction is never rewarded and every case keeps a finite number.
+  exclude      Dice = Jaccard = 0; HD95 = ASD = NaN, left out of distance means (MONAI's behaviour, which makes a
+               missed structure improve the mean distance: for comparisons only).
+  legacy-zero  everything 0, as the BCP/ABD test scripts do (HD95 = 0 is the best score): for reproducing them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from ssbench.metrics import asd_from, dice, hd95_from, jaccard, surface_distances
+
+STATUSES = ("ok", "missed", "false_positive", "absent")
+
+
+@dataclass(frozen=True)
+class MetricPolicy:
+    empty: Literal["worst", "exclude", "legacy-zero"] = "worst"
+    # 'auto' resolves to mm where the data keep spacing and to voxels where they do not (h5 layout).
+    hd_units: Literal["auto", "mm", "voxel"] = "auto"
+    connectivity: int = 1
+
+
+def evaluate_case(
+    pred: np.ndarray, ref: np.ndarray, class_ids, spacing, policy: MetricPolicy, hd_units: str
+) -> list[dict]:
+    """One row per foreground class: dice, jaccard, hd95, asd and status. ``hd_units`` is 'mm' or 'voxel'."""
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
+    sampling = tuple(spacing) if hd_units == "mm" else (1.0,) * ref.ndim
+    diagonal = float(np.sqrt(sum((n * s) ** 2 for n, s in zip(ref.shape, sampling))))
+    rows = []
+    for c in class_ids:
+        p, r = pred == c, ref == c
+        has_p, has_r = bool(p.any()), bool(r.any())
+        row = {"class_id": int(c)}
+        if has_p and has_r:
+            d = surface_distances(p, r, sampling, policy.connectivity)
+            row.update(status="ok", dice=dice(p, r), jaccard=jaccard(p, r), hd95=hd95_from(d), asd=asd_from(d))
+        elif not has_p and not has_r:
+            row.update(status="absent", dice=np.nan, jaccard=np.nan, hd95=np.nan, asd=np.nan)
+        else:
+            status = "missed" if has_r else "false_positive"
+            if policy.empty == "worst":
+                dist = diagonal
+            elif policy.empty == "exclude":
+                dist = np.nan
+            else:
+                dist = 0.0
+            row.update(status=status, dice=0.0, jaccard=0.0, hd95=dist, asd=dist)
+            if policy.empty == "legacy-zero":
+                row.update(dice=0.0, jaccard=0.0)
+        rows.append(row)
+    return rows

@@ -1,0 +1,146 @@
+"""End-to-end runs on the embedded phantom with a tiny recipe: results layout, numbers traceable to the per-case
+file, validation-only selection, atomic publication and bit-identical --resume on CPU."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from ssbench.engine.run import RunRequest, execute
+from ssbench.errors import UserError
+
+TINY = ("train.val_every=3", "train.checkpoint_every=3", "data.train_size=32", "train.batch_labeled=2",
+        "train.batch_unlabeled=2")
+
+
+def _request(out, **kw):
+    base = dict(method="supervised", split="1", iters=6, sets=TINY, out=str(out), device="cpu", quiet=True)
+    base.update(kw)
+    return RunRequest(**base)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, acdc_phantom):
+    out = tmp_path_factory.mktemp("results")
+    return execute(_request(out))
+
+
+def test_results_folder_is_complete_and_traceable(finished_run):
+    run = finished_run
+    assert run.name == "seed1337" and run.parent.name == "1" and run.parts[-4:-2] == ("acdc-phantom", "supervised")
+    assert not any(p.name.endswith(".incomplete") for p in run.parent.iterdir())
+    names = {p.name for p in run.iterdir()}
+    assert {"config.yaml", "run.json", "split.json", "metrics_per_case.csv", "summary.json", "train_log.csv",
+            "checkpoints"} <= names
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.pt", "final.pt"}
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["versions"]["torch"] and info["wall_time_s"] > 0
+    assert info["warnings"] and "phantom" in info["warnings"][0]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["config_hash"] == info["config_hash"]
+    assert cfg["eval"] == {"empty": "worst", "hd_units": "mm", "connectivity": 1}
+    assert cfg["data"]["synthetic"] is True and cfg["train"]["recipe"] == "cpu-small"
+    split = json.loads((run / "split.json").read_text())
+    assert split["labeled"] == ["patient099"] and len(split["test"]) == 20
+
+    frame = pd.read_csv(run / "metrics_per_case.csv")
+    assert len(frame) == 40 * 3 * 2  # volumes x classes x checkpoints
+    assert set(frame["checkpoint"]) == {"best", "final"}
+    assert set(frame["status"]) <= {"ok", "missed", "false_positive", "absent"}
+    summary = json.loads((run / "summary.json").read_text())
+    for ckpt in ("best", "final"):
+        rows = frame[(frame.checkpoint == ckpt) & (frame.status != "absent")]
+        per_class = rows.groupby("class")["dice"].mean()
+        for cls, value in per_class.items():
+            assert summary["checkpoints"][ckpt]["per_class"][cls]["dice"] == pytest.approx(value)
+        assert summary["checkpoints"][ckpt]["mean"]["dice"] == pytest.approx(per_class.mean())
+    log = pd.read_csv(run / "train_log.csv")
+    assert list(log["iteration"]) == [1, 2, 3, 4, 5, 6]
+    assert log["val_dice"].notna().sum() == 2  # iterations 3 and 6
+    best_iter = summary["selection"]["best_iteration"]
+    assert best_iter == int(log.loc[log["val_dice"].idxmax(), "iteration"])
+
+
+def test_checkpoints_load_with_weights_only(finished_run):
+    import torch
+
+    state = torch.load(finished_run / "checkpoints" / "best.pt", weights_only=True)
+    assert state["config_hash"] == json.loads((finished_run / "run.json").read_text())["config_hash"]
+
+
+def test_existing_run_is_not_overwritten_silently(finished_run, acdc_phantom):
+    out = finished_run.parents[3]
+    with pytest.raises(UserError, match="already there"):
+        execute(_request(out))
+
+
+def test_eval_reevaluates_under_another_policy(finished_run, cli):
+    code, out, err = cli("eval", finished_run, "--hd-units", "voxel", "--empty-policy", "legacy-zero", "--device", "cpu")
+    assert code == 0, err
+    sub = finished_run / "evals" / "legacy-zero-voxel"
+    frame = pd.read_csv(sub / "metrics_per_case.csv")
+    orig = pd.read_csv(finished_run / "metrics_per_case.csv")
+    assert (frame["hd_units"] == "voxel").all() and (frame["empty_policy"] == "legacy-zero").all()
+    np.testing.assert_allclose(frame["dice"].fillna(-1), orig["dice"].fillna(-1))  # same predictions
+    missed = frame["status"].isin(["missed", "false_positive"])
+    assert (frame.loc[missed, "hd95"] == 0).all()
+
+
+def test_test_set_is_read_for_metrics_only_after_training(tmp_path, acdc_phantom, monkeypatch):
+    """Test volumes are validated before training (so bad files stop the run early), but model selection sees
+    only val cases and the test set is predicted once, after training, for the two checkpoints."""
+    from ssbench.datasets.acdc import ACDC
+    from ssbench.engine import run as run_mod
+
+    test_ids = set(ACDC.frozen_split("1").test)
+    events = []
+    original_select, original_eval = run_mod.mean_val_dice, run_mod.evaluate_cases
+
+    def spy_select(method, cases, cfg, device):
+        assert not {c.patient_id for c in cases} & test_ids
+        events.append("select")
+        return original_select(method, cases, cfg, device)
+
+    def spy_eval(method, cases, dataset, cfg, device, checkpoint):
+        assert {c.patient_id for c in cases} == test_ids
+        events.append(f"test-{checkpoint}")
+        return original_eval(method, cases, dataset, cfg, device, checkpoint)
+
+    monkeypatch.setattr(run_mod, "mean_val_dice", spy_select)
+    monkeypatch.setattr(run_mod, "evaluate_cases", spy_eval)
+    execute(_request(tmp_path))
+    assert events == ["select", "select", "test-best", "test-final"]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_run_leaves_nothing_complete_and_resume_matches(tmp_path, acdc_phantom, monkeypatch):
+    from ssbench.methods.supervised import Supervised
+
+    clean = execute(_request(tmp_path / "clean"))
+    original = Supervised.training_step
+
+    def dies_at_5(self, labeled, unlabeled, step):
+        if step.iteration == 4:
+            raise _Killed()
+        return original(self, labeled, unlabeled, step)
+
+    monkeypatch.setattr(Supervised, "training_step", dies_at_5)
+    with pytest.raises(_Killed):
+        execute(_request(tmp_path / "resumed"))
+    parent = tmp_path / "resumed" / "acdc-phantom" / "supervised" / "1"
+    assert [p.name for p in parent.iterdir()] == [".seed1337.incomplete"]
+    staging = parent / ".seed1337.incomplete"
+    assert not (staging / "summary.json").exists()
+    assert json.loads((staging / "run.json").read_text())["status"] == "running"
+    monkeypatch.setattr(Supervised, "training_step", original)
+    resumed = execute(_request(tmp_path / "resumed", resume=True))
+    a = pd.read_csv(clean / "metrics_per_case.csv")
+    b = pd.read_csv(resumed / "metrics_per_case.csv")
+    pd.testing.assert_frame_equal(a, b)
+    la, lb = pd.read_csv(clean / "train_log.csv"), pd.read_csv(resumed / "train_log.csv")
+    np.testing.assert_array_equal(la["loss"].to_numpy(), lb["loss"].to_numpy())

@@ -1,0 +1,140 @@
+"""ssbench.metrics against medpy 0.5 (the literature's code) on random and edge-case masks."""
+
+import numpy as np
+import pytest
+from medpy.metric import binary as mb
+
+from ssbench import metrics as M
+from ssbench.metrics.evaluation import MetricPolicy, evaluate_case
+
+TOL = 1e-9
+
+
+def _check(a, b, spacing):
+    assert abs(M.hd95(a, b, spacing) - mb.hd95(a, b, spacing)) <= TOL
+    assert abs(M.asd(a, b, spacing) - mb.asd(a, b, spacing)) <= TOL
+    assert abs(M.asd(b, a, spacing) - mb.asd(b, a, spacing)) <= TOL
+    assert abs(M.assd(a, b, spacing) - mb.assd(a, b, spacing)) <= TOL
+    assert abs(M.dice(a, b) - mb.dc(a, b)) <= TOL
+    assert abs(M.jaccard(a, b) - mb.jc(a, b)) <= TOL
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_masks_match_medpy(seed):
+    rng = np.random.default_rng(seed)
+    checked = 0
+    while checked < 25:
+        nd = int(rng.integers(2, 4))
+        shape = tuple(int(s) for s in rng.integers(3, 24, size=nd))
+        a = rng.random(shape) < rng.uniform(0.02, 0.6)
+        b = rng.random(shape) < rng.uniform(0.02, 0.6)
+        if not a.any() or not b.any():
+            continue
+        spacing = tuple(rng.uniform(0.3, 10.0, size=nd))
+        _check(a, b, None)
+        _check(a, b, spacing)
+        checked += 1
+
+
+def _ball(shape, center, radius, spacing=(1, 1, 1)):
+    grid = np.indices(shape).astype(float)
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, center, spacing))
+    return d2 <= radius**2
+
+
+@pytest.mark.parametrize("spacing", [None, (10.0, 1.5, 1.5), (2.5, 0.49, 0.49)])
+def test_edge_cases_match_medpy(spacing):
+    shape = (12, 40, 36)
+    single = np.zeros(shape, bool)
+    single[5, 20, 20] = True
+    other_single = np.zeros(shape, bool)
+    other_single[7, 3, 30] = True
+    border = np.zeros(shape, bool)
+    border[:, :6, :] = True  # touches three array faces
+    corner = np.zeros(shape, bool)
+    corner[-3:, -5:, -5:] = True
+    outer = _ball(shape, (6, 20, 18), 9)
+    inner = _ball(shape, (6, 20, 18), 4)  # nested
+    far = _ball(shape, (6, 5, 30), 3)  # disjoint
+    ring = outer & ~inner
+    full = np.ones(shape, bool)
+    pairs = [(single, other_single), (single, outer), (border, outer), (corner, border), (outer, inner),
+             (inner, far), (ring, inner), (full, single), (full, border), (outer | far, inner)]
+    for a, b in pairs:
+        _check(a, b, spacing)
+        _check(b, a, spacing)
+
+
+def test_2d_and_identical_masks():
+    a = np.zeros((30, 30), bool)
+    a[5:20, 8:25] = True
+    _check(a, a, (0.7, 1.3))
+    assert M.hd95(a, a) == 0.0
+    assert M.dice(a, a) == 1.0
+
+
+def test_empty_masks_raise_instead_of_guessing():
+    a = np.zeros((5, 5), bool)
+    b = a.copy()
+    b[2, 2] = True
+    with pytest.raises(ValueError):
+        M.hd95(a, b)
+    with pytest.raises(ValueError):
+        M.dice(a, a)
+
+
+def test_empty_policies_never_reward_by_default():
+    ref = np.zeros((4, 10, 10), np.uint8)
+    ref[1:3, 2:6, 2:6] = 1
+    ref[1:3, 6:9, 6:9] = 2
+    pred = np.zeros_like(ref)
+    pred[1:3, 2:6, 2:6] = 1  # class 1 perfect, class 2 missed, class 3 absent in both
+    spacing = (5.0, 1.0, 1.0)
+    rows = {r["class_id"]: r for r in evaluate_case(pred, ref, [1, 2, 3], spacing, MetricPolicy(), "mm")}
+    assert rows[1]["status"] == "ok" and rows[1]["dice"] == 1.0 and rows[1]["hd95"] == 0.0
+    diag = np.sqrt((4 * 5.0) ** 2 + 10**2 + 10**2)
+    assert rows[2]["status"] == "missed" and rows[2]["dice"] == 0.0 and rows[2]["hd95"] == pytest.approx(diag)
+    assert rows[3]["status"] == "absent" and np.isnan(rows[3]["dice"])
+    # a false positive is penalised like a miss
+    fp = pred.copy()
+    fp[0, 0, 0] = 3
+    row3 = evaluate_case(fp, ref, [3], spacing, MetricPolicy(), "mm")[0]
+    assert row3["status"] == "false_positive" and row3["hd95"] == pytest.approx(diag)
+    # the legacy policy reproduces BCP's zero, and says so by name
+    legacy = evaluate_case(pred, ref, [2], spacing, MetricPolicy(empty="legacy-zero"), "mm")[0]
+    assert legacy["hd95"] == 0.0 and legacy["dice"] == 0.0
+    excl = evaluate_case(pred, ref, [2], spacing, MetricPolicy(empty="exclude"), "mm")[0]
+    assert np.isnan(excl["hd95"]) and excl["dice"] == 0.0
+
+
+def test_voxel_units_ignore_spacing():
+    ref = np.zeros((6, 20, 20), np.uint8)
+    ref[2:4, 5:10, 5:10] = 1
+    pred = np.zeros_like(ref)
+    pred[2:5, 6:12, 5:10] = 1
+    mm = evaluate_case(pred, ref, [1], (8.0, 1.5, 1.5), MetricPolicy(), "mm")[0]
+    vox = evaluate_case(pred, ref, [1], None, MetricPolicy(), "voxel")[0]
+    assert vox["hd95"] == pytest.approx(mb.hd95(pred == 1, ref == 1))
+    assert mm["hd95"] == pytest.approx(mb.hd95(pred == 1, ref == 1, (8.0, 1.5, 1.5)))
+    assert mm["hd95"] != vox["hd95"]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_compact_reference_with_stray_predictions_matches_medpy(seed):
+    """Exercises both internal paths: the distance transform around the reference with k-d trees for stray
+    false positives outside it, and k-d trees alone for small surfaces in a large box."""
+    rng = np.random.default_rng(100 + seed)
+    shape = (int(rng.integers(6, 20)), int(rng.integers(30, 90)), int(rng.integers(30, 90)))
+    center = [rng.uniform(2, s - 2) for s in shape]
+    ref = _ball(shape, center, rng.uniform(2, 8), spacing=(3, 1, 1))
+    if seed % 2:  # a second, far-away reference structure makes a large box with sparse surfaces
+        ref |= _ball(shape, [rng.uniform(0, s) for s in shape], 2.5, spacing=(3, 1, 1))
+    shift = rng.integers(-2, 3, size=3)
+    pred = np.roll(ref, tuple(shift), axis=(0, 1, 2))
+    pred |= rng.random(shape) < 3e-4  # stray voxels anywhere, the array border included
+    pred[0, 0, 0] = bool(seed % 3)
+    if not ref.any() or not pred.any():
+        pytest.skip("empty draw")
+    spacing = (float(rng.uniform(2, 10)), float(rng.uniform(0.4, 1.7)), float(rng.uniform(0.4, 1.7)))
+    _check(pred, ref, spacing)
+    _check(pred, ref, None)
