@@ -138,7 +138,7 @@ def methods():
 
     for name in registry.names(registry.METHODS_GROUP):
         cls = registry.method(name)
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        doc = (cls.__dict__.get("__doc__") or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
         typer.echo(f"{name:16s} {doc[0] if doc else ''}")
 
 

@@ -84,6 +84,8 @@ def build_config(req: RunRequest):
         cfg = cfg.override("data.split_seed", str(req.split_seed))
     if req.iters is not None:
         cfg = cfg.override("train.iters", str(req.iters))
+    if cfg.train.recipe == "cpu-small":  # scale the method's absolute schedules to the short run; --set still wins
+        cfg = dataclasses.replace(cfg, method_config=method_cls.short_recipe(cfg.method_config, cfg.train.iters))
     for item in req.sets:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
@@ -110,7 +112,10 @@ def dataset_tag(cfg: RunConfig) -> str:
 
 
 def run_dir_for(cfg: RunConfig, out: str) -> Path:
-    return Path(out) / dataset_tag(cfg) / cfg.method_name / split_tag(cfg.data.split) / f"seed{cfg.train.seed}"
+    seed = f"seed{cfg.train.seed}"
+    if cfg.train.selection != "val":  # a leaky protocol never shares a folder name with an honest run
+        seed += "-" + cfg.train.selection.replace("+", "")
+    return Path(out) / dataset_tag(cfg) / cfg.method_name / split_tag(cfg.data.split) / seed
 
 
 def resolve_hd_units(cfg: RunConfig, dataset) -> RunConfig:
@@ -210,6 +215,11 @@ def execute(req: RunRequest, console=None) -> Path:
         "start": started,
         **provenance(),
     }
+    if cfg.train.selection != "val":
+        run_info["warnings"].append(
+            "LEGACY selection on val+test (UniMatch's own protocol): the test set chose the checkpoint, so the "
+            "best-checkpoint numbers are optimistic; compare only with runs that used the same protocol"
+        )
     if cfg.data.synthetic:
         run_info["warnings"].append(
             "embedded synthetic phantom data: numbers are a smoke test of the pipeline, not ACDC/BHSD results"
@@ -227,10 +237,14 @@ def execute(req: RunRequest, console=None) -> Path:
         if not unlabeled:
             raise UserError(f"--split {cfg.data.split}: method {cfg.method_name} needs unlabeled patients, none left")
         pools["unlabeled"] = SlicePool.from_cases(unlabeled, size, False)
+    selection_cases = val
+    if cfg.train.selection == "legacy-val+test":
+        selection_cases = val + load_cases(dataset, split.test, True)
 
     from ssbench.engine.train import train
 
-    best_iter = train(cfg, method, pools, val, staging, device, req.resume, console if not req.quiet else None)
+    best_iter = train(cfg, method, pools, selection_cases, staging, device, req.resume,
+                      console if not req.quiet else None)
 
     # The test set, once, for the best-val and the final checkpoint.
     test = load_cases(dataset, split.test, True)
@@ -244,7 +258,7 @@ def execute(req: RunRequest, console=None) -> Path:
     summary = {
         "config_hash": cfg.hash(),
         "metric_policy": dataclasses.asdict(cfg.eval),
-        "selection": {"set": "val", "metric": "mean foreground Dice", "best_iteration": best_iter},
+        "selection": {"set": cfg.train.selection, "metric": "mean foreground Dice", "best_iteration": best_iter},
         "test_cases": int(frame["case_id"].nunique()),
         "checkpoints": summarize(frame),
     }

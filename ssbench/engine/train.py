@@ -35,7 +35,8 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
     augment = t.augment != "none"
     samplers = {"labeled": Sampler(pools["labeled"], t.batch_labeled, t.seed, augment)}
     if "unlabeled" in pools and t.batch_unlabeled > 0:
-        samplers["unlabeled"] = Sampler(pools["unlabeled"], t.batch_unlabeled, t.seed + 1, augment)
+        per_step = t.batch_unlabeled * type(method).unlabeled_batch_multiplier
+        samplers["unlabeled"] = Sampler(pools["unlabeled"], per_step, t.seed + 1, augment)
     start, best, log = 0, {"dice": -1.0, "iteration": -1}, []
     last = ckpt_dir / "last.pt"
     if resume and last.exists():

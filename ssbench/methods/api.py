@@ -49,7 +49,15 @@ class Method(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type]
     uses_unlabeled: ClassVar[bool] = False
+    # Unlabeled images per step = train.batch_unlabeled x this (UniMatch draws a second batch as CutMix sources).
+    unlabeled_batch_multiplier: ClassVar[int] = 1
     api_version: ClassVar[int] = API_VERSION
+
+    @classmethod
+    def short_recipe(cls, config, iters: int, published_iters: int = 30000):
+        """Config for a run much shorter than the published one (the embedded CPU default). Methods whose
+        schedules are in absolute iterations scale them here; the result is what the run's config records."""
+        return config
 
     def __init__(self, config, ctx: MethodContext):
         super().__init__()

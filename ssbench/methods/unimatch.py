@@ -1,0 +1,120 @@
+"""UniMatch (Yang et al., CVPR 2023), medical branch: weak-to-strong consistency with two strong views (colour
+jitter, blur, CutMix) and a feature-perturbed weak view decoded in the same pass. ``fixmatch`` is its special case
+with one strong view and no feature perturbation, registered as a method of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
+from ssbench.methods.losses import ce_dice_loss, dice_loss
+from ssbench.methods.strong import cutmix_box, strong_view
+from ssbench.methods.unet import UNet
+
+
+@dataclass(frozen=True)
+class UniMatchConfig:
+    conf_thresh: float = 0.95  # pixels whose weak confidence is below are ignored
+    strong_views: int = 2
+    feature_perturbation: bool = True  # Dropout2d on every encoder level, decoded with the clean features
+    fp_dropout: float = 0.5
+    weight_s: float = 0.25  # loss = (x + w_s * (s1 + s2) + w_fp * fp) / 2
+    weight_fp: float = 0.5
+    cutmix_p: float = 0.5
+
+
+@dataclass(frozen=True)
+class FixMatchConfig(UniMatchConfig):
+    strong_views: int = 1
+    feature_perturbation: bool = False
+    weight_s: float = 1.0  # loss = (x + s) / 2
+    weight_fp: float = 0.0
+
+
+def mix_pseudo_labels(label, conf, mix_label, mix_conf, box):
+    """Inside each sample's CutMix box the source image's pseudo-label and confidence apply.
+
+    label, conf: (B, H, W); box: (B, H, W) bool."""
+    return torch.where(box, mix_label, label), torch.where(box, mix_conf, conf)
+
+
+def unlabeled_dice(logits: torch.Tensor, pseudo: torch.Tensor, conf: torch.Tensor, thresh: float) -> torch.Tensor:
+    """Dice over all classes on the pixels whose pseudo-label confidence reaches ``thresh``."""
+    return dice_loss(logits.softmax(1), pseudo, ignore=conf < thresh)
+
+
+class UniMatch(Method):
+    name = "unimatch"
+    Config = UniMatchConfig
+    uses_unlabeled = True
+    unlabeled_batch_multiplier = 2  # the second half are the CutMix sources
+
+    def __init__(self, config: UniMatchConfig, ctx: MethodContext):
+        super().__init__(config, ctx)
+        self.net = UNet(ctx.in_channels, ctx.num_classes)
+        self.fp_drop = nn.Dropout2d(config.fp_dropout)
+
+    def training_step(self, labeled: Batch, unlabeled: Batch | None, step: StepInfo) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        u_w, u_mix = unlabeled.image.chunk(2)
+        b, _, h, w = u_w.shape
+        n_lab = labeled.image.shape[0]
+
+        with torch.no_grad():  # pseudo-labels of the CutMix sources, model in eval mode as in the original
+            self.net.eval()
+            mix_probs = self.net(u_mix).softmax(1)
+            mix_conf, mix_label = mix_probs.max(1)
+            self.net.train()
+
+        strong, boxes = [], []
+        for _ in range(cfg.strong_views):
+            s = strong_view(u_w)
+            s_mix = strong_view(u_mix)
+            box = torch.stack([cutmix_box(h, p=cfg.cutmix_p) for _ in range(b)]).to(u_w.device)
+            strong.append(torch.where(box.unsqueeze(1), s_mix, s))
+            boxes.append(box)
+
+        feats = self.net.encode(torch.cat([labeled.image, u_w]))
+        if cfg.feature_perturbation:
+            both = self.net.decode([torch.cat([f, self.fp_drop(f)]) for f in feats])
+            logits, logits_fp = both.chunk(2)
+            logits_u_fp = logits_fp[n_lab:]
+        else:
+            logits = self.net.decode(feats)
+        logits_x, logits_u_w = logits[:n_lab], logits[n_lab:]
+        logits_s = self.net(torch.cat(strong)).chunk(cfg.strong_views)
+
+        with torch.no_grad():
+            conf, pseudo = logits_u_w.detach().softmax(1).max(1)
+
+        loss_x = ce_dice_loss(logits_x, labeled.label)
+        out = {"loss_x": loss_x.detach()}
+        total = loss_x
+        for i, (logit_s, box) in enumerate(zip(logits_s, boxes), start=1):
+            p_mix, c_mix = mix_pseudo_labels(pseudo, conf, mix_label, mix_conf, box)
+            loss_s = unlabeled_dice(logit_s, p_mix, c_mix, cfg.conf_thresh)
+            total = total + cfg.weight_s * loss_s
+            out[f"loss_s{i}"] = loss_s.detach()
+        if cfg.feature_perturbation:
+            loss_fp = unlabeled_dice(logits_u_fp, pseudo, conf, cfg.conf_thresh)
+            total = total + cfg.weight_fp * loss_fp
+            out["loss_fp"] = loss_fp.detach()
+        out["loss"] = total / 2.0
+        out["conf_ratio"] = (conf >= cfg.conf_thresh).float().mean()
+        return out
+
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image).softmax(1)
+
+
+class FixMatch(UniMatch):
+    """FixMatch: one strong view (colour jitter, blur, CutMix), no feature perturbation, loss (x + s) / 2."""
+
+    name = "fixmatch"
+    Config = FixMatchConfig
