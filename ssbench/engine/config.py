@@ -34,6 +34,7 @@ class TrainConfig:
     iters: int = 30000
     batch_labeled: int = 12
     batch_unlabeled: int = 12
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD with momentum: the UNet recipes; AdamW: SAM-2 fine-tuning
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4

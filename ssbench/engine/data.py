@@ -48,6 +48,13 @@ class SlicePool:
     def __len__(self) -> int:
         return len(self.images)
 
+    def volumes(self) -> dict[str, np.ndarray]:
+        """case id -> (D, S, S) view of all its slices, in slice order."""
+        index: dict[str, list[int]] = {}
+        for i, (case_id, _) in enumerate(self.origin):
+            index.setdefault(case_id, []).append(i)
+        return {cid: self.images[idx] for cid, idx in index.items()}
+
 
 class Sampler:
     """Shuffled epochs over a pool, weakly augmented batches; ``state_dict`` captures everything random."""
@@ -69,9 +76,10 @@ class Sampler:
         return i
 
     def next(self, device) -> Batch:
-        images, labels = [], []
+        images, labels, picked = [], [], []
         for _ in range(self.batch_size):
             i = self._next_index()
+            picked.append(i)
             image = self.pool.images[i]
             label = self.pool.labels[i] if self.pool.labels is not None else None
             if self.augment_weak:
@@ -82,7 +90,8 @@ class Sampler:
         label_t = None
         if self.pool.labels is not None:
             label_t = torch.from_numpy(np.stack(labels).astype(np.int64)).to(device)
-        return Batch(image_t, label_t)
+        return Batch(image_t, label_t, [self.pool.origin[i][0] for i in picked],
+                     [self.pool.origin[i][1] for i in picked])
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "order": torch.from_numpy(self.order.copy()), "pos": self.pos}

@@ -15,11 +15,10 @@ def predict_volume(method, image: np.ndarray, size: int, device, batch: int = 16
     d, h, w = image.shape
     slices = np.stack([resize_slice(image[z], size) for z in range(d)]).astype(np.float32)
     out = np.empty((d, h, w), np.uint8)
-    for start in range(0, d, batch):
-        x = torch.from_numpy(slices[start : start + batch]).unsqueeze(1).to(device)
-        pred = method.predict(x).argmax(1).cpu().numpy().astype(np.uint8)
-        for j, p in enumerate(pred):
-            out[start + j] = _resize_back(p, h, w)
+    x = torch.from_numpy(slices).unsqueeze(1).to(device)
+    pred = method.predict_volume(x, batch).argmax(1).cpu().numpy().astype(np.uint8)
+    for z, p in enumerate(pred):
+        out[z] = _resize_back(p, h, w)
     return out
 
 

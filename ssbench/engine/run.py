@@ -25,6 +25,7 @@ import pandas as pd
 
 from ssbench import registry
 from ssbench.atomic import torch_save, write_csv, write_json, write_yaml
+from ssbench.config import from_dict, to_dict
 from ssbench.engine.config import CPU_SMALL, CPU_SMALL_TRAIN_SIZE, DataConfig, RunConfig, TrainConfig
 from ssbench.engine.results import summarize
 from ssbench.errors import ConfigError, UserError
@@ -77,6 +78,9 @@ def build_config(req: RunRequest):
     if is_synthetic:
         train = dataclasses.replace(train, recipe="cpu-small", **CPU_SMALL)
         data = dataclasses.replace(data, train_size=CPU_SMALL_TRAIN_SIZE)
+    overrides = method_cls.recipe_overrides(train.recipe)
+    if overrides:
+        train = from_dict(TrainConfig, {**to_dict(train), **overrides}, "train")
     cfg = RunConfig(data, train, MetricPolicy(), dataset_cls.Options(), method_cls.Config(), method_cls.name)
     if req.seed is not None:
         cfg = cfg.override("train.seed", str(req.seed))
@@ -229,14 +233,20 @@ def execute(req: RunRequest, console=None) -> Path:
     write_json(staging / "run.json", run_info)
 
     torch.manual_seed(cfg.train.seed)
-    ctx = MethodContext(1, dataset.num_classes, cfg.data.train_size, cfg.train.iters, device)
+    ctx = MethodContext(1, dataset.num_classes, cfg.data.train_size, cfg.train.iters, device, cfg.data.synthetic)
     method = method_cls(cfg.method_config, ctx).to(device)
+    if method.warnings:
+        run_info["warnings"] += method.warnings
+        write_json(staging / "run.json", run_info)
+        for w in method.warnings:
+            say(f"[bold red]WARNING[/]: {w}")
     size = cfg.data.train_size
     pools = {"labeled": SlicePool.from_cases(labeled, size, True)}
     if method_cls.uses_unlabeled:
         if not unlabeled:
             raise UserError(f"--split {cfg.data.split}: method {cfg.method_name} needs unlabeled patients, none left")
         pools["unlabeled"] = SlicePool.from_cases(unlabeled, size, False)
+        method.attach_unlabeled_volumes(pools["unlabeled"].volumes())
     selection_cases = val
     if cfg.train.selection == "legacy-val+test":
         selection_cases = val + load_cases(dataset, split.test, True)

@@ -30,9 +30,12 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
     t = cfg.train
     ckpt_dir = staging / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
-    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=t.lr, momentum=t.momentum,
-                                weight_decay=t.weight_decay)
-    augment = t.augment != "none"
+    if t.optimizer == "sgd":
+        optimizer = torch.optim.SGD(method.trainable_parameters(), lr=t.lr, momentum=t.momentum,
+                                    weight_decay=t.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    augment = t.augment != "none" and type(method).engine_weak_augmentation
     samplers = {"labeled": Sampler(pools["labeled"], t.batch_labeled, t.seed, augment)}
     if "unlabeled" in pools and t.batch_unlabeled > 0:
         per_step = t.batch_unlabeled * type(method).unlabeled_batch_multiplier

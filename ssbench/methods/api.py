@@ -7,10 +7,14 @@ A method is a ``torch.nn.Module`` that
 * takes one training step in ``training_step(labeled, unlabeled, step)`` and returns its losses, with the total
   under ``"loss"`` (the engine calls backward, the optimizer step and the LR schedule);
 * may update non-gradient state (an EMA teacher) in ``after_optimizer_step(step)``;
-* predicts class probabilities for evaluation in ``predict(image)``.
+* predicts class probabilities for evaluation in ``predict(image)`` (slices) or ``predict_volume(slices)`` (all
+  slices of one volume at once, for methods whose prompts come from the whole volume).
 
 Everything it owns (students, teachers, buffers) is in its ``state_dict``, so checkpoints and ``--resume`` need
-nothing else from it. Batches arrive already weakly augmented (rotation/flip) and resized to ``ctx.image_size``.
+nothing else from it. Batches arrive resized to ``ctx.image_size`` and, unless the method sets
+``engine_weak_augmentation = False`` to augment itself, weakly augmented (the literature's rotation/flip).
+Methods that need whole unlabeled volumes (SSS's slice-window prompts) get them once through
+``attach_unlabeled_volumes``; each batch names the case and slice of every image.
 """
 
 from __future__ import annotations
@@ -31,12 +35,15 @@ class MethodContext:
     image_size: int  # square training resolution
     total_iters: int  # for methods whose schedules depend on the run length
     device: torch.device
+    synthetic_data: bool = False  # the embedded phantom (methods may relax requirements, loudly)
 
 
 @dataclass
 class Batch:
     image: torch.Tensor  # (B, C, H, W) float in [0, 1]
     label: torch.Tensor | None = None  # (B, H, W) int64 class indices; None for unlabeled batches
+    case_ids: list[str] | None = None  # the volume of each image
+    slice_indices: list[int] | None = None  # its slice index in that volume
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,15 @@ class Method(nn.Module):
     uses_unlabeled: ClassVar[bool] = False
     # Unlabeled images per step = train.batch_unlabeled x this (UniMatch draws a second batch as CutMix sources).
     unlabeled_batch_multiplier: ClassVar[int] = 1
+    # False: the engine hands over un-augmented slices and the method applies its own weak augmentation.
+    engine_weak_augmentation: ClassVar[bool] = True
     api_version: ClassVar[int] = API_VERSION
+
+    @classmethod
+    def recipe_overrides(cls, recipe: str) -> dict:
+        """Training-recipe fields (``train.*``) this method changes for ``recipe`` ('published' or 'cpu-small'),
+        e.g. another batch size or optimizer. Applied before the command line, which still wins."""
+        return {}
 
     @classmethod
     def short_recipe(cls, config, iters: int, published_iters: int = 30000):
@@ -63,6 +78,10 @@ class Method(nn.Module):
         super().__init__()
         self.config = config
         self.ctx = ctx
+        self.warnings: list[str] = []  # recorded in run.json (e.g. random initialisation)
+
+    def attach_unlabeled_volumes(self, volumes: dict) -> None:
+        """case id -> (D, S, S) float32 array of all slices of that unlabeled volume, at the training size."""
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters the optimizer updates (override to leave out a teacher)."""
@@ -78,3 +97,8 @@ class Method(nn.Module):
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> (B, K, H, W) class probabilities."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def predict_volume(self, slices: torch.Tensor, batch: int = 16) -> torch.Tensor:
+        """(D, C, H, W) all slices of one volume -> (D, K, H, W) class probabilities. Never sees a label."""
+        return torch.cat([self.predict(slices[i : i + batch]) for i in range(0, len(slices), batch)])

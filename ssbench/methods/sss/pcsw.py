@@ -1,0 +1,74 @@
+"""PCSW: Physical-Constraint Sliding-Window prompt generation (SSS, Zhu et al. 2025), on a volume's slice stack.
+
+For one foreground class of one volume, from the current model's per-slice foreground probabilities:
+  1. B = probability > 0.5, a stack of S slices;
+  2. window lengths N from the middle of [max(2, S//3), max(3, S//2)] upward, each slid with stride 1;
+  3. continuity C = voxels of the window's largest 3-D connected component / all its foreground voxels;
+  4. the first window with C >= 0.8 wins: its slice where that component has the largest area gives the box
+     [x_min, y_min, x_max, y_max] of the component there and the box's centre point;
+  5. otherwise the slice with the largest raw foreground area gives the box over its foreground and a point at
+     its centroid; an all-empty stack gives the whole-image box and the image centre.
+Connectivity is explicit: 6 (SciPy's default, what the released code uses) or 26 (what its comment says).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class Prompt:
+    box: tuple[float, float, float, float]  # x_min, y_min, x_max, y_max in pixels
+    point: tuple[float, float]  # x, y
+    source: Literal["window", "largest-slice", "empty"]
+    slice_index: int  # the slice the prompt was read from (-1 when empty)
+    window: tuple[int, int] | None = None  # [start, stop) of the winning window
+
+
+def window_lengths(num_slices: int) -> list[int]:
+    lo, hi = max(2, num_slices // 3), max(3, num_slices // 2)
+    start = (lo + hi) // 2
+    return [n for n in range(start, hi + 1) if n <= num_slices]
+
+
+def continuity(window: np.ndarray, structure: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """(largest 3-D component voxels / all foreground voxels, that component's mask); (0, None) if empty."""
+    total = int(window.sum())
+    if total == 0:
+        return 0.0, None
+    labels, n = ndimage.label(window, structure=structure)
+    sizes = np.bincount(labels.ravel())[1:]
+    biggest = int(np.argmax(sizes)) + 1
+    return float(sizes[biggest - 1]) / total, labels == biggest
+
+
+def _box(mask2d: np.ndarray) -> tuple[float, float, float, float]:
+    ys, xs = np.nonzero(mask2d)
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+
+
+def pcsw(probs: np.ndarray, threshold: float = 0.8, connectivity: Literal[6, 26] = 6,
+         prob_threshold: float = 0.5) -> Prompt:
+    """``probs``: (S, H, W) foreground probabilities of one class over a volume's slices."""
+    binary = np.asarray(probs) > prob_threshold
+    s, h, w = binary.shape
+    structure = ndimage.generate_binary_structure(3, 1 if connectivity == 6 else 3)
+    for n in window_lengths(s):
+        for start in range(0, s - n + 1):
+            c, component = continuity(binary[start : start + n], structure)
+            if component is not None and c >= threshold:
+                areas = component.sum(axis=(1, 2))
+                k = int(np.argmax(areas))
+                box = _box(component[k])
+                centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+                return Prompt(box, centre, "window", start + k, (start, start + n))
+    areas = binary.sum(axis=(1, 2))
+    if areas.max() > 0:
+        k = int(np.argmax(areas))
+        ys, xs = np.nonzero(binary[k])
+        return Prompt(_box(binary[k]), (float(xs.mean()), float(ys.mean())), "largest-slice", k)
+    return Prompt((0.0, 0.0, float(w - 1), float(h - 1)), ((w - 1) / 2, (h - 1) / 2), "empty", -1)
