@@ -1,0 +1,107 @@
+"""Time training steps of the registered methods on random batches: iterations per second and peak memory.
+
+    python benchmarks/step_timing.py --methods supervised mean-teacher unimatch --size 256 --batch 12 [--device cuda]
+    python benchmarks/step_timing.py --methods sss --size 1024 --batch 4 --set model=sam2_hiera_s --amp bf16
+
+Runs the method's own ``training_step`` plus backward and optimizer step (as the engine does), after warm-up steps.
+On CUDA, peak memory is torch.cuda.max_memory_allocated; on CPU, the process's peak resident set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+from ssbench import registry
+from ssbench.config import apply_override
+from ssbench.methods.api import Batch, MethodContext, StepInfo
+
+
+def make_method(name: str, size: int, device, sets: list[str], num_classes: int = 4):
+    cls = registry.method(name)
+    cfg = cls.Config()
+    for item in sets:
+        key, _, value = item.partition("=")
+        cfg = apply_override(cfg, key, value)
+    ctx = MethodContext(1, num_classes, size, 30000, device, synthetic_data=True)
+    method = cls(cfg, ctx).to(device)
+    if cls.uses_unlabeled:
+        rng = np.random.default_rng(0)
+        method.attach_unlabeled_volumes({f"v{i}": rng.random((8, size, size), dtype=np.float32) for i in range(64)})
+    return method
+
+
+def batches(size, batch, mult, device, num_classes=4):
+    label = torch.zeros(batch, size, size, dtype=torch.long, device=device)
+    q = size // 8
+    label[:, 2 * q : 5 * q, 2 * q : 4 * q] = 1
+    label[:, 3 * q : 6 * q, 4 * q : 6 * q] = min(3, num_classes - 1)
+    lab = Batch(torch.rand(batch, 1, size, size, device=device), label)
+    n = batch * mult
+    unl = Batch(torch.rand(n, 1, size, size, device=device), None, [f"v{i % 64}" for i in range(n)],
+                [i % 8 for i in range(n)])
+    return lab, unl
+
+
+def time_method(name, size, batch, device, sets, steps, warmup, amp):
+    method = make_method(name, size, device, sets)
+    cls = type(method)
+    opt = torch.optim.AdamW(method.trainable_parameters(), lr=1e-4)
+    lab, unl = batches(size, batch, cls.unlabeled_batch_multiplier, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    method.train()
+    times = []
+    for it in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            losses = method.training_step(lab, unl if cls.uses_unlabeled else None, StepInfo(it, 30000))
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt.step()
+        method.after_optimizer_step(StepInfo(it, 30000))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if it >= warmup:
+            times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return float(np.median(times)), peak
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=["supervised", "mean-teacher", "unimatch"])
+    p.add_argument("--size", type=int, nargs="+", default=[256])
+    p.add_argument("--batch", type=int, default=12)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="method config key=value")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; batch {args.batch} labeled + {args.batch} unlabeled; amp {args.amp}; torch {torch.__version__}")
+    print(f"{'method':14s} {'size':>5s} {'s/step':>8s} {'it/s':>7s} {'peak GiB':>9s}  settings")
+    for method in args.methods:
+        for size in args.size:
+            sets = list(args.sets)
+            if method == "sss" and not any(s.startswith("image_size=") for s in sets):
+                sets.append(f"image_size={size}")
+            sec, peak = time_method(method, size, args.batch, device, sets, args.steps, args.warmup, args.amp)
+            print(f"{method:14s} {size:5d} {sec:8.3f} {1 / sec:7.2f} {peak:9.2f}  {' '.join(sets)}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
