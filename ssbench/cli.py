@@ -153,6 +153,21 @@ def datasets():
         typer.echo(f"{name:16s} {doc[0] if doc else ''}")
 
 
+@app.command()
+def table(
+    results: Path = typer.Option(Path("results"), "--results", help="Results root folder."),
+    out: Path = typer.Option(Path("paper"), "--out", help="Where tables, figures and provenance go."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference method (default: best mean Dice)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or final."),
+    formats: str = typer.Option("md,tex,csv", "--format", help="Comma-separated: md, tex, csv."),
+):
+    """Regenerate the paper's tables, significance tests and figures from per-case results."""
+    from ssbench.report.build import build
+
+    written = build(results, out, reference, checkpoint, [f.strip() for f in formats.split(",") if f.strip()])
+    typer.echo(f"wrote {sum(len(v) for v in written.values())} files to {out}")
+
+
 @data_app.command("synth")
 def data_synth(
     dataset: str = typer.Option(..., "--dataset", help="acdc or bhsd"),

@@ -65,6 +65,7 @@ class RunConfig:
     dataset_options: object
     method_config: object
     method_name: str
+    variant: str = ""  # method fields set away from the recipe, e.g. 'dfe=false' (derived; names the folder)
 
     def sections(self) -> dict:
         return {

@@ -90,14 +90,31 @@ def build_config(req: RunRequest):
         cfg = cfg.override("train.iters", str(req.iters))
     if cfg.train.recipe == "cpu-small":  # scale the method's absolute schedules to the short run; --set still wins
         cfg = dataclasses.replace(cfg, method_config=method_cls.short_recipe(cfg.method_config, cfg.train.iters))
+    recipe_method_config = cfg.method_config
     for item in req.sets:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"--set {item}: expected key=value")
         cfg = cfg.override(key.strip(), value.strip())
     _check_values(cfg)
+    cfg = dataclasses.replace(cfg, variant=variant_tag(recipe_method_config, cfg.method_config))
     dataset = dataset_cls(cfg.data.root, cfg.dataset_options)
     return cfg, method_cls, dataset
+
+
+def variant_tag(recipe_config, config) -> str:
+    """'dfe=false,pcsw=false' for the method fields set away from the recipe (an ablation gets its own folder)."""
+    parts = []
+    for f in dataclasses.fields(config):
+        a, b = getattr(recipe_config, f.name), getattr(config, f.name)
+        if a != b:
+            text = ",".join(map(str, b)) if isinstance(b, tuple) else str(b)
+            if len(text) > 24 or not all(ch.isalnum() or ch in "._-," for ch in text):
+                from ssbench.config import config_hash
+
+                text = config_hash({"v": text})[:8]
+            parts.append(f"{f.name}={text.lower()}")
+    return ",".join(parts)
 
 
 def _check_values(cfg: RunConfig) -> None:
@@ -119,7 +136,8 @@ def run_dir_for(cfg: RunConfig, out: str) -> Path:
     seed = f"seed{cfg.train.seed}"
     if cfg.train.selection != "val":  # a leaky protocol never shares a folder name with an honest run
         seed += "-" + cfg.train.selection.replace("+", "")
-    return Path(out) / dataset_tag(cfg) / cfg.method_name / split_tag(cfg.data.split) / seed
+    method = cfg.method_name + (f"@{cfg.variant}" if cfg.variant else "")
+    return Path(out) / dataset_tag(cfg) / method / split_tag(cfg.data.split) / seed
 
 
 def resolve_hd_units(cfg: RunConfig, dataset) -> RunConfig:
@@ -262,7 +280,9 @@ def execute(req: RunRequest, console=None) -> Path:
     for ckpt in ("best", "final"):
         state = torch.load(staging / "checkpoints" / f"{ckpt}.pt", map_location=device, weights_only=True)
         method.load_state_dict(state["method"])
-        rows += evaluate_cases(method, test, dataset, cfg, device, ckpt)
+        predictions: dict[str, np.ndarray] = {}
+        rows += evaluate_cases(method, test, dataset, cfg, device, ckpt, predictions)
+        save_predictions(staging / "predictions" / f"{ckpt}.npz", predictions)
     frame = pd.DataFrame(rows)
     write_csv(staging / "metrics_per_case.csv", frame)
     summary = {
@@ -291,13 +311,25 @@ def publish(staging: Path, final_dir: Path) -> None:
         os.replace(staging, final_dir)
 
 
-def evaluate_cases(method, cases, dataset, cfg: RunConfig, device, checkpoint: str) -> list[dict]:
+def save_predictions(path: Path, predictions: dict) -> None:
+    """The predicted label maps of the test volumes (uint8, native grid), compressed: figures and audits."""
+    from ssbench.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **predictions)
+
+
+def evaluate_cases(method, cases, dataset, cfg: RunConfig, device, checkpoint: str,
+                   predictions: dict | None = None) -> list[dict]:
     from ssbench.engine.inference import predict_volume
 
     names = {i + 1: n for i, n in enumerate(dataset.class_names)}
     rows = []
     for case in cases:
         pred = predict_volume(method, case.image, cfg.data.train_size, device, cfg.train.eval_batch)
+        if predictions is not None:
+            predictions[case.case_id] = pred
         spacing = case.spacing if cfg.eval.hd_units == "mm" else None
         for r in evaluate_case(pred, case.label, list(names), spacing, cfg.eval, cfg.eval.hd_units):
             rows.append({

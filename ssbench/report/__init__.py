@@ -1,0 +1,1 @@
+"""``ssbench table``: tables, significance tests, figures and provenance regenerated from per-case result files."""
