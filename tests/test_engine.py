@@ -103,10 +103,10 @@ def test_test_set_is_read_for_metrics_only_after_training(tmp_path, acdc_phantom
         events.append("select")
         return original_select(method, cases, cfg, device)
 
-    def spy_eval(method, cases, dataset, cfg, device, checkpoint):
+    def spy_eval(method, cases, dataset, cfg, device, checkpoint, predictions=None):
         assert {c.patient_id for c in cases} == test_ids
         events.append(f"test-{checkpoint}")
-        return original_eval(method, cases, dataset, cfg, device, checkpoint)
+        return original_eval(method, cases, dataset, cfg, device, checkpoint, predictions)
 
     monkeypatch.setattr(run_mod, "mean_val_dice", spy_select)
     monkeypatch.setattr(run_mod, "evaluate_cases", spy_eval)
@@ -144,3 +144,47 @@ def test_a_killed_run_leaves_nothing_complete_and_resume_matches(tmp_path, acdc_
     pd.testing.assert_frame_equal(a, b)
     la, lb = pd.read_csv(clean / "train_log.csv"), pd.read_csv(resumed / "train_log.csv")
     np.testing.assert_array_equal(la["loss"].to_numpy(), lb["loss"].to_numpy())
+
+
+def test_end_to_end_on_acdc_folders_ssbench_did_not_write(tmp_path):
+    """The raw archive written with nibabel directly, and the literature's h5 layout written with h5py."""
+    from formats import write_acdc_h5, write_acdc_raw
+    from ssbench.datasets.acdc import ACDC
+
+    split = ACDC.frozen_split("1")
+    patients = list(split.labeled + split.val + split.test)
+    raw = write_acdc_raw(tmp_path / "raw", patients)
+    run = execute(_request(tmp_path / "out", data_root=str(raw), iters=2, sets=TINY + ("train.val_every=1",)))
+    assert run.parts[-4] == "acdc"  # real-format data: no phantom tag
+    frame = pd.read_csv(run / "metrics_per_case.csv")
+    assert len(frame) == 40 * 3 * 2 and (frame["hd_units"] == "mm").all()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["data"]["synthetic"] is False and cfg["train"]["recipe"] == "published"
+    assert cfg["data"]["train_size"] == 32  # --set wins over the published 256
+    preds = np.load(run / "predictions" / "best.npz")
+    assert set(preds.files) == set(frame["case_id"]) and preds["patient001_frame01"].shape == (6, 40, 48)
+
+    h5 = write_acdc_h5(tmp_path / "h5", patients)
+    run = execute(_request(tmp_path / "out2", data_root=str(h5), iters=2, sets=TINY + ("train.val_every=1",)))
+    frame = pd.read_csv(run / "metrics_per_case.csv")
+    assert (frame["hd_units"] == "voxel").all()  # the h5 layout keeps no spacing
+    with pytest.raises(UserError, match="keep no voxel spacing"):
+        execute(_request(tmp_path / "out3", data_root=str(h5), iters=2, sets=TINY + ("eval.hd_units=mm",)))
+
+
+def test_a_live_run_folder_is_not_taken_over(tmp_path, acdc_phantom):
+    import os
+    import subprocess
+
+    from ssbench.engine.config import TrainConfig  # noqa: F401  (import check only)
+
+    staging = tmp_path / "acdc-phantom" / "supervised" / "1" / ".seed1337.incomplete"
+    staging.mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        (staging / "LOCK").write_text(str(sleeper.pid))
+        with pytest.raises(UserError, match="another ssbench run"):
+            execute(_request(tmp_path))
+    finally:
+        sleeper.kill()
+    assert os.path.isdir(staging)

@@ -217,9 +217,11 @@ def execute(req: RunRequest, console=None) -> Path:
         for cid in dataset.case_ids(p):
             dataset.load_case(cid, True)
 
+    _check_lock(staging)
     if staging.exists() and not req.resume:
         shutil.rmtree(staging)
     staging.mkdir(parents=True, exist_ok=True)
+    (staging / LOCK).write_text(str(os.getpid()))
     started = _now()
     t0 = time.time()
     run_info = {
@@ -300,8 +302,26 @@ def execute(req: RunRequest, console=None) -> Path:
     return final_dir
 
 
+LOCK = "LOCK"
+
+
+def _check_lock(staging: Path) -> None:
+    """Refuse to touch a staging folder that a live process is writing (two runs of one config at once)."""
+    lock = staging / LOCK
+    if not lock.is_file():
+        return
+    try:
+        pid = int(lock.read_text().strip())
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError, PermissionError, OSError):
+        return  # a stale lock from a dead run
+    if pid != os.getpid():
+        raise UserError(f"{staging}: another ssbench run (pid {pid}) is writing this run folder")
+
+
 def publish(staging: Path, final_dir: Path) -> None:
     """Move the finished staging folder into place in one rename (an old run, if replaced, goes first)."""
+    (staging / LOCK).unlink(missing_ok=True)
     if final_dir.exists():
         trash = final_dir.with_name(f".{final_dir.name}.replaced-{os.getpid()}")
         os.replace(final_dir, trash)

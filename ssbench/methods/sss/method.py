@@ -68,6 +68,7 @@ class SSSConfig:
     jitter: tuple[float, float] = (0.4, 0.4)  # brightness, contrast of the strong colour jitter (p 0.8)
     cutmix_p: float = 0.5
     crop_scale: tuple[float, float] = (0.7, 1.0)  # weak view: random square crop of this area fraction, resized
+    evaluate: Literal["teacher", "student"] = "teacher"  # UniMatch V2 evaluates the EMA model (student if none)
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -388,7 +389,7 @@ class SSS(Method):
     @torch.no_grad()
     def predict_volume(self, slices: torch.Tensor, batch: int = 16) -> torch.Tensor:
         """Prompts from the model itself: coarse head over the volume, PCSW per class, then SAM-2 per slice."""
-        net = self.student
+        net = self.teacher if self.teacher is not None and self.config.evaluate == "teacher" else self.student
         x = self._to_input(slices)
         feats = [net.encode(x[i : i + batch]) for i in range(0, len(x), batch)]  # encoded once, used twice
         probs = torch.cat([net.coarse(f, self.size).softmax(1) for f in feats])
