@@ -188,3 +188,16 @@ def test_a_live_run_folder_is_not_taken_over(tmp_path, acdc_phantom):
     finally:
         sleeper.kill()
     assert os.path.isdir(staging)
+
+
+def test_end_to_end_on_the_bhsd_phantom(tmp_path, bhsd_phantom):
+    run = execute(_request(tmp_path, dataset="bhsd", split="10%", iters=2,
+                           sets=TINY + ("train.val_every=1", "bhsd.window=[0,80]")))
+    assert run.parts[-4:-1] == ("bhsd-phantom", "supervised", "10pct")
+    frame = pd.read_csv(run / "metrics_per_case.csv")
+    assert set(frame["class"]) == {"EDH", "IPH", "IVH", "SAH", "SDH"}
+    assert frame["case_id"].nunique() == 20  # dataset.json's test list
+    assert (frame["status"] == "absent").any()  # lesion classes are often absent: a status, not a number
+    assert frame.loc[frame.status == "absent", "dice"].isna().all()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["bhsd"]["window"] == [0.0, 80.0] and cfg["bhsd"]["storage"] == "auto"
