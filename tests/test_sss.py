@@ -249,3 +249,25 @@ def test_sam2_is_imported_only_by_sss():
             "print('sam2' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_sss_end_to_end_run_and_reevaluation(tmp_path, acdc_phantom, cli):
+    """A tiny SSS run through the engine (random init is allowed on the phantom, loudly), then `ssbench eval`."""
+    import json
+
+    import pandas as pd
+
+    from ssbench.engine.run import RunRequest, execute
+
+    sets = ("data.train_size=32", "sss.image_size=64", "train.val_every=1", "train.batch_labeled=1",
+            "train.batch_unlabeled=1", "train.eval_batch=32")
+    run = execute(RunRequest(method="sss", split="1", iters=1, sets=sets, out=str(tmp_path), device="cpu",
+                             quiet=True))
+    info = json.loads((run / "run.json").read_text())
+    assert any("RANDOMLY INITIALISED" in w for w in info["warnings"])
+    frame = pd.read_csv(run / "metrics_per_case.csv")
+    assert len(frame) == 40 * 3 * 2
+    assert run.parent.parent.name == "sss@image_size=64"  # set away from the recipe: its own folder
+    code, _, err = cli("eval", run, "--hd-units", "voxel", "--device", "cpu")
+    assert code == 0, err
+    assert (run / "evals" / "worst-voxel" / "summary.json").is_file()

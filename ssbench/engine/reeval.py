@@ -47,8 +47,9 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
     cfg = resolve_hd_units(cfg, dataset)
     device = resolve_device(device_name)
     split = json.loads((run_dir / "split.json").read_text())
-    ctx = MethodContext(1, dataset.num_classes, cfg.data.train_size, cfg.train.iters, device, cfg.data.synthetic)
-    method = method_cls(cfg.method_config, ctx).to(device)
+    ctx = MethodContext(1, dataset.num_classes, cfg.data.train_size, cfg.train.iters, device, cfg.data.synthetic,
+                        weights_from_checkpoint=True)
+    method = method_cls(method_cls.for_evaluation(cfg.method_config), ctx).to(device)
     test = load_cases(dataset, split["test"], True)
     rows = []
     for ckpt in ("best", "final"):

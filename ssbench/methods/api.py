@@ -36,6 +36,7 @@ class MethodContext:
     total_iters: int  # for methods whose schedules depend on the run length
     device: torch.device
     synthetic_data: bool = False  # the embedded phantom (methods may relax requirements, loudly)
+    weights_from_checkpoint: bool = False  # rebuilt for evaluation: a run checkpoint will replace every weight
 
 
 @dataclass
@@ -67,6 +68,12 @@ class Method(nn.Module):
         """Training-recipe fields (``train.*``) this method changes for ``recipe`` ('published' or 'cpu-small'),
         e.g. another batch size or optimizer. Applied before the command line, which still wins."""
         return {}
+
+    @classmethod
+    def for_evaluation(cls, config):
+        """Config to rebuild the method when its weights come from a run's checkpoint (``ssbench eval``): e.g.
+        skip loading pretrained weights that the checkpoint replaces anyway."""
+        return config
 
     @classmethod
     def short_recipe(cls, config, iters: int, published_iters: int = 30000):

@@ -188,6 +188,10 @@ def main_table(dataset: str, cells: dict, checkpoint: str, sig: pd.DataFrame, mi
                        f"{p['empty_policy']}; per run the mean over classes of per-class means over test volumes.")
     table.notes.append(TEST_NOTE.format(unit=" at patient level (mean of each patient's volumes)"
                                         if level == "patient" else ""))
+    if not sig.empty:
+        refs = sig.drop_duplicates("labeled").set_index("labeled")["reference"]
+        table.notes.append("Reference method: " + "; ".join(f"{_split_label(cells, n)}: {m}" for n, m in refs.items())
+                           + " (details and bootstrap 95% CIs in significance_" + dataset + ".csv).")
     return table, pd.DataFrame(csv_rows), provenance
 
 

@@ -141,6 +141,10 @@ class SSS(Method):
         return {**common, "batch_labeled": 4, "batch_unlabeled": 4}
 
     @classmethod
+    def for_evaluation(cls, config):
+        return replace(config, init="random", checkpoint=None)  # the run's checkpoint holds every weight
+
+    @classmethod
     def short_recipe(cls, config, iters, published_iters=30000):
         # The embedded CPU default: the smallest SAM-2 at a small input size, prompts refreshed often.
         return replace(config, model="sam2.1_hiera_t", image_size=128, pcsw_refresh=max(1, iters // 4))
@@ -167,7 +171,7 @@ class SSS(Method):
         if cfg.checkpoint:
             sam2_net.load_official(sam, cfg.checkpoint, cfg.model)
             return
-        if cfg.init == "random":
+        if cfg.init == "random" and not self.ctx.weights_from_checkpoint:
             self.warnings.append(f"SSS: SAM-2 ({cfg.model}) randomly initialised (sss.init=random): not the paper's "
                                  "pretrained model")
             return
