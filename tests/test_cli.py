@@ -55,6 +55,9 @@ def test_bad_options_exit_2_and_write_nothing(cli, tmp_path, acdc_phantom):
         (["--method", "supervised", "--data-root", tmp_path / "missing"], ["missing", "does not exist"]),
         (["--method", "supervised", "--data-root", tmp_path], ["no ACDC data found"]),
         (["--method", "supervised", "--device", "tpu"], ["--device tpu"]),
+        (["--method", "mean-teacher", "--split", "all"], ["needs unlabeled patients"]),
+        (["--method", "sss", "--set", f"sss.checkpoint={tmp_path / 'nope.pt'}"], ["sss.checkpoint", "not found"]),
+        (["--method", "sss", "--set", "sss.model=sam3"], ["sss.model sam3", "unknown"]),
     ]
     for args, needles in cases:
         code, _, err = cli("run", *args, "--out", out, "--quiet")

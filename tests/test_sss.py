@@ -1,7 +1,6 @@
 """SSS: PCSW on hand-made stacks, DFE equations, official checkpoints of models sam2 itself built, one training
 step, and honest evaluation (prompts from the model, never from labels)."""
 
-import dataclasses
 import inspect
 
 import numpy as np

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ssbench import registry
-from ssbench.atomic import torch_save, write_csv, write_json, write_yaml
+from ssbench.atomic import write_csv, write_json, write_yaml
 from ssbench.config import from_dict, to_dict
 from ssbench.engine.config import CPU_SMALL, CPU_SMALL_TRAIN_SIZE, DataConfig, RunConfig, TrainConfig
 from ssbench.engine.results import summarize
@@ -217,6 +217,20 @@ def execute(req: RunRequest, console=None) -> Path:
         for cid in dataset.case_ids(p):
             dataset.load_case(cid, True)
 
+    # The method is built before anything is written too: a bad checkpoint or option stops here.
+    if method_cls.uses_unlabeled and not unlabeled:
+        raise UserError(f"--split {cfg.data.split}: method {cfg.method_name} needs unlabeled patients, none left")
+    torch.manual_seed(cfg.train.seed)
+    ctx = MethodContext(1, dataset.num_classes, cfg.data.train_size, cfg.train.iters, device, cfg.data.synthetic)
+    method = method_cls(cfg.method_config, ctx).to(device)
+    for w in method.warnings:
+        say(f"[bold red]WARNING[/]: {w}")
+    size = cfg.data.train_size
+    pools = {"labeled": SlicePool.from_cases(labeled, size, True)}
+    if method_cls.uses_unlabeled:
+        pools["unlabeled"] = SlicePool.from_cases(unlabeled, size, False)
+        method.attach_unlabeled_volumes(pools["unlabeled"].volumes())
+
     _check_lock(staging)
     if staging.exists() and not req.resume:
         shutil.rmtree(staging)
@@ -235,7 +249,7 @@ def execute(req: RunRequest, console=None) -> Path:
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "data": dataset.describe(),
         "split_protocol": split.protocol,
-        "warnings": [],
+        "warnings": list(method.warnings),
         "start": started,
         **provenance(),
     }
@@ -252,21 +266,6 @@ def execute(req: RunRequest, console=None) -> Path:
     write_json(staging / "split.json", {**split.as_dict(), "protocol": split.protocol})
     write_json(staging / "run.json", run_info)
 
-    torch.manual_seed(cfg.train.seed)
-    ctx = MethodContext(1, dataset.num_classes, cfg.data.train_size, cfg.train.iters, device, cfg.data.synthetic)
-    method = method_cls(cfg.method_config, ctx).to(device)
-    if method.warnings:
-        run_info["warnings"] += method.warnings
-        write_json(staging / "run.json", run_info)
-        for w in method.warnings:
-            say(f"[bold red]WARNING[/]: {w}")
-    size = cfg.data.train_size
-    pools = {"labeled": SlicePool.from_cases(labeled, size, True)}
-    if method_cls.uses_unlabeled:
-        if not unlabeled:
-            raise UserError(f"--split {cfg.data.split}: method {cfg.method_name} needs unlabeled patients, none left")
-        pools["unlabeled"] = SlicePool.from_cases(unlabeled, size, False)
-        method.attach_unlabeled_volumes(pools["unlabeled"].volumes())
     selection_cases = val
     if cfg.train.selection == "legacy-val+test":
         selection_cases = val + load_cases(dataset, split.test, True)
