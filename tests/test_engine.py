@@ -176,8 +176,6 @@ def test_a_live_run_folder_is_not_taken_over(tmp_path, acdc_phantom):
     import os
     import subprocess
 
-    from ssbench.engine.config import TrainConfig  # noqa: F401  (import check only)
-
     staging = tmp_path / "acdc-phantom" / "supervised" / "1" / ".seed1337.incomplete"
     staging.mkdir(parents=True)
     sleeper = subprocess.Popen(["sleep", "30"])
