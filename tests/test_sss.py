@@ -270,3 +270,29 @@ def test_sss_end_to_end_run_and_reevaluation(tmp_path, acdc_phantom, cli):
     code, _, err = cli("eval", run, "--hd-units", "voxel", "--device", "cpu")
     assert code == 0, err
     assert (run / "evals" / "worst-voxel" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_prompt_boxes_follow_the_weak_crop(flip):
+    """A box computed on the un-augmented slice frames the same pixels after crop, resize and flip."""
+    from ssbench.methods.sss.geometry import Crop, mask_box
+
+    size = 64
+    mask = torch.zeros(1, size, size)
+    mask[0, 20:36, 24:44] = 1
+    box = mask_box(mask[0] > 0)
+    crop = Crop(y0=8, x0=12, h=48, w=48, flip=flip)
+    moved = crop.image(mask, size, mode="nearest")[0] > 0
+    expected = mask_box(moved)
+    torch.testing.assert_close(crop.box(box, size), expected, atol=2.0, rtol=0)
+    point = torch.tensor([30.0, 25.0])  # x, y inside the mask
+    p = crop.point(point, size).round().long()
+    assert moved[p[1], p[0]]
+    assert crop.box(torch.tensor([0.0, 0.0, 5.0, 5.0]), size).tolist() == [0.0, 0.0, 63.0, 63.0]  # cropped away
+
+
+def test_point_prompts_at_test_time():
+    for pcsw_on in (True, False):
+        method = _method(point_prompt=True, pcsw=pcsw_on)
+        method.eval()
+        assert method.predict_volume(torch.rand(4, 1, 64, 64)).shape == (4, 4, 64, 64)

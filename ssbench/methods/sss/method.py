@@ -59,7 +59,9 @@ class SSSConfig:
     pcsw_threshold: float = 0.8
     pcsw_connectivity: Literal[6, 26] = 6
     pcsw_refresh: int = 500  # iterations between prompt refreshes of a volume
-    point_prompt: bool = False  # labeled prompts: a box per class, plus an interior point when on
+    # A box per class; with point_prompt also a point: an interior point of the ground truth for labeled slices,
+    # PCSW's point for unlabeled slices and at test time (the box centre when pcsw = off).
+    point_prompt: bool = False
     train_coarse_head: bool = True
     teacher: Literal["unimatch-v2", "released"] = "unimatch-v2"
     ema_decay: float = 0.996
@@ -69,6 +71,11 @@ class SSSConfig:
     cutmix_p: float = 0.5
     crop_scale: tuple[float, float] = (0.7, 1.0)  # weak view: random square crop of this area fraction, resized
     evaluate: Literal["teacher", "student"] = "teacher"  # UniMatch V2 evaluates the EMA model (student if none)
+
+
+def box_centres(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) x0 y0 x1 y1 -> (..., 2) centre x y."""
+    return torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], -1)
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -262,11 +269,12 @@ class SSS(Method):
     def _prompt_net(self) -> SAM2Segmenter:
         return self.teacher if self.teacher is not None else self.student
 
-    def _unlabeled_prompts(self, batch_images: torch.Tensor, case_ids, iteration: int) -> torch.Tensor:
-        """Boxes (B, K, 4) in SAM input pixels for un-augmented unlabeled slices."""
+    def _unlabeled_prompts(self, batch_images: torch.Tensor, case_ids, iteration: int):
+        """Boxes (B, K, 4) and points (B, K, 2) in SAM input pixels for un-augmented unlabeled slices."""
         if not self.config.pcsw:
-            return self._slice_prompts(self._coarse_probs(self._prompt_net(), batch_images))
-        boxes = []
+            boxes = self._slice_prompts(self._coarse_probs(self._prompt_net(), batch_images))
+            return boxes, box_centres(boxes)
+        boxes, points = [], []
         for cid in case_ids:
             entry = self.cache.get(cid)
             if entry is None or iteration - entry[2] >= self.config.pcsw_refresh:
@@ -276,14 +284,16 @@ class SSS(Method):
                 entry = (b, p, iteration)
                 self.cache[cid] = entry
             boxes.append(entry[0])
-        return torch.stack(boxes)
+            points.append(entry[1])
+        return torch.stack(boxes), torch.stack(points)
 
-    def _decode_all(self, net: SAM2Segmenter, feats, boxes: torch.Tensor) -> torch.Tensor:
-        """Decode every (image, class) prompt: boxes (B, K, 4) -> mask logits (B, K, S, S)."""
+    def _decode_all(self, net: SAM2Segmenter, feats, boxes: torch.Tensor, points: torch.Tensor | None = None):
+        """Decode every (image, class) prompt: boxes (B, K, 4) [+ points (B, K, 2)] -> logits (B, K, S, S)."""
         b, k = boxes.shape[:2]
         device = feats[0].device
         index = torch.arange(b, device=device).repeat_interleave(k)
-        logits = net.decode(feats, index, boxes.reshape(b * k, 4).to(device))
+        pts = points.reshape(b * k, 2).to(device) if points is not None and self.config.point_prompt else None
+        logits = net.decode(feats, index, boxes.reshape(b * k, 4).to(device), pts)
         return logits.view(b, k, self.size, self.size)
 
     # --- training ----------------------------------------------------------------------------------------
@@ -325,25 +335,29 @@ class SSS(Method):
 
         # Unlabeled: prompts on the un-augmented slices (whole-volume PCSW), then the same crop for image and box.
         u = self._to_input(unlabeled.image)
-        raw_boxes = self._unlabeled_prompts(u, unlabeled.case_ids, step.iteration)
-        xs, bxs = [], []
-        for img, bx in zip(u, raw_boxes):
+        raw_boxes, raw_points = self._unlabeled_prompts(u, unlabeled.case_ids, step.iteration)
+        xs, bxs, pts = [], [], []
+        for img, bx, pt in zip(u, raw_boxes, raw_points):
             crop = Crop.random(self.size, cfg.crop_scale)
             xs.append(crop.image(img, self.size))
             bxs.append(torch.stack([crop.box(b, self.size) for b in bx]))
-        x_all, box_all = torch.stack(xs), torch.stack(bxs).to(device)
+            pts.append(torch.stack([crop.point(q, self.size) for q in pt]))
+        x_all, box_all, pt_all = torch.stack(xs), torch.stack(bxs).to(device), torch.stack(pts).to(device)
         x_w, x_mix = x_all.chunk(2)
         box_w, box_mix = box_all.chunk(2)
+        pt_w, pt_mix = pt_all.chunk(2)
         n = len(x_w)
 
         feats_w = self.student.encode(x_w)
         with torch.no_grad():
             if self.teacher is not None:
-                probs_w = torch.sigmoid(self._decode_all(self.teacher, self.teacher.encode(x_w), box_w))
-                probs_mix = torch.sigmoid(self._decode_all(self.teacher, self.teacher.encode(x_mix), box_mix))
+                probs_w = torch.sigmoid(self._decode_all(self.teacher, self.teacher.encode(x_w), box_w, pt_w))
+                probs_mix = torch.sigmoid(self._decode_all(self.teacher, self.teacher.encode(x_mix), box_mix,
+                                                           pt_mix))
             else:
-                probs_w = torch.sigmoid(self._decode_all(self.student, [f.detach() for f in feats_w], box_w))
-                probs_mix = torch.sigmoid(self._decode_all(self.student, self.student.encode(x_mix), box_mix))
+                probs_w = torch.sigmoid(self._decode_all(self.student, [f.detach() for f in feats_w], box_w, pt_w))
+                probs_mix = torch.sigmoid(self._decode_all(self.student, self.student.encode(x_mix), box_mix,
+                                                           pt_mix))
         pseudo_w, pseudo_mix = probs_w > 0.5, probs_mix > 0.5
         if self.teacher is not None:
             valid_w = torch.maximum(probs_w, 1 - probs_w) >= cfg.conf_thresh
@@ -368,7 +382,7 @@ class SSS(Method):
             if drop is not None:
                 mask = drop if view == 0 else 1 - drop
                 feats_s = feats_s[:2] + [feats_s[2] * mask * 2]
-            logits_s = self._decode_all(self.student, feats_s, box_w)
+            logits_s = self._decode_all(self.student, feats_s, box_w, pt_w)
             strong_losses.append(mask_loss(logits_s.flatten(0, 1), target.flatten(0, 1), valid.flatten(0, 1)))
             out[f"loss_s{view + 1}"] = strong_losses[-1].detach()
         loss_u = (strong_losses[0] + strong_losses[1]) / 2
@@ -398,11 +412,13 @@ class SSS(Method):
         feats = [net.encode(x[i : i + batch]) for i in range(0, len(x), batch)]  # encoded once, used twice
         probs = torch.cat([net.coarse(f, self.size).softmax(1) for f in feats])
         if self.config.pcsw:
-            boxes, _ = self._volume_prompts(probs)
-            boxes = boxes.expand(len(x), -1, -1)
+            boxes, points = self._volume_prompts(probs)
+            boxes, points = boxes.expand(len(x), -1, -1), points.expand(len(x), -1, -1)
         else:
             boxes = self._slice_prompts(probs)
-        logits = torch.cat([self._decode_all(net, f, boxes[i * batch : i * batch + len(f[0])])
+            points = box_centres(boxes)
+        logits = torch.cat([self._decode_all(net, f, boxes[i * batch : i * batch + len(f[0])],
+                                             points[i * batch : i * batch + len(f[0])])
                             for i, f in enumerate(feats)])
         scores = torch.cat([torch.zeros_like(logits[:, :1]), logits], 1)  # background logit 0 = sigmoid 0.5
         if scores.shape[-1] != slices.shape[-1]:
