@@ -17,11 +17,13 @@ from ssbench import augment
 from ssbench.methods.api import Batch
 
 
-def resize_slice(array: np.ndarray, size: int, order: int = 0) -> np.ndarray:
+def resize_slice(array: np.ndarray, size: int | tuple[int, int], order: int = 0) -> np.ndarray:
+    """scipy zoom to ``size`` (square side or (H, W)), order 0 by default, as the literature resizes."""
     h, w = array.shape
-    if (h, w) == (size, size):
+    th, tw = (size, size) if isinstance(size, int) else size
+    if (h, w) == (th, tw):
         return array
-    return ndimage.zoom(array, (size / h, size / w), order=order)
+    return ndimage.zoom(array, (th / h, tw / w), order=order)
 
 
 @dataclass

@@ -18,14 +18,6 @@ def predict_volume(method, image: np.ndarray, size: int, device, batch: int = 16
     x = torch.from_numpy(slices).unsqueeze(1).to(device)
     pred = method.predict_volume(x, batch).argmax(1).cpu().numpy().astype(np.uint8)
     for z, p in enumerate(pred):
-        out[z] = _resize_back(p, h, w)
+        out[z] = resize_slice(p, (h, w))
     return out
 
-
-def _resize_back(p: np.ndarray, h: int, w: int) -> np.ndarray:
-    from scipy import ndimage
-
-    s = p.shape[0]
-    if (h, w) == (s, s):
-        return p
-    return ndimage.zoom(p, (h / s, w / s), order=0)

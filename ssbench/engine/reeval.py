@@ -9,21 +9,19 @@ import dataclasses
 import json
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 from ssbench import registry
 from ssbench.atomic import write_csv, write_json
 from ssbench.engine.config import RunConfig
-from ssbench.engine.results import summarize
 from ssbench.errors import UserError
 
 
 def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_name: str) -> str:
-    import torch
 
     from ssbench.config import apply_override
-    from ssbench.engine.run import evaluate_cases, load_cases, resolve_device, resolve_hd_units
+    from ssbench.engine.run import (evaluate_checkpoints, load_cases, resolve_device, resolve_hd_units,
+                                    summary_of)
     from ssbench.methods.api import MethodContext
 
     run_dir = Path(run_dir)
@@ -51,18 +49,8 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
                         weights_from_checkpoint=True)
     method = method_cls(method_cls.for_evaluation(cfg.method_config), ctx).to(device)
     test = load_cases(dataset, split["test"], True)
-    rows = []
-    for ckpt in ("best", "final"):
-        state = torch.load(run_dir / "checkpoints" / f"{ckpt}.pt", map_location=device, weights_only=True)
-        method.load_state_dict(state["method"])
-        rows += evaluate_cases(method, test, dataset, cfg, device, ckpt)
-    frame = pd.DataFrame(rows)
+    frame = evaluate_checkpoints(method, test, dataset, cfg, device, run_dir / "checkpoints")
     sub = f"evals/{cfg.eval.empty}-{cfg.eval.hd_units}"
     write_csv(run_dir / sub / "metrics_per_case.csv", frame)
-    write_json(run_dir / sub / "summary.json", {
-        "config_hash": cfg.hash(),
-        "metric_policy": dataclasses.asdict(cfg.eval),
-        "test_cases": int(frame["case_id"].nunique()),
-        "checkpoints": summarize(frame),
-    })
+    write_json(run_dir / sub / "summary.json", summary_of(frame, cfg))
     return sub

@@ -277,23 +277,10 @@ def execute(req: RunRequest, console=None) -> Path:
 
     # The test set, once, for the best-val and the final checkpoint.
     test = load_cases(dataset, split.test, True)
-    rows = []
-    for ckpt in ("best", "final"):
-        state = torch.load(staging / "checkpoints" / f"{ckpt}.pt", map_location=device, weights_only=True)
-        method.load_state_dict(state["method"])
-        predictions: dict[str, np.ndarray] = {}
-        rows += evaluate_cases(method, test, dataset, cfg, device, ckpt, predictions)
-        save_predictions(staging / "predictions" / f"{ckpt}.npz", predictions)
-    frame = pd.DataFrame(rows)
+    frame = evaluate_checkpoints(method, test, dataset, cfg, device, staging / "checkpoints", staging / "predictions")
     write_csv(staging / "metrics_per_case.csv", frame)
-    summary = {
-        "config_hash": cfg.hash(),
-        "metric_policy": dataclasses.asdict(cfg.eval),
-        "selection": {"set": cfg.train.selection, "metric": "mean foreground Dice", "best_iteration": best_iter},
-        "test_cases": int(frame["case_id"].nunique()),
-        "checkpoints": summarize(frame),
-    }
-    write_json(staging / "summary.json", summary)
+    selection = {"set": cfg.train.selection, "metric": "mean foreground Dice", "best_iteration": best_iter}
+    write_json(staging / "summary.json", summary_of(frame, cfg, selection=selection))
     run_info.update(status="complete", end=_now(), wall_time_s=round(time.time() - t0, 1))
     write_json(staging / "run.json", run_info)
     (staging / "checkpoints" / "last.pt").unlink(missing_ok=True)  # the resume state is not needed any more
@@ -328,6 +315,32 @@ def publish(staging: Path, final_dir: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(staging, final_dir)
+
+
+def evaluate_checkpoints(method, cases, dataset, cfg: RunConfig, device, checkpoints: Path,
+                         predictions_dir: Path | None = None) -> pd.DataFrame:
+    """Per-case rows of the best and final checkpoints on ``cases``; optionally save the predicted label maps."""
+    import torch
+
+    rows = []
+    for ckpt in ("best", "final"):
+        state = torch.load(checkpoints / f"{ckpt}.pt", map_location=device, weights_only=True)
+        method.load_state_dict(state["method"])
+        predictions: dict[str, np.ndarray] | None = {} if predictions_dir is not None else None
+        rows += evaluate_cases(method, cases, dataset, cfg, device, ckpt, predictions)
+        if predictions_dir is not None:
+            save_predictions(predictions_dir / f"{ckpt}.npz", predictions)
+    return pd.DataFrame(rows)
+
+
+def summary_of(frame: pd.DataFrame, cfg: RunConfig, **extra) -> dict:
+    return {
+        "config_hash": cfg.hash(),
+        "metric_policy": dataclasses.asdict(cfg.eval),
+        **extra,
+        "test_cases": int(frame["case_id"].nunique()),
+        "checkpoints": summarize(frame),
+    }
 
 
 def save_predictions(path: Path, predictions: dict) -> None:
