@@ -7,7 +7,8 @@ import torch
 
 from ssbench.methods.api import Batch, MethodContext, StepInfo
 from ssbench.methods.losses import dice_loss
-from ssbench.methods.mean_teacher import MeanTeacher, MeanTeacherConfig, consistency_weight, ema_alpha
+from ssbench.methods.ema import ema_alpha
+from ssbench.methods.mean_teacher import MeanTeacher, MeanTeacherConfig, consistency_weight
 from ssbench.methods.strong import cutmix_box
 from ssbench.methods.supervised import Supervised, SupervisedConfig
 from ssbench.methods.unimatch import FixMatch, FixMatchConfig, UniMatch, UniMatchConfig, mix_pseudo_labels, unlabeled_dice

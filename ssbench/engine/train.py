@@ -76,7 +76,8 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
         method.after_optimizer_step(step)
         done = it + 1
         row = {"iteration": done, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()}}
-        if done % t.val_every == 0 or done == t.iters:
+        validate = done % t.val_every == 0 or done == t.iters
+        if validate:
             val_dice = mean_val_dice(method, val_cases, cfg, device)
             row["val_dice"] = val_dice
             if val_dice > best["dice"]:
@@ -84,7 +85,7 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
                 torch_save(ckpt_dir / "best.pt", _weights(method, done, val_dice, cfg))
         row["elapsed_s"] = round(time.time() - t_start, 2)
         log.append(row)
-        if done % t.val_every == 0 or done == t.iters:
+        if validate:
             write_csv(staging / "train_log.csv", pd.DataFrame(log))
         if done % t.checkpoint_every == 0 and done < t.iters:
             torch_save(last, {

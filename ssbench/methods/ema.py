@@ -24,6 +24,11 @@ def ema_update(teacher: nn.Module, student: nn.Module, alpha: float, buffers: bo
                 t.copy_(s)
 
 
+def ema_alpha(step: int, decay: float) -> float:
+    """alpha = min(1 - 1/(step + 1), decay): the first update copies the student, later ones average."""
+    return min(1.0 - 1.0 / (step + 1), decay)
+
+
 def freeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
-from ssbench.methods.ema import ema_update, freeze
+from ssbench.methods.ema import ema_alpha, ema_update, freeze
 from ssbench.methods.losses import ce_dice_loss
 from ssbench.methods.unet import UNet
 
@@ -39,10 +39,6 @@ def consistency_weight(iteration: int, cfg: MeanTeacherConfig) -> float:
         return 0.0
     t = min(max((iteration // cfg.rampup_step) / cfg.consistency_rampup, 0.0), 1.0)
     return cfg.consistency * math.exp(-5.0 * (1.0 - t) ** 2)
-
-
-def ema_alpha(step: int, decay: float) -> float:
-    return min(1.0 - 1.0 / (step + 1), decay)
 
 
 class MeanTeacher(Method):

@@ -59,5 +59,6 @@ def cutmix_box(size: int, g: torch.Generator | None = None, p=0.5, area=(0.02, 0
     return mask
 
 
-def strong_view(x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
-    return gaussian_blur(color_jitter(x, g), g)
+def strong_view(x: torch.Tensor, g: torch.Generator | None = None, brightness=0.5, contrast=0.5) -> torch.Tensor:
+    """Colour jitter (p 0.8) then Gaussian blur (p 0.5); UniMatch's jitter strengths by default."""
+    return gaussian_blur(color_jitter(x, g, brightness, contrast), g)

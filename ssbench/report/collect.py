@@ -48,8 +48,6 @@ def collect(results: Path) -> tuple[list[Run], list[Skipped]]:
         if folder.name.endswith(".incomplete"):
             skipped.append(Skipped(folder, "incomplete (a staging folder: the run did not finish)"))
             continue
-        if folder.parent.name == "evals" or "evals" in folder.parts[-3:-1]:
-            continue
         try:
             info = json.loads(info_path.read_text())
             if info.get("status") != "complete":

@@ -38,12 +38,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
-from ssbench.methods.ema import ema_update, freeze
+from ssbench.methods.ema import ema_alpha, ema_update, freeze
 from ssbench.methods.losses import ce_dice_loss
 from ssbench.methods.sss.dfe import DFE
 from ssbench.methods.sss.geometry import Crop, interior_point, mask_box, whole_image_box
 from ssbench.methods.sss.pcsw import pcsw
-from ssbench.methods.strong import cutmix_box, gaussian_blur, color_jitter
+from ssbench.methods.strong import cutmix_box, strong_view
 
 
 @dataclass(frozen=True)
@@ -395,12 +395,11 @@ class SSS(Method):
 
     def _strong(self, x: torch.Tensor) -> torch.Tensor:
         b, c = self.config.jitter
-        return gaussian_blur(color_jitter(x, brightness=b, contrast=c))
+        return strong_view(x, brightness=b, contrast=c)
 
     def after_optimizer_step(self, step: StepInfo) -> None:
         if self.teacher is not None:
-            alpha = min(1.0 - 1.0 / (step.iteration + 1), self.config.ema_decay)
-            ema_update(self.teacher, self.student, alpha)
+            ema_update(self.teacher, self.student, ema_alpha(step.iteration, self.config.ema_decay))
 
     # --- evaluation --------------------------------------------------------------------------------------
 
