@@ -92,11 +92,12 @@ def test_test_set_is_read_for_metrics_only_after_training(tmp_path, acdc_phantom
     """Test volumes are validated before training (so bad files stop the run early), but model selection sees
     only val cases and the test set is predicted once, after training, for the two checkpoints."""
     from ssbench.datasets.acdc import ACDC
-    from ssbench.engine import run as run_mod
+    from ssbench.engine import evaluate as evaluate_mod
+    from ssbench.engine import train as train_mod
 
     test_ids = set(ACDC.frozen_split("1").test)
     events = []
-    original_select, original_eval = run_mod.mean_val_dice, run_mod.evaluate_cases
+    original_select, original_eval = train_mod.mean_val_dice, evaluate_mod.evaluate_cases
 
     def spy_select(method, cases, cfg, device):
         assert not {c.patient_id for c in cases} & test_ids
@@ -108,8 +109,8 @@ def test_test_set_is_read_for_metrics_only_after_training(tmp_path, acdc_phantom
         events.append(f"test-{checkpoint}")
         return original_eval(method, cases, dataset, cfg, device, checkpoint, predictions)
 
-    monkeypatch.setattr(run_mod, "mean_val_dice", spy_select)
-    monkeypatch.setattr(run_mod, "evaluate_cases", spy_eval)
+    monkeypatch.setattr(train_mod, "mean_val_dice", spy_select)
+    monkeypatch.setattr(evaluate_mod, "evaluate_cases", spy_eval)
     execute(_request(tmp_path))
     assert events == ["select", "select", "test-best", "test-final"]
 

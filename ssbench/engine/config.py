@@ -24,14 +24,25 @@ class DataConfig:
     root: str | None = None  # None: the embedded synthetic phantom, generated once into the cache
     split: str = "10%"
     split_seed: int = 0  # seeded labeled draws (datasets without a frozen protocol)
-    train_size: int = 256  # slices resized to train_size x train_size, order 0 (image and label)
+    train_size: int = 256  # the method's square input size (the UNet literature: 256)
+    # How native slices become train_size (ssbench.resize): 'order0' = scipy zoom order 0 for image and label
+    # (SSL4MIS, UniMatch training); 'bilinear' = images bilinear, labels nearest (SAM-2's pre-processing).
+    train_resize: Literal["order0", "bilinear"] = "order0"
+    # At test time: 'order0' = image in and label map back with order 0 (SSL4MIS's test script, the benchmark's
+    # default for every method); 'bilinear' = image in and class scores back bilinearly (UniMatch's evaluation).
+    inference_resize: Literal["order0", "bilinear"] = "order0"
     synthetic: bool = False  # set by the engine when root is the embedded phantom
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     recipe: str = "published"  # 'published' or 'cpu-small' (the embedded default)
+    # 'iterations': train.iters steps (SSL4MIS). 'epochs': train.epochs passes over the epoch pool (the unlabeled
+    # slices for methods that use them, else the labeled ones), each of len(pool) // batch steps with the rest
+    # dropped (UniMatch's loaders); the resulting train.iters is derived from the data and recorded.
+    schedule: Literal["iterations", "epochs"] = "iterations"
     iters: int = 30000
+    epochs: int = 300  # with schedule = epochs
     batch_labeled: int = 12
     batch_unlabeled: int = 12
     optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD with momentum: the UNet recipes; AdamW: SAM-2 fine-tuning
@@ -39,7 +50,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9  # lr = lr0 * (1 - it / iters) ** poly_power
-    val_every: int = 200
+    val_every: int | Literal["epoch"] = 200  # iterations between validations, or once per epoch (UniMatch)
     checkpoint_every: int = 1000  # the resumable checkpoint (model, optimizer, RNG, sampler position)
     seed: int = 1337
     augment: Literal["rotflip-rotate", "none"] = "rotflip-rotate"
@@ -66,6 +77,7 @@ class RunConfig:
     method_config: object
     method_name: str
     variant: str = ""  # method fields set away from the recipe, e.g. 'dfe=false' (derived; names the folder)
+    protocol_variant: str = ""  # evaluation protocol away from the recipe, e.g. 'legacy-valtest' (derived)
 
     def sections(self) -> dict:
         return {

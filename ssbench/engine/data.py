@@ -1,8 +1,10 @@
 """In-memory 2-D slice pools and a resumable sampler.
 
-Every slice of the needed volumes is resized once to the training size (scipy zoom, order 0 for image and label,
-as the literature does) and kept in memory; the sampler draws shuffled epochs with its own numpy generator, whose
-state is part of the checkpoint, so a resumed run draws exactly the batches an uninterrupted one would.
+Every slice of the needed volumes is kept at its native size. A draw augments the native slice (the literature's
+weak augmentation, when the engine applies it) and then resizes it to the training size with the run's recorded
+``data.train_resize`` protocol — the order SSL4MIS and UniMatch use (augment, then zoom to 256 with order 0).
+The sampler draws shuffled epochs with its own numpy generator, whose state is part of the checkpoint, so a
+resumed run draws exactly the batches an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -11,63 +13,64 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ssbench import augment
 from ssbench.methods.api import Batch
-
-
-def resize_slice(array: np.ndarray, size: int | tuple[int, int], order: int = 0) -> np.ndarray:
-    """scipy zoom to ``size`` (square side or (H, W)), order 0 by default, as the literature resizes."""
-    h, w = array.shape
-    th, tw = (size, size) if isinstance(size, int) else size
-    if (h, w) == (th, tw):
-        return array
-    return ndimage.zoom(array, (th / h, tw / w), order=order)
+from ssbench.resize import resize_image, resize_label
 
 
 @dataclass
 class SlicePool:
-    images: np.ndarray  # (N, S, S) float32
-    labels: np.ndarray | None  # (N, S, S) uint8
+    images: list[np.ndarray]  # native (H, W) float32 slices
+    labels: list[np.ndarray] | None  # native (H, W) uint8 slices
     origin: list[tuple[str, int]]  # (case id, slice index) of each slice
+    cases: dict  # case id -> Case (the volumes the slices are views of)
 
     @classmethod
-    def from_cases(cls, cases, size: int, with_labels: bool) -> "SlicePool":
+    def from_cases(cls, cases, with_labels: bool) -> "SlicePool":
         images, labels, origin = [], [], []
         for case in cases:
             for z in range(case.image.shape[0]):
-                images.append(resize_slice(case.image[z], size))
+                images.append(case.image[z])
                 if with_labels:
-                    labels.append(resize_slice(case.label[z], size))
+                    labels.append(case.label[z])
                 origin.append((case.case_id, z))
-        return cls(
-            np.stack(images).astype(np.float32),
-            np.stack(labels).astype(np.uint8) if with_labels else None,
-            origin,
-        )
+        return cls(images, labels if with_labels else None, origin, {c.case_id: c for c in cases})
 
     def __len__(self) -> int:
         return len(self.images)
 
     def volumes(self) -> dict[str, np.ndarray]:
-        """case id -> (D, S, S) view of all its slices, in slice order."""
-        index: dict[str, list[int]] = {}
-        for i, (case_id, _) in enumerate(self.origin):
-            index.setdefault(case_id, []).append(i)
-        return {cid: self.images[idx] for cid, idx in index.items()}
+        """case id -> its native (D, H, W) float32 image volume."""
+        return {cid: case.image for cid, case in self.cases.items()}
+
+    def labeled_volumes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """case id -> its native (image (D, H, W) float32, label (D, H, W) uint8)."""
+        return {cid: (case.image, case.label) for cid, case in self.cases.items()}
 
 
 class Sampler:
-    """Shuffled epochs over a pool, weakly augmented batches; ``state_dict`` captures everything random."""
+    """Shuffled epochs over a pool, weakly augmented at native size, then resized; ``state_dict`` captures
+    everything random.
 
-    def __init__(self, pool: SlicePool, batch_size: int, seed: int, augment_weak: bool = True):
+    ``drop_last``: an epoch ends when fewer than a batch of its permutation is left (PyTorch's DataLoader with
+    ``drop_last=True``, as UniMatch's loaders); otherwise batches run on into the next permutation.
+    """
+
+    def __init__(self, pool: SlicePool, batch_size: int, seed: int, size: int, resize: str = "order0",
+                 augment_weak: bool = True, drop_last: bool = False):
         self.pool = pool
         self.batch_size = batch_size
+        self.size = size
+        self.resize = resize
         self.augment_weak = augment_weak
+        self.drop_last = drop_last
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(pool))
         self.pos = 0
+
+    def batches_per_epoch(self) -> int:
+        return len(self.pool) // self.batch_size if self.drop_last else -(-len(self.pool) // self.batch_size)
 
     def _next_index(self) -> int:
         if self.pos >= len(self.order):
@@ -78,6 +81,8 @@ class Sampler:
         return i
 
     def next(self, device) -> Batch:
+        if self.drop_last and self.pos + self.batch_size > len(self.order):
+            self.pos = len(self.order)  # the rest of this permutation is dropped
         images, labels, picked = [], [], []
         for _ in range(self.batch_size):
             i = self._next_index()
@@ -86,9 +91,10 @@ class Sampler:
             label = self.pool.labels[i] if self.pool.labels is not None else None
             if self.augment_weak:
                 image, label = augment.weak(image, label, self.rng)
-            images.append(image)
-            labels.append(label)
-        image_t = torch.from_numpy(np.stack(images)).unsqueeze(1).to(device)
+            images.append(resize_image(image, self.size, self.resize))
+            if label is not None:
+                labels.append(resize_label(label, self.size, self.resize))
+        image_t = torch.from_numpy(np.stack(images).astype(np.float32, copy=False)).unsqueeze(1).to(device)
         label_t = None
         if self.pool.labels is not None:
             label_t = torch.from_numpy(np.stack(labels).astype(np.int64)).to(device)

@@ -20,9 +20,8 @@ from ssbench.errors import UserError
 def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_name: str) -> str:
 
     from ssbench.config import apply_override
-    from ssbench.engine.run import (evaluate_checkpoints, load_cases, resolve_device, resolve_hd_units,
-                                    summary_of)
-    from ssbench.methods.api import MethodContext
+    from ssbench.engine.evaluate import evaluate_checkpoints, summary_of
+    from ssbench.engine.run import build_method, load_cases, resolve_device, resolve_hd_units
 
     run_dir = Path(run_dir)
     for name in ("config.yaml", "run.json", "split.json", "checkpoints/best.pt", "checkpoints/final.pt"):
@@ -45,9 +44,7 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
     cfg = resolve_hd_units(cfg, dataset)
     device = resolve_device(device_name)
     split = json.loads((run_dir / "split.json").read_text())
-    ctx = MethodContext(1, dataset.num_classes, cfg.data.train_size, cfg.train.iters, device, cfg.data.synthetic,
-                        weights_from_checkpoint=True)
-    method = method_cls(method_cls.for_evaluation(cfg.method_config), ctx).to(device)
+    method = build_method(cfg, method_cls, dataset, device, weights_from_checkpoint=True)
     test = load_cases(dataset, split["test"], True)
     frame = evaluate_checkpoints(method, test, dataset, cfg, device, run_dir / "checkpoints")
     sub = f"evals/{cfg.eval.empty}-{cfg.eval.hd_units}"

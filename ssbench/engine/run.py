@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 import os
 import platform
 import shutil
@@ -20,16 +19,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from ssbench import registry
 from ssbench.atomic import write_csv, write_json, write_yaml
 from ssbench.config import from_dict, to_dict
 from ssbench.engine.config import CPU_SMALL, CPU_SMALL_TRAIN_SIZE, DataConfig, RunConfig, TrainConfig
-from ssbench.engine.results import summarize
 from ssbench.errors import ConfigError, UserError
-from ssbench.metrics.evaluation import MetricPolicy, evaluate_case
+from ssbench.metrics.evaluation import MetricPolicy
 from ssbench.splits import split_tag
 
 
@@ -81,23 +76,30 @@ def build_config(req: RunRequest):
     overrides = method_cls.recipe_overrides(train.recipe)
     if overrides:
         train = from_dict(TrainConfig, {**to_dict(train), **overrides}, "train")
+    data_overrides = method_cls.data_overrides(train.recipe)
+    if data_overrides:
+        data = from_dict(DataConfig, {**to_dict(data), **data_overrides}, "data")
     cfg = RunConfig(data, train, MetricPolicy(), dataset_cls.Options(), method_cls.Config(), method_cls.name)
     if req.seed is not None:
         cfg = cfg.override("train.seed", str(req.seed))
     if req.split_seed is not None:
         cfg = cfg.override("data.split_seed", str(req.split_seed))
-    if req.iters is not None:
-        cfg = cfg.override("train.iters", str(req.iters))
+    if req.iters is not None:  # --iters is a length in iterations, whatever the recipe's schedule
+        cfg = cfg.override("train.schedule", "iterations").override("train.iters", str(req.iters))
     if cfg.train.recipe == "cpu-small":  # scale the method's absolute schedules to the short run; --set still wins
         cfg = dataclasses.replace(cfg, method_config=method_cls.short_recipe(cfg.method_config, cfg.train.iters))
-    recipe_method_config = cfg.method_config
+    recipe = cfg
     for item in req.sets:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"--set {item}: expected key=value")
         cfg = cfg.override(key.strip(), value.strip())
-    _check_values(cfg)
-    cfg = dataclasses.replace(cfg, variant=variant_tag(recipe_method_config, cfg.method_config))
+        if key.strip() == "train.iters" and cfg.train.schedule == "epochs":
+            raise ConfigError(f"--set {item}: the schedule is in epochs (train.epochs={cfg.train.epochs}); "
+                              "use --iters N or --set train.schedule=iterations to give a length in iterations")
+    _check_values(cfg, method_cls)
+    cfg = dataclasses.replace(cfg, variant=variant_tag(recipe.method_config, cfg.method_config),
+                              protocol_variant=protocol_tag(recipe, cfg))
     dataset = dataset_cls(cfg.data.root, cfg.dataset_options)
     return cfg, method_cls, dataset
 
@@ -117,13 +119,29 @@ def variant_tag(recipe_config, config) -> str:
     return ",".join(parts)
 
 
-def _check_values(cfg: RunConfig) -> None:
+def protocol_tag(recipe: RunConfig, cfg: RunConfig) -> str:
+    """'legacy-valtest', 'infer-bilinear', ...: evaluation-protocol choices away from the method's recipe. They
+    name the seed folder, so that such a run never shares a folder (or a table cell) with a recipe run."""
+    parts = []
+    if cfg.train.selection != "val":
+        parts.append(cfg.train.selection.replace("+", ""))
+    if cfg.data.inference_resize != recipe.data.inference_resize:
+        parts.append(f"infer-{cfg.data.inference_resize}")
+    return "-".join(parts)
+
+
+def _check_values(cfg: RunConfig, method_cls) -> None:
     t = cfg.train
-    for key in ("iters", "batch_labeled", "val_every", "checkpoint_every", "eval_batch"):
+    for key in ("iters", "epochs", "batch_labeled", "checkpoint_every", "eval_batch"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")
-    if t.batch_unlabeled < 0 or t.lr <= 0:
+    if t.val_every != "epoch" and t.val_every < 1:
+        raise ConfigError(f"train.val_every must be at least 1 or 'epoch', got {t.val_every}")
+    if t.batch_unlabeled < 0 or not t.lr > 0:
         raise ConfigError("train.batch_unlabeled must be >= 0 and train.lr > 0")
+    if method_cls.uses_unlabeled and t.batch_unlabeled < 1:
+        raise ConfigError(f"train.batch_unlabeled={t.batch_unlabeled}: method {method_cls.name} trains on unlabeled "
+                          "batches and needs at least 1")
     if cfg.data.train_size < 16 or cfg.data.train_size % 16:
         raise ConfigError(f"data.train_size {cfg.data.train_size}: must be a multiple of 16 (UNet down-sampling)")
 
@@ -134,8 +152,8 @@ def dataset_tag(cfg: RunConfig) -> str:
 
 def run_dir_for(cfg: RunConfig, out: str) -> Path:
     seed = f"seed{cfg.train.seed}"
-    if cfg.train.selection != "val":  # a leaky protocol never shares a folder name with an honest run
-        seed += "-" + cfg.train.selection.replace("+", "")
+    if cfg.protocol_variant:  # e.g. a leaky selection never shares a folder name with an honest run
+        seed += "-" + cfg.protocol_variant
     method = cfg.method_name + (f"@{cfg.variant}" if cfg.variant else "")
     return Path(out) / dataset_tag(cfg) / method / split_tag(cfg.data.split) / seed
 
@@ -188,13 +206,77 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def execute(req: RunRequest, console=None) -> Path:
-    """Run end to end; return the published results folder."""
+@dataclass
+class Inputs:
+    """Everything a run reads before it writes anything."""
+
+    split: object
+    labeled: list
+    unlabeled: list
+    val: list
+    pools: dict
+
+
+def load_inputs(cfg: RunConfig, method_cls, dataset, split, say) -> Inputs:
+    """Load and validate every input. Test volumes are read here only to check that they load (shape, label
+    values); their arrays are dropped and read again after training."""
+    from ssbench.engine.data import SlicePool
+
+    say(f"[bold]{cfg.method_name}[/] on {dataset_tag(cfg)}: split {cfg.data.split} -> {len(split.labeled)} labeled "
+        f"patients, {len(split.unlabeled)} unlabeled, {len(split.val)} val, {len(split.test)} test")
+    labeled = load_cases(dataset, split.labeled, True)
+    unlabeled = load_cases(dataset, split.unlabeled, False) if method_cls.uses_unlabeled else []
+    val = load_cases(dataset, split.val, True)
+    for p in split.test:
+        for cid in dataset.case_ids(p):
+            dataset.load_case(cid, True)
+    if method_cls.uses_unlabeled and not unlabeled:
+        raise UserError(f"--split {cfg.data.split}: method {cfg.method_name} needs unlabeled patients, none left")
+    pools = {"labeled": SlicePool.from_cases(labeled, True)}
+    if unlabeled:
+        pools["unlabeled"] = SlicePool.from_cases(unlabeled, False)
+    return Inputs(split, labeled, unlabeled, val, pools)
+
+
+def resolve_schedule(cfg: RunConfig, method_cls, pools) -> tuple[RunConfig, dict]:
+    """With ``train.schedule = epochs`` the length in iterations follows from the data (recorded in the config)."""
+    from ssbench.engine.train import epoch_pool, iters_per_epoch
+
+    per_epoch = iters_per_epoch(method_cls, cfg, pools)
+    if cfg.train.schedule == "epochs":
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, iters=cfg.train.epochs * per_epoch))
+    return cfg, {"epoch_pool": epoch_pool(method_cls, cfg), "epoch_pool_slices": len(pools[epoch_pool(method_cls, cfg)]),
+                 "iters_per_epoch": per_epoch}
+
+
+def build_method(cfg: RunConfig, method_cls, dataset, device, inputs: Inputs | None = None,
+                 weights_from_checkpoint: bool = False):
+    """The method on ``device``, seeded, with the volumes it asked for attached. A bad checkpoint or option stops
+    here, before anything is written."""
     import torch
 
-    from ssbench.engine.data import SlicePool
     from ssbench.methods.api import MethodContext
 
+    torch.manual_seed(cfg.train.seed)
+    ctx = MethodContext(1, dataset.num_classes, cfg.data.train_size, cfg.train.iters, device, cfg.data.synthetic,
+                        weights_from_checkpoint=weights_from_checkpoint, resize=cfg.data.train_resize)
+    config = method_cls.for_evaluation(cfg.method_config) if weights_from_checkpoint else cfg.method_config
+    method = method_cls(config, ctx).to(device)
+    if inputs is not None:
+        method.attach_labeled_volumes(inputs.pools["labeled"].labeled_volumes())
+        if "unlabeled" in inputs.pools:
+            method.attach_unlabeled_volumes(inputs.pools["unlabeled"].volumes())
+    return method
+
+
+def execute(req: RunRequest, console=None) -> Path:
+    """Run end to end: load and check, build, train, evaluate the test set once, publish. Returns the folder."""
+    import torch
+
+    from ssbench.engine.evaluate import evaluate_checkpoints, summary_of
+    from ssbench.engine.train import train
+
+    say = console.print if console is not None and not req.quiet else (lambda *a, **k: None)
     cfg, method_cls, dataset = build_config(req)
     cfg = resolve_hd_units(cfg, dataset)
     device = resolve_device(req.device)
@@ -204,39 +286,19 @@ def execute(req: RunRequest, console=None) -> Path:
     if final_dir.exists() and not req.overwrite:
         raise UserError(f"{final_dir}: a completed run is already there (pass --overwrite to replace it)")
 
-    # Validate and load every input before anything is written. Test volumes are read here only to check that
-    # they load (shape, label values); their arrays are dropped and read again after training.
-    say = console.print if console is not None and not req.quiet else (lambda *a, **k: None)
-    n_lab = len(split.labeled)
-    say(f"[bold]{cfg.method_name}[/] on {dataset_tag(cfg)}: split {cfg.data.split} -> {n_lab} labeled patients, "
-        f"{len(split.unlabeled)} unlabeled, {len(split.val)} val, {len(split.test)} test")
-    labeled = load_cases(dataset, split.labeled, True)
-    unlabeled = load_cases(dataset, split.unlabeled, False) if method_cls.uses_unlabeled else []
-    val = load_cases(dataset, split.val, True)
-    for p in split.test:
-        for cid in dataset.case_ids(p):
-            dataset.load_case(cid, True)
-
-    # The method is built before anything is written too: a bad checkpoint or option stops here.
-    if method_cls.uses_unlabeled and not unlabeled:
-        raise UserError(f"--split {cfg.data.split}: method {cfg.method_name} needs unlabeled patients, none left")
-    torch.manual_seed(cfg.train.seed)
-    ctx = MethodContext(1, dataset.num_classes, cfg.data.train_size, cfg.train.iters, device, cfg.data.synthetic)
-    method = method_cls(cfg.method_config, ctx).to(device)
+    # 1. Load and check every input, 2. build the method: both before anything is written.
+    inputs = load_inputs(cfg, method_cls, dataset, split, say)
+    cfg, schedule = resolve_schedule(cfg, method_cls, inputs.pools)
+    method = build_method(cfg, method_cls, dataset, device, inputs)
     for w in method.warnings:
         say(f"[bold red]WARNING[/]: {w}")
-    size = cfg.data.train_size
-    pools = {"labeled": SlicePool.from_cases(labeled, size, True)}
-    if method_cls.uses_unlabeled:
-        pools["unlabeled"] = SlicePool.from_cases(unlabeled, size, False)
-        method.attach_unlabeled_volumes(pools["unlabeled"].volumes())
 
+    # 3. Open the staging folder and record the protocol.
     _check_lock(staging)
     if staging.exists() and not req.resume:
         shutil.rmtree(staging)
     staging.mkdir(parents=True, exist_ok=True)
     (staging / LOCK).write_text(str(os.getpid()))
-    started = _now()
     t0 = time.time()
     run_info = {
         "status": "running",
@@ -244,13 +306,14 @@ def execute(req: RunRequest, console=None) -> Path:
         "method": cfg.method_name,
         "dataset": dataset_tag(cfg),
         "split": cfg.data.split,
-        "labeled_patients": n_lab,
+        "labeled_patients": len(split.labeled),
         "seed": cfg.train.seed,
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "data": dataset.describe(),
         "split_protocol": split.protocol,
+        "schedule": schedule,
         "warnings": list(method.warnings),
-        "start": started,
+        "start": _now(),
         **provenance(),
     }
     if cfg.train.selection != "val":
@@ -266,24 +329,25 @@ def execute(req: RunRequest, console=None) -> Path:
     write_json(staging / "split.json", {**split.as_dict(), "protocol": split.protocol})
     write_json(staging / "run.json", run_info)
 
-    selection_cases = val
+    # 4. Train, selecting on val (or, named and warned, on val+test).
+    selection_cases = inputs.val
     if cfg.train.selection == "legacy-val+test":
-        selection_cases = val + load_cases(dataset, split.test, True)
+        selection_cases = inputs.val + load_cases(dataset, split.test, True)
+    best = train(cfg, method, inputs.pools, selection_cases, staging, device, req.resume,
+                 console if not req.quiet else None)
 
-    from ssbench.engine.train import train
-
-    best_iter = train(cfg, method, pools, selection_cases, staging, device, req.resume,
-                      console if not req.quiet else None)
-
-    # The test set, once, for the best-val and the final checkpoint.
+    # 5. The test set, once, for the best-val and the final checkpoint.
     test = load_cases(dataset, split.test, True)
     frame = evaluate_checkpoints(method, test, dataset, cfg, device, staging / "checkpoints", staging / "predictions")
     write_csv(staging / "metrics_per_case.csv", frame)
-    selection = {"set": cfg.train.selection, "metric": "mean foreground Dice", "best_iteration": best_iter}
+    selection = {"set": cfg.train.selection, "metric": "mean foreground Dice", "best_iteration": best["iteration"],
+                 "best_score": best["dice"], "cases": len(selection_cases)}
     write_json(staging / "summary.json", summary_of(frame, cfg, selection=selection))
     run_info.update(status="complete", end=_now(), wall_time_s=round(time.time() - t0, 1))
     write_json(staging / "run.json", run_info)
     (staging / "checkpoints" / "last.pt").unlink(missing_ok=True)  # the resume state is not needed any more
+
+    # 6. Publish in one rename.
     publish(staging, final_dir)
     return final_dir
 
@@ -315,74 +379,3 @@ def publish(staging: Path, final_dir: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(staging, final_dir)
-
-
-def evaluate_checkpoints(method, cases, dataset, cfg: RunConfig, device, checkpoints: Path,
-                         predictions_dir: Path | None = None) -> pd.DataFrame:
-    """Per-case rows of the best and final checkpoints on ``cases``; optionally save the predicted label maps."""
-    import torch
-
-    rows = []
-    for ckpt in ("best", "final"):
-        state = torch.load(checkpoints / f"{ckpt}.pt", map_location=device, weights_only=True)
-        method.load_state_dict(state["method"])
-        predictions: dict[str, np.ndarray] | None = {} if predictions_dir is not None else None
-        rows += evaluate_cases(method, cases, dataset, cfg, device, ckpt, predictions)
-        if predictions_dir is not None:
-            save_predictions(predictions_dir / f"{ckpt}.npz", predictions)
-    return pd.DataFrame(rows)
-
-
-def summary_of(frame: pd.DataFrame, cfg: RunConfig, **extra) -> dict:
-    return {
-        "config_hash": cfg.hash(),
-        "metric_policy": dataclasses.asdict(cfg.eval),
-        **extra,
-        "test_cases": int(frame["case_id"].nunique()),
-        "checkpoints": summarize(frame),
-    }
-
-
-def save_predictions(path: Path, predictions: dict) -> None:
-    """The predicted label maps of the test volumes (uint8, native grid), compressed: figures and audits."""
-    from ssbench.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **predictions)
-
-
-def evaluate_cases(method, cases, dataset, cfg: RunConfig, device, checkpoint: str,
-                   predictions: dict | None = None) -> list[dict]:
-    from ssbench.engine.inference import predict_volume
-
-    names = {i + 1: n for i, n in enumerate(dataset.class_names)}
-    rows = []
-    for case in cases:
-        pred = predict_volume(method, case.image, cfg.data.train_size, device, cfg.train.eval_batch)
-        if predictions is not None:
-            predictions[case.case_id] = pred
-        spacing = case.spacing if cfg.eval.hd_units == "mm" else None
-        for r in evaluate_case(pred, case.label, list(names), spacing, cfg.eval, cfg.eval.hd_units):
-            rows.append({
-                "checkpoint": checkpoint, "case_id": case.case_id, "patient_id": case.patient_id,
-                "class": names[r["class_id"]], **r, "hd_units": cfg.eval.hd_units, "empty_policy": cfg.eval.empty,
-            })
-    return rows
-
-
-def mean_val_dice(method, cases, cfg: RunConfig, device) -> float:
-    """Selection metric: mean over classes of the mean Dice over val volumes (absent classes left out)."""
-    from ssbench.engine.inference import predict_volume
-
-    per_class: dict[int, list[float]] = {}
-    k = method.ctx.num_classes
-    for case in cases:
-        pred = predict_volume(method, case.image, cfg.data.train_size, device, cfg.train.eval_batch)
-        for c in range(1, k):
-            p, r = pred == c, case.label == c
-            total = int(p.sum()) + int(r.sum())
-            if total:
-                per_class.setdefault(c, []).append(2.0 * int((p & r).sum()) / total)
-    means = [float(np.mean(v)) for v in per_class.values()]
-    return float(np.mean(means)) if means else math.nan

@@ -1,4 +1,4 @@
-"""The training loop: SGD with poly LR, periodic validation and checkpoints, resumable bit for bit on CPU."""
+"""The training loop: SGD/AdamW with poly LR, periodic validation and checkpoints, resumable bit for bit on CPU."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 from ssbench.atomic import torch_save, write_csv
 from ssbench.engine.data import Sampler
+from ssbench.engine.evaluate import mean_val_dice
 from ssbench.errors import UserError
 from ssbench.methods.api import StepInfo
 
@@ -23,10 +24,56 @@ def poly_lr(base: float, it: int, total: int, power: float) -> float:
     return base * (1.0 - it / total) ** power
 
 
-def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, console) -> int:
-    """Train for cfg.train.iters steps; write best.pt, final.pt and train_log.csv; return the best iteration."""
-    from ssbench.engine.run import mean_val_dice
+def step_lr(base: float, it: int, total: int, power: float) -> float:
+    """The LR of (0-based) step ``it``. SSL4MIS and UniMatch both set the LR *after* each optimizer step from that
+    step's index, so step 0 and step 1 run with ``base`` and step k with poly(k - 1): reproduced here."""
+    return poly_lr(base, max(it - 1, 0), total, power)
 
+
+def epoch_pool(method_cls, cfg) -> str:
+    """The pool whose passes make an epoch: the unlabeled slices for methods that use them (UniMatch's
+    ``len(trainloader_u)``), the labeled ones otherwise."""
+    return "unlabeled" if method_cls.uses_unlabeled and cfg.train.batch_unlabeled > 0 else "labeled"
+
+
+def iters_per_epoch(method_cls, cfg, pools) -> int:
+    pool = epoch_pool(method_cls, cfg)
+    batch = cfg.train.batch_unlabeled if pool == "unlabeled" else cfg.train.batch_labeled
+    return max(1, len(pools[pool]) // batch)
+
+
+def make_samplers(method_cls, cfg, pools) -> dict[str, Sampler]:
+    """One sampler per stream. A method that draws ``unlabeled_batch_multiplier`` unlabeled batches per step gets
+    as many independent unlabeled streams (UniMatch's second loader over the same set for CutMix sources)."""
+    t, d = cfg.train, cfg.data
+    augment = t.augment != "none" and method_cls.engine_weak_augmentation
+    by_epoch = t.schedule == "epochs"
+    first = epoch_pool(method_cls, cfg)
+    samplers = {"labeled": Sampler(pools["labeled"], t.batch_labeled, t.seed, d.train_size, d.train_resize, augment,
+                                   drop_last=by_epoch and first == "labeled")}
+    if first == "unlabeled":
+        for k in range(method_cls.unlabeled_batch_multiplier):
+            name = "unlabeled" if k == 0 else f"unlabeled_{k + 1}"
+            samplers[name] = Sampler(pools["unlabeled"], t.batch_unlabeled, t.seed + 1 + k, d.train_size,
+                                     d.train_resize, augment, drop_last=by_epoch)
+    return samplers
+
+
+def _draw_unlabeled(samplers, device):
+    from ssbench.methods.api import Batch
+
+    parts = [s.next(device) for name, s in samplers.items() if name.startswith("unlabeled")]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return Batch(torch.cat([p.image for p in parts]), None, sum((p.case_ids for p in parts), []),
+                 sum((p.slice_indices for p in parts), []))
+
+
+def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, console) -> dict:
+    """Train for cfg.train.iters steps; write best.pt, final.pt and train_log.csv; return the best
+    ``{"dice", "iteration"}`` on the selection set."""
     t = cfg.train
     ckpt_dir = staging / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
@@ -35,11 +82,8 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
                                     weight_decay=t.weight_decay)
     else:
         optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    augment = t.augment != "none" and type(method).engine_weak_augmentation
-    samplers = {"labeled": Sampler(pools["labeled"], t.batch_labeled, t.seed, augment)}
-    if "unlabeled" in pools and t.batch_unlabeled > 0:
-        per_step = t.batch_unlabeled * type(method).unlabeled_batch_multiplier
-        samplers["unlabeled"] = Sampler(pools["unlabeled"], per_step, t.seed + 1, augment)
+    samplers = make_samplers(type(method), cfg, pools)
+    val_every = iters_per_epoch(type(method), cfg, pools) if t.val_every == "epoch" else t.val_every
     start, best, log = 0, {"dice": -1.0, "iteration": -1}, []
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
@@ -60,11 +104,11 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
     val_dice = math.nan
     for it in range(start, t.iters):
         method.train()
-        lr = poly_lr(t.lr, it, t.iters, t.poly_power)
+        lr = step_lr(t.lr, it, t.iters, t.poly_power)
         for group in optimizer.param_groups:
             group["lr"] = lr
         labeled = samplers["labeled"].next(device)
-        unlabeled = samplers["unlabeled"].next(device) if "unlabeled" in samplers else None
+        unlabeled = _draw_unlabeled(samplers, device)
         step = StepInfo(it, t.iters)
         losses = method.training_step(labeled, unlabeled, step)
         loss = losses["loss"]
@@ -76,7 +120,7 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
         method.after_optimizer_step(step)
         done = it + 1
         row = {"iteration": done, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()}}
-        validate = done % t.val_every == 0 or done == t.iters
+        validate = done % val_every == 0 or done == t.iters
         if validate:
             val_dice = mean_val_dice(method, val_cases, cfg, device)
             row["val_dice"] = val_dice
@@ -98,7 +142,7 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
         progress.update(done, row, val_dice, best)
     progress.close()
     torch_save(ckpt_dir / "final.pt", _weights(method, t.iters, val_dice, cfg))
-    return best["iteration"]
+    return best
 
 
 def _weights(method, iteration: int, val_dice: float, cfg) -> dict:

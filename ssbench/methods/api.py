@@ -7,14 +7,17 @@ A method is a ``torch.nn.Module`` that
 * takes one training step in ``training_step(labeled, unlabeled, step)`` and returns its losses, with the total
   under ``"loss"`` (the engine calls backward, the optimizer step and the LR schedule);
 * may update non-gradient state (an EMA teacher) in ``after_optimizer_step(step)``;
-* predicts class probabilities for evaluation in ``predict(image)`` (slices) or ``predict_volume(slices)`` (all
-  slices of one volume at once, for methods whose prompts come from the whole volume).
+* predicts class scores for evaluation in ``predict(image)`` (slices) or ``predict_volume(slices)`` (all
+  slices of one volume at once, for methods whose prompts come from the whole volume). Scores are logits or
+  probabilities: the engine takes their argmax, after resizing them bilinearly to the native grid when the run's
+  ``data.inference_resize`` is ``bilinear`` (UniMatch resizes logits, so the UNet methods return logits).
 
 Everything it owns (students, teachers, buffers) is in its ``state_dict``, so checkpoints and ``--resume`` need
-nothing else from it. Batches arrive resized to ``ctx.image_size`` and, unless the method sets
-``engine_weak_augmentation = False`` to augment itself, weakly augmented (the literature's rotation/flip).
-Methods that need whole unlabeled volumes (SSS's slice-window prompts) get them once through
-``attach_unlabeled_volumes``; each batch names the case and slice of every image.
+nothing else from it. Batches arrive at ``ctx.image_size`` — the native slice, weakly augmented by the engine
+(the literature's rotation/flip) unless the method sets ``engine_weak_augmentation = False`` to augment itself,
+then resized with the run's ``data.train_resize`` (``ctx.resize``). Methods that need whole volumes (SSS's
+slice-window prompts, clips of neighbouring slices) get them once, at native size, through
+``attach_unlabeled_volumes`` and ``attach_labeled_volumes``; each batch names the case and slice of every image.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ API_VERSION = 1
 class MethodContext:
     in_channels: int  # 1 for the grayscale MR/CT slices of the built-in datasets
     num_classes: int  # including background
-    image_size: int  # square training resolution
+    image_size: int  # square input size of the method (data.train_size)
     total_iters: int  # for methods whose schedules depend on the run length
     device: torch.device
     synthetic_data: bool = False  # the embedded phantom (methods may relax requirements, loudly)
     weights_from_checkpoint: bool = False  # rebuilt for evaluation: a run checkpoint will replace every weight
+    resize: str = "order0"  # data.train_resize: how native slices become image_size (ssbench.resize)
 
 
 @dataclass
@@ -70,6 +74,12 @@ class Method(nn.Module):
         return {}
 
     @classmethod
+    def data_overrides(cls, recipe: str) -> dict:
+        """Input-protocol fields (``data.*``: ``train_size``, ``train_resize``, ``inference_resize``) this method
+        changes for ``recipe``, e.g. SAM-2's own input size. Applied before the command line, which still wins."""
+        return {}
+
+    @classmethod
     def for_evaluation(cls, config):
         """Config to rebuild the method when its weights come from a run's checkpoint (``ssbench eval``): e.g.
         skip loading pretrained weights that the checkpoint replaces anyway."""
@@ -88,7 +98,11 @@ class Method(nn.Module):
         self.warnings: list[str] = []  # recorded in run.json (e.g. random initialisation)
 
     def attach_unlabeled_volumes(self, volumes: dict) -> None:
-        """case id -> (D, S, S) float32 array of all slices of that unlabeled volume, at the training size."""
+        """case id -> (D, H, W) float32 array of all slices of that unlabeled volume, at native size
+        (``ssbench.resize.resize_volume(v, ctx.image_size, ctx.resize)`` brings it to the input size)."""
+
+    def attach_labeled_volumes(self, volumes: dict) -> None:
+        """case id -> (image (D, H, W) float32, label (D, H, W) uint8) of each labeled volume, at native size."""
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters the optimizer updates (override to leave out a teacher)."""
@@ -102,10 +116,10 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) images -> (B, K, H, W) class probabilities."""
+        """(B, C, S, S) images -> (B, K, S, S) class scores (logits or probabilities)."""
         raise NotImplementedError
 
     @torch.no_grad()
     def predict_volume(self, slices: torch.Tensor, batch: int = 16) -> torch.Tensor:
-        """(D, C, H, W) all slices of one volume -> (D, K, H, W) class probabilities. Never sees a label."""
+        """(D, C, S, S) all slices of one volume -> (D, K, S, S) class scores. Never sees a label."""
         return torch.cat([self.predict(slices[i : i + batch]) for i in range(0, len(slices), batch)])

@@ -12,11 +12,11 @@ import torch
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
 from ssbench.methods.ema import ema_alpha, ema_update, freeze
 from ssbench.methods.losses import ce_dice_loss
-from ssbench.methods.unet import UNet
+from ssbench.methods.unet import UNetConfig
 
 
 @dataclass(frozen=True)
-class MeanTeacherConfig:
+class MeanTeacherConfig(UNetConfig):
     ema_decay: float = 0.99  # alpha = min(1 - 1/(step + 1), ema_decay)
     consistency: float = 0.1  # maximum consistency weight
     consistency_rampup: float = 200.0  # L in exp(-5 (1 - t/L)^2)
@@ -48,7 +48,7 @@ class MeanTeacher(Method):
 
     def __init__(self, config: MeanTeacherConfig, ctx: MethodContext):
         super().__init__(config, ctx)
-        self.student = UNet(ctx.in_channels, ctx.num_classes)
+        self.student = config.build_unet(ctx.in_channels, ctx.num_classes)
         self.teacher = freeze(copy.deepcopy(self.student))
 
     @classmethod
@@ -87,4 +87,4 @@ class MeanTeacher(Method):
     @torch.no_grad()
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         net = self.student if self.config.evaluate == "student" else self.teacher
-        return net(image).softmax(1)
+        return net(image)

@@ -1,18 +1,39 @@
-"""The 2-D UNet of the semi-supervised literature (SSL4MIS; the same in UniMatch's medical branch).
+"""The 2-D UNet of the semi-supervised literature, as the official codes run it (SSL4MIS ``networks/unet.py``;
+the same module in UniMatch's medical branch, ``model/unet.py``).
 
 Encoder channels 16-32-64-128-256, each block Conv3x3-BN-LeakyReLU-Dropout-Conv3x3-BN-LeakyReLU, max-pool down,
-encoder dropout 0.05/0.1/0.2/0.3/0.5; decoder without dropout, ConvTranspose2d(2, 2) up-sampling, skip
-concatenation, a 3x3 output conv. About 1.8 M parameters. ``encode``/``decode`` are separate so that methods can
-perturb the features in between (UniMatch's feature perturbation).
+encoder dropout 0.05/0.1/0.2/0.3/0.5. Each up block: Conv1x1 to the skip's channels, bilinear x2 up-sampling
+(``align_corners=True``), skip concatenation, a conv block without dropout; a 3x3 output conv. Both codes carry a
+``bilinear`` flag that their Decoder never passes on, so this bilinear block is what runs: 1,813,764 parameters
+for 1 input channel and 4 classes, in the official order and shapes, built in the official order (so the same
+seed gives the same initial weights). ``upsampling='transpose'`` (ConvTranspose2d 2x2, 1,944,324 parameters) is
+kept only as a named, recorded option.
+
+``encode``/``decode`` are separate so that methods can perturb the features in between (UniMatch's feature
+perturbation).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 CHANNELS = (16, 32, 64, 128, 256)
 DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)
+Upsampling = Literal["bilinear", "transpose"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The network fields every UNet method's Config starts with (recorded in the method's config section)."""
+
+    upsampling: Upsampling = "bilinear"  # the official codes' Conv1x1 + bilinear x2; 'transpose': ConvTranspose2d
+
+    def build_unet(self, in_channels: int, num_classes: int) -> "UNet":
+        return UNet(in_channels, num_classes, upsampling=self.upsampling)
 
 
 class ConvBlock(nn.Sequential):
@@ -29,26 +50,34 @@ class ConvBlock(nn.Sequential):
 
 
 class UpBlock(nn.Module):
-    def __init__(self, cin: int, cskip: int, cout: int):
+    def __init__(self, cin: int, cskip: int, cout: int, upsampling: Upsampling = "bilinear"):
         super().__init__()
-        self.up = nn.ConvTranspose2d(cin, cskip, kernel_size=2, stride=2)
+        if upsampling == "bilinear":  # registered first, as the official module does: same order, same init
+            self.reduce = nn.Conv2d(cin, cskip, kernel_size=1)
+            self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        elif upsampling == "transpose":
+            self.reduce = nn.Identity()
+            self.up = nn.ConvTranspose2d(cin, cskip, kernel_size=2, stride=2)
+        else:
+            raise ValueError(f"upsampling {upsampling!r}: expected 'bilinear' or 'transpose'")
         self.conv = ConvBlock(cskip * 2, cout, 0.0)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+        return self.conv(torch.cat([skip, self.up(self.reduce(x))], dim=1))
 
 
 class UNet(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, channels=CHANNELS, dropout=DROPOUT):
+    def __init__(self, in_channels: int, num_classes: int, channels=CHANNELS, dropout=DROPOUT,
+                 upsampling: Upsampling = "bilinear"):
         super().__init__()
         self.down = nn.ModuleList()
         cin = in_channels
-        for i, (c, p) in enumerate(zip(channels, dropout)):
+        for c, p in zip(channels, dropout):
             self.down.append(ConvBlock(cin, c, p))
             cin = c
         self.pool = nn.MaxPool2d(2)
         self.up = nn.ModuleList(
-            UpBlock(channels[i + 1], channels[i], channels[i]) for i in reversed(range(len(channels) - 1))
+            UpBlock(channels[i + 1], channels[i], channels[i], upsampling) for i in reversed(range(len(channels) - 1))
         )
         self.head = nn.Conv2d(channels[0], num_classes, 3, padding=1)
 
