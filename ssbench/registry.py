@@ -53,3 +53,13 @@ def method(name: str):
 
 def dataset(name: str):
     return load(DATASETS_GROUP, name)
+
+
+def source(group: str, name: str) -> dict:
+    """The distribution that registers ``name`` in ``group`` (recorded in run.json): name, version, entry point."""
+    ep = _entries(group).get(name)
+    if ep is None:
+        return {}
+    dist = getattr(ep, "dist", None)
+    return {"distribution": dist.name if dist else None, "version": dist.version if dist else None,
+            "entry_point": ep.value}

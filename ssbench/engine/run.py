@@ -304,6 +304,8 @@ def execute(req: RunRequest, console=None) -> Path:
         "status": "running",
         "config_hash": cfg.hash(),
         "method": cfg.method_name,
+        "method_display_name": method_cls.display_name or cfg.method_name,
+        "method_source": registry.source(registry.METHODS_GROUP, cfg.method_name),
         "dataset": dataset_tag(cfg),
         "split": cfg.data.split,
         "labeled_patients": len(split.labeled),

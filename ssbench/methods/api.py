@@ -59,6 +59,8 @@ class StepInfo:
 
 class Method(nn.Module):
     name: ClassVar[str]
+    # How tables and figures name the method (the literature's name, e.g. "Mean Teacher"); recorded in run.json.
+    display_name: ClassVar[str | None] = None
     Config: ClassVar[type]
     uses_unlabeled: ClassVar[bool] = False
     # Unlabeled images per step = train.batch_unlabeled x this (UniMatch draws a second batch as CutMix sources).

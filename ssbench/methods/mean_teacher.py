@@ -43,6 +43,7 @@ def consistency_weight(iteration: int, cfg: MeanTeacherConfig) -> float:
 
 class MeanTeacher(Method):
     name = "mean-teacher"
+    display_name = "Mean Teacher"
     Config = MeanTeacherConfig
     uses_unlabeled = True
 

@@ -19,6 +19,7 @@ class SupervisedConfig(UNetConfig):
 
 class Supervised(Method):
     name = "supervised"
+    display_name = "U-Net (labeled only)"
     Config = SupervisedConfig
     uses_unlabeled = False
 

@@ -49,6 +49,7 @@ def unlabeled_dice(logits: torch.Tensor, pseudo: torch.Tensor, conf: torch.Tenso
 
 class UniMatch(Method):
     name = "unimatch"
+    display_name = "UniMatch"
     Config = UniMatchConfig
     uses_unlabeled = True
     unlabeled_batch_multiplier = 2  # a second unlabeled stream: the CutMix sources (UniMatch's trainloader_u_mix)
@@ -125,4 +126,5 @@ class FixMatch(UniMatch):
     """FixMatch: one strong view (colour jitter, blur, CutMix), no feature perturbation, loss (x + s) / 2."""
 
     name = "fixmatch"
+    display_name = "FixMatch"
     Config = FixMatchConfig

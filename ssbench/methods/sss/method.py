@@ -132,6 +132,7 @@ class SAM2Segmenter(nn.Module):
 
 class SSS(Method):
     name = "sss"
+    display_name = "SSS"
     Config = SSSConfig
     uses_unlabeled = True
     unlabeled_batch_multiplier = 2  # the second half are CutMix sources
