@@ -42,6 +42,13 @@ def mix_pseudo_labels(label, conf, mix_label, mix_conf, box):
     return torch.where(box, mix_label, label), torch.where(box, mix_conf, conf)
 
 
+def decode_with_fp(net, x: torch.Tensor, drop: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """One encoder pass, decoded twice in one batch: clean, and with ``drop`` (Dropout2d) on every encoder level
+    (UniMatch's ``model(x, need_fp=True)``). Returns (clean logits, perturbed logits)."""
+    feats = net.encode(x)
+    return net.decode([torch.cat([f, drop(f)]) for f in feats]).chunk(2)
+
+
 def unlabeled_dice(logits: torch.Tensor, pseudo: torch.Tensor, conf: torch.Tensor, thresh: float) -> torch.Tensor:
     """Dice over all classes on the pixels whose pseudo-label confidence reaches ``thresh``."""
     return dice_loss(logits.softmax(1), pseudo, ignore=conf < thresh)
@@ -88,13 +95,12 @@ class UniMatch(Method):
             strong.append(torch.where(box.unsqueeze(1), s_mix, s))
             boxes.append(box)
 
-        feats = self.net.encode(torch.cat([labeled.image, u_w]))
+        x = torch.cat([labeled.image, u_w])
         if cfg.feature_perturbation:
-            both = self.net.decode([torch.cat([f, self.fp_drop(f)]) for f in feats])
-            logits, logits_fp = both.chunk(2)
+            logits, logits_fp = decode_with_fp(self.net, x, self.fp_drop)
             logits_u_fp = logits_fp[n_lab:]
         else:
-            logits = self.net.decode(feats)
+            logits = self.net(x)
         logits_x, logits_u_w = logits[:n_lab], logits[n_lab:]
         logits_s = self.net(torch.cat(strong)).chunk(cfg.strong_views)
 

@@ -1,0 +1,55 @@
+"""The peer check (benchmarks/peer_check.py) must be able to fail: its comparisons run here against stand-ins that
+differ from ssbench in known ways (the official code itself is not available offline; the check's output against
+it is in the issue notes and reproducible with the command in the README)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssbench.methods.strong import cutmix_box
+from ssbench.methods.unet import UNet
+
+SPEC = importlib.util.spec_from_file_location("peer_check", Path(__file__).parents[1] / "benchmarks" / "peer_check.py")
+peer = importlib.util.module_from_spec(SPEC)
+sys.modules["peer_check"] = peer  # dataclasses look their module up there
+SPEC.loader.exec_module(peer)
+
+
+def test_unet_check_passes_on_the_same_network_and_fails_on_transposed_up_sampling():
+    assert all(i.ok for i in peer.check_unet("self", lambda c, k: UNet(c, k)))
+    items = peer.check_unet("transpose", lambda c, k: UNet(c, k, upsampling="transpose"))
+    assert not items[0].ok and "1,944,324" in items[0].detail
+
+
+def test_cutmix_check_detects_a_shifted_distribution():
+    class Same:
+        @staticmethod
+        def obtain_cutmix_box(size, p=0.5):
+            return cutmix_box(size, torch.Generator().manual_seed(int(np.random.randint(1 << 30))), p=p).float()
+
+    class Smaller:  # boxes of 2-20 % instead of 2-40 % of the image
+        @staticmethod
+        def obtain_cutmix_box(size, p=0.5):
+            g = torch.Generator().manual_seed(int(np.random.randint(1 << 30)))
+            return cutmix_box(size, g, p=p, area=(0.02, 0.2)).float()
+
+    assert all(i.ok for i in peer.check_cutmix(Same, 3000, size=64))
+    verdicts = {i.name: i.ok for i in peer.check_cutmix(Smaller, 3000, size=64)}
+    assert not verdicts["CutMix: area distribution (two-sample KS)"]
+
+
+def test_script_functions_and_defaults_are_read_without_running_the_script(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import argparse\nparser = argparse.ArgumentParser()\n"
+        "parser.add_argument('--ema_decay', type=float, default=0.99)\n"
+        "parser.add_argument('--consistency', type=float, default=0.1)\n"
+        "raise SystemExit('the script body must not run')\n"
+        "def weight(epoch):\n    return args.consistency * epoch\n"
+    )
+    assert peer.script_defaults(script) == {"ema_decay": 0.99, "consistency": 0.1}
+    ns = {"args": type("A", (), {"consistency": 0.5})}
+    assert peer.script_functions(script, ["weight"], ns)["weight"](4) == 2.0
