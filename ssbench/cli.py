@@ -15,6 +15,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Reproducible semi-supervised medical image segmentation benchmarks.")
 data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.")
 app.add_typer(data_app, name="data")
+from ssbench.sweep.commands import sweep_app  # noqa: E402  (typer only; the sweep imports torch in its jobs)
+
+app.add_typer(sweep_app, name="sweep")
 
 _STATE = {"debug": False}
 

@@ -150,11 +150,16 @@ def _weights(method, iteration: int, val_dice: float, cfg) -> dict:
 
 
 class _Progress:
-    """A rich progress bar with iteration, losses, val Dice and ETA; silent without a console."""
+    """Progress of a run: a rich bar on a terminal; without one (a job's log file) a plain line every
+    ``every_s`` seconds and at each validation (iteration, losses, val Dice, it/s, ETA); silent without a
+    console."""
 
-    def __init__(self, console, total: int, start: int):
+    def __init__(self, console, total: int, start: int, every_s: float = 30.0):
+        self.console, self.total, self.start = console, total, start
         self.bar = None
-        if console is None:
+        self.t0 = self.last = time.time()
+        self.every_s = every_s
+        if console is None or not console.is_terminal:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -166,12 +171,29 @@ class _Progress:
         self.task = self.bar.add_task("train", total=total, completed=start, info="")
 
     def update(self, done: int, row: dict, val_dice: float, best: dict) -> None:
-        if self.bar is None:
+        if self.console is None:
             return
         losses = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("loss"))
         val = "" if math.isnan(val_dice) else f" val_dice={val_dice:.3f} best={best['dice']:.3f}@{best['iteration']}"
-        self.bar.update(self.task, completed=done, info=losses + val)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, info=losses + val)
+            return
+        now = time.time()
+        if "val_dice" in row or done == self.total or now - self.last >= self.every_s:
+            self.last = now
+            rate = (done - self.start) / max(now - self.t0, 1e-9)
+            eta = (self.total - done) / rate if rate > 0 else float("nan")
+            self.console.print(f"iteration {done}/{self.total} {losses}{val} {rate:.2f} it/s ETA {_duration(eta)}",
+                               highlight=False, markup=False)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -1,0 +1,76 @@
+"""The ``ssbench sweep`` commands (registered in ``ssbench.cli``); heavy imports happen inside them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ssbench.errors import UserError
+
+sweep_app = typer.Typer(help="Run a grid of methods x splits x seeds (x datasets) through submitit.")
+
+
+@sweep_app.callback(invoke_without_command=True)
+def sweep(
+    ctx: typer.Context,
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated method names."),
+    splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated splits, e.g. 5%,10%."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated training seeds, e.g. 0,1,2."),
+    dataset: str = typer.Option("acdc", "--dataset", help="Dataset of the grid (or the datasets of --grid)."),
+    data_root: List[str] = typer.Option([], "--data-root", help="PATH, or NAME=PATH per dataset; none: phantom."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="A grid shipped with ssbench, e.g. paper."),
+    sets: List[str] = typer.Option([], "--set", help="Override a config field in every run (repeatable)."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Training iterations of every run."),
+    out: Path = typer.Option(Path("results"), "--out", help="Results root folder."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (inside each job)."),
+    executor: str = typer.Option("local", "--executor", help="local, slurm or debug."),
+    parallel: int = typer.Option(1, "--parallel", help="local: runs at once (one per GPU or a few on CPU)."),
+    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition"),
+    gpus_per_job: int = typer.Option(1, "--gpus-per-job"),
+    cpus_per_job: int = typer.Option(8, "--cpus-per-job"),
+    timeout_min: int = typer.Option(24 * 60, "--timeout-min", help="Per job; Slurm requeues a timed-out run."),
+    array_parallelism: int = typer.Option(16, "--array-parallelism", help="Slurm: array tasks at once."),
+):
+    """Run every (method, split, seed) of a grid; completed runs are skipped; `ssbench sweep status RESULTS`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ssbench.sweep.grid import Grid, load_grid, parse_list, parse_roots, plan
+    from ssbench.sweep.launch import SlurmOptions, launch
+
+    if grid is not None:
+        if methods or splits or seeds:
+            raise UserError("--grid: give either a grid or --methods/--splits/--seeds, not both")
+        g = load_grid(grid)
+    else:
+        missing = [o for o, v in (("--methods", methods), ("--splits", splits), ("--seeds", seeds)) if not v]
+        if missing:
+            raise UserError(f"{missing[0]}: required (or --grid NAME)")
+        g = Grid(parse_list("--methods", methods), parse_list("--splits", splits), parse_list("--seeds", seeds, int),
+                 (dataset,))
+    for option, value in (("--parallel", parallel), ("--gpus-per-job", gpus_per_job), ("--timeout-min", timeout_min),
+                          ("--array-parallelism", array_parallelism), ("--cpus-per-job", cpus_per_job)):
+        if value < 1:
+            raise UserError(f"{option} {value}: must be at least 1")
+    planned = plan(g, parse_roots(data_root, g.datasets), tuple(sets), iters, out, device)
+    typer.echo(f"sweep of {len(planned)} runs ({sum(p.complete for p in planned)} already complete)")
+    slurm = SlurmOptions(slurm_partition, gpus_per_job, cpus_per_job, timeout_min, array_parallelism)
+    sweep_dir = launch(planned, out, executor, slurm, parallel, say=typer.echo)
+    typer.echo(f"manifest: {sweep_dir / 'manifest.json'}")
+
+
+@sweep_app.command("status")
+def status_cmd(
+    results: Path = typer.Argument(..., help="The results root a sweep wrote to."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="Sweep id (default: the newest)."),
+):
+    """Done / running / failed / queued / missing for every run of a sweep."""
+    from ssbench.sweep.status import STATES, status
+
+    rows = status(results, sweep)
+    counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
+    typer.echo("  ".join(f"{s} {n}" for s, n in counts.items()))
+    for r in rows:
+        if r["state"] != "done":
+            typer.echo(f"{r['state']:8s} {r['key']}" + (f"  {r['detail']}" if r["detail"] else ""))
