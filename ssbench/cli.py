@@ -50,9 +50,16 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a completed run with the same config path."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA only)."),
+    gpus: int = typer.Option(1, "--gpus", help="GPUs on this node: >1 relaunches under torchrun (DDP)."),
 ):
     """Train and evaluate one method on one labeled split."""
     from ssbench.engine.run import RunRequest, execute
+
+    if gpus > 1:
+        _relaunch_under_torchrun(gpus)
+    if gpus < 1:
+        raise UserError(f"--gpus {gpus}: must be at least 1")
 
     extra = []
     if hd_units is not None:
@@ -61,10 +68,34 @@ def run(
         extra.append(f"eval.empty={empty_policy}")
     req = RunRequest(method=method, dataset=dataset, data_root=str(data_root) if data_root else None, split=split,
                      split_seed=split_seed, seed=seed, iters=iters, sets=tuple(extra + list(sets)), out=str(out),
-                     device=device, resume=resume, overwrite=overwrite, quiet=quiet)
+                     device=device, resume=resume, overwrite=overwrite, quiet=quiet,
+                     amp=None if amp is None else ("bf16" if amp else "off"))
+    from ssbench.engine.runtime import distributed_env
+
     console = _console()
     run_dir = execute(req, console)
-    _print_summary(console, run_dir)
+    if distributed_env()[0] == 0:  # under torchrun, rank 0 reports
+        _print_summary(console, run_dir)
+
+
+def _relaunch_under_torchrun(gpus: int) -> None:
+    """``ssbench run --gpus N``: the same command as N DistributedDataParallel processes (torchrun)."""
+    import os
+    import subprocess
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--gpus: already running under torchrun; give the process count to torchrun only")
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--gpus":
+            skip = True
+        elif not a.startswith("--gpus="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", "-m", "ssbench",
+           *args]
+    sys.exit(subprocess.call(cmd))
 
 
 def _print_summary(console, run_dir: Path, sub: str = "") -> None:

@@ -11,6 +11,7 @@ Every run records which one it used (``data.train_resize``, ``data.inference_res
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -33,6 +34,43 @@ def zoom_order0(array: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     if (h, w) == (th, tw):
         return array
     return ndimage.zoom(array, (th / h, tw / w), order=0)
+
+
+@lru_cache(maxsize=256)
+def _zoom_index(n_in: int, n_out: int, device: str):
+    """scipy ``zoom(order=0)``'s source index along one axis (coordinate o * (n_in - 1) / (n_out - 1), rounded
+    half up) and which outputs fall outside the input by round-off (scipy then writes its constant 0)."""
+    c = torch.arange(n_out, dtype=torch.float64) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else torch.zeros(1, dtype=torch.float64)
+    inside = (c >= 0) & (c <= n_in - 1)
+    return torch.floor(c + 0.5).long().clamp(0, n_in - 1).to(device), inside.to(device)
+
+
+def zoom_order0_torch(t: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """``zoom_order0`` on an (H, W) tensor on its device, pixel for pixel equal to scipy's."""
+    (h, w), (th, tw) = t.shape, _hw(size)
+    if (h, w) == (th, tw):
+        return t
+    iy, oky = _zoom_index(h, th, str(t.device))
+    ix, okx = _zoom_index(w, tw, str(t.device))
+    out = t[iy][:, ix]
+    return torch.where(oky[:, None] & okx[None, :], out, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+def resize_image_torch(image: torch.Tensor, size: int, mode: ResizeMode) -> torch.Tensor:
+    """``resize_image`` on an (H, W) float tensor on its device."""
+    if mode == "order0":
+        return zoom_order0_torch(image, size)
+    if tuple(image.shape) == _hw(size):
+        return image
+    return F.interpolate(image[None, None], size=_hw(size), mode="bilinear", align_corners=False)[0, 0]
+
+
+def resize_label_torch(label: torch.Tensor, size: int, mode: ResizeMode) -> torch.Tensor:
+    if mode == "order0":
+        return zoom_order0_torch(label, size)
+    if tuple(label.shape) == _hw(size):
+        return label
+    return F.interpolate(label[None, None].float(), size=_hw(size), mode="nearest-exact")[0, 0].to(label.dtype)
 
 
 def resize_image(image: np.ndarray, size: int | tuple[int, int], mode: ResizeMode) -> np.ndarray:

@@ -138,9 +138,11 @@ def test_weak_augmentation_angles_are_the_officials_and_act_before_the_resize(mo
         augment.weak(img, None, rng)
     assert min(angles) == -20 and max(angles) == 19  # np.random.randint(-20, 20): +20 is never drawn
 
+    from ssbench.engine import data
+
     shapes = []
-    original_weak = augment.weak
-    monkeypatch.setattr(augment, "weak", lambda i, l, r: (shapes.append(i.shape), original_weak(i, l, r))[1])
+    original_apply = data.apply_weak
+    monkeypatch.setattr(data, "apply_weak", lambda i, l, p: (shapes.append(i.shape), original_apply(i, l, p))[1])
     native = np.random.default_rng(1).random((20, 30)).astype(np.float32)
     pool = SlicePool([native], [np.zeros((20, 30), np.uint8)], [("c", 0)], {})
     batch = Sampler(pool, 4, seed=0, size=16).next("cpu")

@@ -55,6 +55,10 @@ class TrainConfig:
     seed: int = 1337
     augment: Literal["rotflip-rotate", "none"] = "rotflip-rotate"
     eval_batch: int = 16
+    # bf16 autocast of the training step ('auto': on CUDA, off elsewhere; resolved and recorded, since precision
+    # can change numbers). DistributedDataParallel runs may synchronise BatchNorm across ranks (UniMatch's runs).
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    sync_bn: bool = False
     # Model selection set. 'legacy-val+test' reproduces UniMatch's own protocol (best epoch on val+test: test
     # leakage); it is never a default, and its runs carry the name in their folder and a warning.
     selection: Literal["val", "legacy-val+test"] = "val"

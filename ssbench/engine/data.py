@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ssbench import augment
+from ssbench.augment import WeakParams, apply_weak, apply_weak_torch, draw_weak
 from ssbench.methods.api import Batch
-from ssbench.resize import resize_image, resize_label
+from ssbench.resize import resize_image, resize_image_torch, resize_label, resize_label_torch
 
 
 @dataclass
@@ -49,22 +49,38 @@ class SlicePool:
         return {cid: (case.image, case.label) for cid, case in self.cases.items()}
 
 
+class DevicePool:
+    """A pool's native slices preloaded on a device (one tensor per slice): the weak augmentation and the resize
+    then run there (``ssbench.augment.apply_weak_torch``, ``ssbench.resize.*_torch``), pixel for pixel as on the
+    CPU path, and only the random decisions are drawn on the host."""
+
+    def __init__(self, pool: SlicePool, device):
+        self.images = [torch.from_numpy(np.ascontiguousarray(i)).to(device) for i in pool.images]
+        self.labels = None if pool.labels is None else [torch.from_numpy(np.ascontiguousarray(l)).to(device)
+                                                        for l in pool.labels]
+
+
 class Sampler:
     """Shuffled epochs over a pool, weakly augmented at native size, then resized; ``state_dict`` captures
     everything random.
 
     ``drop_last``: an epoch ends when fewer than a batch of its permutation is left (PyTorch's DataLoader with
     ``drop_last=True``, as UniMatch's loaders); otherwise batches run on into the next permutation.
+    With ``world`` > 1 (DDP) every rank draws the same global batch of ``batch_size`` slices and their
+    augmentations and builds only its own contiguous share: the data a run sees does not depend on its world size.
     """
 
     def __init__(self, pool: SlicePool, batch_size: int, seed: int, size: int, resize: str = "order0",
-                 augment_weak: bool = True, drop_last: bool = False):
+                 augment_weak: bool = True, drop_last: bool = False, device_pool: DevicePool | None = None,
+                 rank: int = 0, world: int = 1):
         self.pool = pool
         self.batch_size = batch_size
         self.size = size
         self.resize = resize
         self.augment_weak = augment_weak
         self.drop_last = drop_last
+        self.device_pool = device_pool
+        self.rank, self.world = rank, world
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(pool))
         self.pos = 0
@@ -80,17 +96,34 @@ class Sampler:
         self.pos += 1
         return i
 
-    def next(self, device) -> Batch:
+    def draw(self) -> list[tuple[int, WeakParams | None]]:
+        """The next global batch: (slice index, its weak augmentation) per image, the same on every rank."""
         if self.drop_last and self.pos + self.batch_size > len(self.order):
             self.pos = len(self.order)  # the rest of this permutation is dropped
-        images, labels, picked = [], [], []
+        picks = []
         for _ in range(self.batch_size):
             i = self._next_index()
-            picked.append(i)
+            picks.append((i, draw_weak(self.rng) if self.augment_weak else None))
+        return picks
+
+    def next(self, device) -> Batch:
+        picks = self.draw()
+        share = len(picks) // self.world
+        picks = picks[self.rank * share : (self.rank + 1) * share]
+        if self.device_pool is not None:
+            image_t, label_t = self._build_on_device(picks)
+        else:
+            image_t, label_t = self._build_on_host(picks, device)
+        return Batch(image_t, label_t, [self.pool.origin[i][0] for i, _ in picks],
+                     [self.pool.origin[i][1] for i, _ in picks])
+
+    def _build_on_host(self, picks, device):
+        images, labels = [], []
+        for i, weak in picks:
             image = self.pool.images[i]
             label = self.pool.labels[i] if self.pool.labels is not None else None
-            if self.augment_weak:
-                image, label = augment.weak(image, label, self.rng)
+            if weak is not None:
+                image, label = apply_weak(image, label, weak)
             images.append(resize_image(image, self.size, self.resize))
             if label is not None:
                 labels.append(resize_label(label, self.size, self.resize))
@@ -98,8 +131,21 @@ class Sampler:
         label_t = None
         if self.pool.labels is not None:
             label_t = torch.from_numpy(np.stack(labels).astype(np.int64)).to(device)
-        return Batch(image_t, label_t, [self.pool.origin[i][0] for i in picked],
-                     [self.pool.origin[i][1] for i in picked])
+        return image_t, label_t
+
+    def _build_on_device(self, picks):
+        pool = self.device_pool
+        images, labels = [], []
+        for i, weak in picks:
+            image = pool.images[i]
+            label = pool.labels[i] if pool.labels is not None else None
+            if weak is not None:
+                image, label = apply_weak_torch(image, label, weak)
+            images.append(resize_image_torch(image, self.size, self.resize))
+            if label is not None:
+                labels.append(resize_label_torch(label, self.size, self.resize))
+        label_t = torch.stack(labels).long() if labels else None
+        return torch.stack(images).unsqueeze(1), label_t
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "order": torch.from_numpy(self.order.copy()), "pos": self.pos}

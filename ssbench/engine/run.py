@@ -43,6 +43,8 @@ class RunRequest:
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
+    amp: str | None = None  # 'bf16' or 'off' (--amp / --no-amp); None: the config's train.amp ('auto')
+    execution: dict | None = None  # Runtime overrides (channels_last, augment_on_device, log_every): benchmarks
 
 
 def resolve_device(name: str):
@@ -84,6 +86,8 @@ def build_config(req: RunRequest):
         cfg = cfg.override("train.seed", str(req.seed))
     if req.split_seed is not None:
         cfg = cfg.override("data.split_seed", str(req.split_seed))
+    if req.amp is not None:
+        cfg = cfg.override("train.amp", req.amp)
     if req.iters is not None:  # --iters is a length in iterations, whatever the recipe's schedule
         cfg = cfg.override("train.schedule", "iterations").override("train.iters", str(req.iters))
     if cfg.train.recipe == "cpu-small":  # scale the method's absolute schedules to the short run; --set still wins
@@ -270,16 +274,24 @@ def build_method(cfg: RunConfig, method_cls, dataset, device, inputs: Inputs | N
 
 
 def execute(req: RunRequest, console=None) -> Path:
-    """Run end to end: load and check, build, train, evaluate the test set once, publish. Returns the folder."""
+    """Run end to end: load and check, build, train, evaluate the test set once, publish. Returns the folder.
+
+    Under torchrun every rank runs this; rank 0 alone writes, validates and evaluates, the others train their
+    share of each batch and wait for it at the end."""
     import torch
 
     from ssbench.engine.evaluate import evaluate_checkpoints, summary_of
+    from ssbench.engine.runtime import init_distributed, make_runtime, resolve_amp
     from ssbench.engine.train import train
 
-    say = console.print if console is not None and not req.quiet else (lambda *a, **k: None)
+    rank, world, rank_device = init_distributed(req.device)
+    say = console.print if console is not None and not req.quiet and rank == 0 else (lambda *a, **k: None)
     cfg, method_cls, dataset = build_config(req)
     cfg = resolve_hd_units(cfg, dataset)
-    device = resolve_device(req.device)
+    device = rank_device or resolve_device(req.device)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=resolve_amp(cfg.train.amp, device)))
+    runtime = make_runtime(device, cfg.train.amp, getattr(cfg.train, "deterministic", False), rank, world,
+                           **(req.execution or {}))
     split = dataset.split(cfg.data.split, cfg.data.split_seed)
     final_dir = run_dir_for(cfg, req.out)
     staging = final_dir.with_name(f".{final_dir.name}.incomplete")
@@ -290,15 +302,12 @@ def execute(req: RunRequest, console=None) -> Path:
     inputs = load_inputs(cfg, method_cls, dataset, split, say)
     cfg, schedule = resolve_schedule(cfg, method_cls, inputs.pools)
     method = build_method(cfg, method_cls, dataset, device, inputs)
+    if rank > 0:  # model-side randomness (dropout, strong views) differs per rank; rank 0 keeps the 1-process stream
+        torch.manual_seed(cfg.train.seed + rank)
     for w in method.warnings:
         say(f"[bold red]WARNING[/]: {w}")
 
     # 3. Open the staging folder and record the protocol.
-    _check_lock(staging)
-    if staging.exists() and not req.resume:
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True, exist_ok=True)
-    (staging / LOCK).write_text(str(os.getpid()))
     t0 = time.time()
     run_info = {
         "status": "running",
@@ -311,6 +320,8 @@ def execute(req: RunRequest, console=None) -> Path:
         "labeled_patients": len(split.labeled),
         "seed": cfg.train.seed,
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "world_size": world,
+        "execution": runtime.record(),
         "data": dataset.describe(),
         "split_protocol": split.protocol,
         "schedule": schedule,
@@ -327,31 +338,48 @@ def execute(req: RunRequest, console=None) -> Path:
         run_info["warnings"].append(
             "embedded synthetic phantom data: numbers are a smoke test of the pipeline, not ACDC/BHSD results"
         )
-    write_yaml(staging / "config.yaml", {"config_hash": cfg.hash(), **cfg.to_dict()})
-    write_json(staging / "split.json", {**split.as_dict(), "protocol": split.protocol})
-    write_json(staging / "run.json", run_info)
+    if runtime.is_main:
+        _check_lock(staging)
+        if staging.exists() and not req.resume:
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / LOCK).write_text(str(os.getpid()))
+        write_yaml(staging / "config.yaml", {"config_hash": cfg.hash(), **cfg.to_dict()})
+        write_json(staging / "split.json", {**split.as_dict(), "protocol": split.protocol})
+        write_json(staging / "run.json", run_info)
+    _barrier(world)
 
     # 4. Train, selecting on val (or, named and warned, on val+test).
     selection_cases = inputs.val
-    if cfg.train.selection == "legacy-val+test":
+    if cfg.train.selection == "legacy-val+test" and runtime.is_main:
         selection_cases = inputs.val + load_cases(dataset, split.test, True)
-    best = train(cfg, method, inputs.pools, selection_cases, staging, device, req.resume,
+    best = train(cfg, method, inputs.pools, selection_cases, staging, runtime, req.resume,
                  console if not req.quiet else None)
 
-    # 5. The test set, once, for the best-val and the final checkpoint.
-    test = load_cases(dataset, split.test, True)
-    frame = evaluate_checkpoints(method, test, dataset, cfg, device, staging / "checkpoints", staging / "predictions")
-    write_csv(staging / "metrics_per_case.csv", frame)
-    selection = {"set": cfg.train.selection, "metric": "mean foreground Dice", "best_iteration": best["iteration"],
-                 "best_score": best["dice"], "cases": len(selection_cases)}
-    write_json(staging / "summary.json", summary_of(frame, cfg, selection=selection))
-    run_info.update(status="complete", end=_now(), wall_time_s=round(time.time() - t0, 1))
-    write_json(staging / "run.json", run_info)
-    (staging / "checkpoints" / "last.pt").unlink(missing_ok=True)  # the resume state is not needed any more
+    # 5. The test set, once, for the best-val and the final checkpoint (rank 0).
+    if runtime.is_main:
+        test = load_cases(dataset, split.test, True)
+        frame = evaluate_checkpoints(method, test, dataset, cfg, device, staging / "checkpoints",
+                                     staging / "predictions")
+        write_csv(staging / "metrics_per_case.csv", frame)
+        selection = {"set": cfg.train.selection, "metric": "mean foreground Dice",
+                     "best_iteration": best["iteration"], "best_score": best["dice"], "cases": len(selection_cases)}
+        write_json(staging / "summary.json", summary_of(frame, cfg, selection=selection))
+        run_info.update(status="complete", end=_now(), wall_time_s=round(time.time() - t0, 1))
+        write_json(staging / "run.json", run_info)
+        (staging / "checkpoints" / "last.pt").unlink(missing_ok=True)  # the resume state is not needed any more
 
-    # 6. Publish in one rename.
-    publish(staging, final_dir)
+        # 6. Publish in one rename.
+        publish(staging, final_dir)
+    _barrier(world)
     return final_dir
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 LOCK = "LOCK"

@@ -42,20 +42,31 @@ def iters_per_epoch(method_cls, cfg, pools) -> int:
     return max(1, len(pools[pool]) // batch)
 
 
-def make_samplers(method_cls, cfg, pools) -> dict[str, Sampler]:
+def make_samplers(method_cls, cfg, pools, runtime=None) -> dict[str, Sampler]:
     """One sampler per stream. A method that draws ``unlabeled_batch_multiplier`` unlabeled batches per step gets
     as many independent unlabeled streams (UniMatch's second loader over the same set for CutMix sources)."""
+    from ssbench.engine.data import DevicePool
+
     t, d = cfg.train, cfg.data
     augment = t.augment != "none" and method_cls.engine_weak_augmentation
     by_epoch = t.schedule == "epochs"
     first = epoch_pool(method_cls, cfg)
-    samplers = {"labeled": Sampler(pools["labeled"], t.batch_labeled, t.seed, d.train_size, d.train_resize, augment,
-                                   drop_last=by_epoch and first == "labeled")}
+    rank, world = (runtime.rank, runtime.world) if runtime is not None else (0, 1)
+    on_device = runtime is not None and runtime.augment_on_device
+    device_pools = {name: DevicePool(pool, runtime.device) for name, pool in pools.items()} if on_device else {}
+    for name, batch in (("batch_labeled", t.batch_labeled), ("batch_unlabeled", t.batch_unlabeled)):
+        if batch % world:
+            raise UserError(f"train.{name}={batch}: not divisible by the {world} processes (the batch is global)")
+
+    def sampler(pool_name, batch, seed, drop_last):
+        return Sampler(pools[pool_name], batch, seed, d.train_size, d.train_resize, augment, drop_last,
+                       device_pools.get(pool_name), rank, world)
+
+    samplers = {"labeled": sampler("labeled", t.batch_labeled, t.seed, by_epoch and first == "labeled")}
     if first == "unlabeled":
         for k in range(method_cls.unlabeled_batch_multiplier):
             name = "unlabeled" if k == 0 else f"unlabeled_{k + 1}"
-            samplers[name] = Sampler(pools["unlabeled"], t.batch_unlabeled, t.seed + 1 + k, d.train_size,
-                                     d.train_resize, augment, drop_last=by_epoch)
+            samplers[name] = sampler("unlabeled", t.batch_unlabeled, t.seed + 1 + k, by_epoch)
     return samplers
 
 
@@ -71,18 +82,71 @@ def _draw_unlabeled(samplers, device):
                  sum((p.slice_indices for p in parts), []))
 
 
-def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, console) -> dict:
-    """Train for cfg.train.iters steps; write best.pt, final.pt and train_log.csv; return the best
+def make_optimizer(method, t, runtime):
+    params = list(method.trainable_parameters())
+    fused = {"fused": True} if runtime.device.type == "cuda" else {}  # one kernel for all parameters
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **fused)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
+
+
+class _Step(torch.nn.Module):
+    """A method's training step as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, labeled, unlabeled, step):
+        return self.method.training_step(labeled, unlabeled, step)
+
+
+def _step_function(method, runtime, sync_bn: bool):
+    if runtime.world == 1:
+        return method.training_step
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_bn:
+        if runtime.device.type != "cuda":
+            raise UserError("train.sync_bn=true: SyncBatchNorm needs CUDA devices")
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    # broadcast_buffers=False as UniMatch's official runs: each rank keeps its own BatchNorm statistics.
+    return DistributedDataParallel(_Step(method), device_ids=[runtime.device.index] if runtime.device.type == "cuda"
+                                   else None, broadcast_buffers=False, find_unused_parameters=True)
+
+
+def _rng_states(runtime) -> list:
+    """Every rank's torch (and CUDA) RNG state, gathered on all ranks (a collective: all ranks call it)."""
+    own = (torch.get_rng_state(), torch.cuda.get_rng_state(runtime.device) if runtime.device.type == "cuda" else None)
+    if runtime.world == 1:
+        return [own]
+    import torch.distributed as dist
+
+    states = [None] * runtime.world
+    dist.all_gather_object(states, own)
+    return states
+
+
+def _channels_last(batch, runtime):
+    if batch is not None and runtime.channels_last:
+        batch.image = batch.image.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, console) -> dict:
+    """Train for cfg.train.iters steps; write best.pt, final.pt and train_log.csv (rank 0); return the best
     ``{"dice", "iteration"}`` on the selection set."""
     t = cfg.train
+    device = runtime.device
     ckpt_dir = staging / "checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
-    if t.optimizer == "sgd":
-        optimizer = torch.optim.SGD(method.trainable_parameters(), lr=t.lr, momentum=t.momentum,
-                                    weight_decay=t.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    samplers = make_samplers(type(method), cfg, pools)
+    if runtime.is_main:
+        ckpt_dir.mkdir(exist_ok=True)
+    if runtime.channels_last:
+        method.to(memory_format=torch.channels_last)
+    torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
+    step_fn = _step_function(method, runtime, getattr(t, "sync_bn", False))
+    optimizer = make_optimizer(method, t, runtime)
+    samplers = make_samplers(type(method), cfg, pools, runtime)
     val_every = iters_per_epoch(type(method), cfg, pools) if t.val_every == "epoch" else t.val_every
     start, best, log = 0, {"dice": -1.0, "iteration": -1}, []
     last = ckpt_dir / "last.pt"
@@ -90,38 +154,50 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
         state = torch.load(last, map_location=device, weights_only=True)
         if state["config_hash"] != cfg.hash():
             raise UserError(f"{last}: --resume with a different config (hash {state['config_hash']} vs {cfg.hash()})")
+        if len(state["rng"]) != runtime.world:
+            raise UserError(f"{last}: started with {len(state['rng'])} processes; resume it with as many")
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         for name, s in samplers.items():
             s.load_state_dict(state["samplers"][name])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        cpu_rng, cuda_rng = state["rng"][runtime.rank]
+        torch.set_rng_state(cpu_rng)
+        if device.type == "cuda" and cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, device)
         start, best, log = state["iteration"], state["best"], state["log"]
 
-    progress = _Progress(console, t.iters, start)
+    progress = _Progress(console if runtime.is_main else None, t.iters, start)
     t_start = time.time()
     val_dice = math.nan
+    sums: dict[str, torch.Tensor] = {}
     for it in range(start, t.iters):
         method.train()
         lr = step_lr(t.lr, it, t.iters, t.poly_power)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        labeled = samplers["labeled"].next(device)
-        unlabeled = _draw_unlabeled(samplers, device)
+        labeled = _channels_last(samplers["labeled"].next(device), runtime)
+        unlabeled = _channels_last(_draw_unlabeled(samplers, device), runtime)
         step = StepInfo(it, t.iters)
-        losses = method.training_step(labeled, unlabeled, step)
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"training stopped: non-finite loss {loss.item()} at iteration {it + 1}")
+        with runtime.autocast():
+            losses = step_fn(labeled, unlabeled, step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses["loss"].backward()
         optimizer.step()
         method.after_optimizer_step(step)
+        for k, v in losses.items():  # accumulated on the device: no host synchronisation in the step
+            sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
         done = it + 1
-        row = {"iteration": done, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()}}
         validate = done % val_every == 0 or done == t.iters
-        if validate:
+        checkpoint = done % t.checkpoint_every == 0 and done < t.iters
+        if not (validate or checkpoint or done % runtime.log_every == 0):
+            continue
+        n = done - (log[-1]["iteration"] if log else start)  # steps in this row's means
+        row = {"iteration": done, "lr": lr, **{k: float(v) / n for k, v in sums.items()}}
+        sums = {}
+        if not math.isfinite(row["loss"]):
+            raise NonFiniteLoss(f"training stopped: non-finite loss {row['loss']} at iteration {done}"
+                                + (f" (mean of the last {n})" if n > 1 else ""))
+        if validate and runtime.is_main:
             val_dice = mean_val_dice(method, val_cases, cfg, device)
             row["val_dice"] = val_dice
             if val_dice > best["dice"]:
@@ -129,19 +205,20 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
                 torch_save(ckpt_dir / "best.pt", _weights(method, done, val_dice, cfg))
         row["elapsed_s"] = round(time.time() - t_start, 2)
         log.append(row)
-        if validate:
+        if validate and runtime.is_main:
             write_csv(staging / "train_log.csv", pd.DataFrame(log))
-        if done % t.checkpoint_every == 0 and done < t.iters:
-            torch_save(last, {
-                "config_hash": cfg.hash(), "iteration": done, "method": method.state_dict(),
-                "optimizer": optimizer.state_dict(), "samplers": {n: s.state_dict() for n, s in samplers.items()},
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "best": best, "log": log,
-            })
+        if checkpoint:
+            rng = _rng_states(runtime)
+            if runtime.is_main:
+                torch_save(last, {
+                    "config_hash": cfg.hash(), "iteration": done, "method": method.state_dict(),
+                    "optimizer": optimizer.state_dict(), "samplers": {n: s.state_dict() for n, s in samplers.items()},
+                    "rng": rng, "best": best, "log": log,
+                })
         progress.update(done, row, val_dice, best)
     progress.close()
-    torch_save(ckpt_dir / "final.pt", _weights(method, t.iters, val_dice, cfg))
+    if runtime.is_main:
+        torch_save(ckpt_dir / "final.pt", _weights(method, t.iters, val_dice, cfg))
     return best
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
 from ssbench.methods.losses import ce_dice_loss, dice_loss
-from ssbench.methods.strong import cutmix_box, strong_view
+from ssbench.methods.strong import cutmix_boxes, strong_view
 from ssbench.methods.unet import UNetConfig
 
 
@@ -91,7 +91,7 @@ class UniMatch(Method):
         for _ in range(cfg.strong_views):
             s = strong_view(u_w)
             s_mix = strong_view(u_mix)
-            box = torch.stack([cutmix_box(h, p=cfg.cutmix_p) for _ in range(b)]).to(u_w.device)
+            box = cutmix_boxes(b, h, p=cfg.cutmix_p, device=u_w.device)
             strong.append(torch.where(box.unsqueeze(1), s_mix, s))
             boxes.append(box)
 

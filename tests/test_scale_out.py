@@ -1,0 +1,123 @@
+"""Scale-out: the device data path equals the host path, DDP shares of a global batch equal the 1-process batch,
+the batched strong augmentations equal torchvision's per-sample ones, and a 2-process DDP run (gloo, CPU)
+through ``ssbench run --gpus 2`` publishes one normal results folder."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from ssbench import augment
+from ssbench.engine.data import DevicePool, Sampler, SlicePool
+from ssbench.methods import strong
+
+
+def _pool(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = [(int(rng.integers(20, 60)), int(rng.integers(20, 60))) for _ in range(n)]
+    images = [rng.random(s).astype(np.float32) for s in shapes]
+    labels = [rng.integers(0, 4, s).astype(np.uint8) for s in shapes]
+    return SlicePool(images, labels, [(f"c{i}", 0) for i in range(n)], {})
+
+
+@pytest.mark.parametrize("resize", ["order0", "bilinear"])
+def test_device_path_builds_the_same_batches_as_the_host_path(resize):
+    pool = _pool()
+    host = Sampler(pool, 5, seed=3, size=32, resize=resize)
+    dev = Sampler(pool, 5, seed=3, size=32, resize=resize, device_pool=DevicePool(pool, "cpu"))
+    for _ in range(6):
+        a, b = host.next("cpu"), dev.next("cpu")
+        assert a.case_ids == b.case_ids
+        assert torch.equal(a.label, b.label)
+        if resize == "order0":
+            assert torch.equal(a.image, b.image)  # scipy's rotation and zoom reproduced pixel for pixel
+        else:
+            torch.testing.assert_close(a.image, b.image)
+
+
+def test_weak_augmentation_on_tensors_equals_scipy_for_every_angle():
+    rng = np.random.default_rng(1)
+    img = rng.random((37, 53)).astype(np.float32) + 1
+    for angle in range(-20, 20):
+        p = augment.WeakParams("rotate", angle=angle)
+        expected, _ = augment.apply_weak(img, None, p)
+        got, _ = augment.apply_weak_torch(torch.from_numpy(img), None, p)
+        np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_ddp_shares_of_a_global_batch_are_the_one_process_batch():
+    pool = _pool(20)
+    single = Sampler(pool, 6, seed=0, size=24)
+    ranks = [Sampler(pool, 6, seed=0, size=24, rank=r, world=3) for r in range(3)]
+    for _ in range(5):
+        whole = single.next("cpu")
+        parts = [s.next("cpu") for s in ranks]
+        assert sum((p.case_ids for p in parts), []) == whole.case_ids
+        assert torch.equal(torch.cat([p.image for p in parts]), whole.image)
+    assert all(s.state_dict()["pos"] == single.state_dict()["pos"] for s in ranks)
+
+
+def _reference_strong(x, g):
+    """The per-sample loop with torchvision's own functions (what the batched versions must equal)."""
+    out = x.clone()
+    for i in range(x.shape[0]):
+        if torch.rand((), generator=g) >= 0.8:
+            continue
+        img, ops = out[i], [("b", 0.5), ("c", 0.5)]
+        if torch.rand((), generator=g) < 0.5:
+            ops.reverse()
+        for kind, amount in ops:
+            f = float(torch.empty(()).uniform_(1 - amount, 1 + amount, generator=g))
+            img = TF.adjust_brightness(img, f) if kind == "b" else TF.adjust_contrast(img, f)
+        out[i] = img.clamp(0, 1)
+    for i in range(x.shape[0]):
+        if torch.rand((), generator=g) >= 0.5:
+            continue
+        s = float(torch.empty(()).uniform_(0.1, 2.0, generator=g))
+        k = 2 * math.ceil(3 * s) + 1
+        out[i] = TF.gaussian_blur(out[i], [k, k], [s, s])
+    return out
+
+
+def test_batched_strong_views_equal_torchvisions_per_sample_ops():
+    x = torch.rand(24, 1, 48, 40)
+    for seed in range(3):
+        expected = _reference_strong(x, torch.Generator().manual_seed(seed))
+        got = strong.strong_view(x, torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
+
+
+def test_cutmix_boxes_are_the_single_box_draws():
+    a = strong.cutmix_boxes(40, 64, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    b = torch.stack([strong.cutmix_box(64, g) for _ in range(40)])
+    assert torch.equal(a, b) and 10 < int(a.flatten(1).any(1).sum()) < 30
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_on_cpu_publishes_one_results_folder(tmp_path, acdc_phantom):
+    exe = Path(sys.executable).parent / "ssbench"
+    sets = ["--set", "data.train_size=32", "--set", "train.batch_labeled=2", "--set", "train.batch_unlabeled=2",
+            "--set", "train.val_every=2", "--set", "train.checkpoint_every=2"]
+    common = ["run", "--method", "mean-teacher", "--split", "1", "--iters", "4", "--device", "cpu", "--quiet", *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(exe), *common, "--gpus", "2", "--out", str(tmp_path / "ddp")], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "ddp" / "acdc-phantom" / "mean-teacher" / "1" / "seed1337"
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["world_size"] == 2 and info["execution"]["world"] == 2
+    assert (run / "metrics_per_case.csv").is_file() and not (run / "checkpoints" / "last.pt").exists()
+    assert [p.name for p in run.parent.iterdir()] == ["seed1337"]  # one folder, written once, by rank 0
+    proc = subprocess.run([str(exe), *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = json.loads((tmp_path / "one" / run.relative_to(tmp_path / "ddp") / "run.json").read_text())
+    assert single["config_hash"] == info["config_hash"]  # the world size is not part of what was trained
