@@ -121,3 +121,47 @@ def test_two_process_ddp_run_on_cpu_publishes_one_results_folder(tmp_path, acdc_
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = json.loads((tmp_path / "one" / run.relative_to(tmp_path / "ddp") / "run.json").read_text())
     assert single["config_hash"] == info["config_hash"]  # the world size is not part of what was trained
+
+
+DRIVER = """
+import sys
+from ssbench.methods.mean_teacher import MeanTeacher
+original = MeanTeacher.training_step
+def stopped(self, labeled, unlabeled, step):
+    if step.iteration == 3:  # after the iteration-2 checkpoint: every rank is stopped (a preempted job)
+        raise SystemExit(3)
+    return original(self, labeled, unlabeled, step)
+MeanTeacher.training_step = stopped
+from ssbench.cli import main
+sys.argv = ["ssbench", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_ddp_run_resumes_from_its_per_rank_state_and_matches_an_uninterrupted_one(tmp_path, acdc_phantom):
+    exe = Path(sys.executable).parent / "ssbench"
+    sets = ["--set", "data.train_size=32", "--set", "train.batch_labeled=2", "--set", "train.batch_unlabeled=2",
+            "--set", "train.val_every=2", "--set", "train.checkpoint_every=2"]
+    common = ["run", "--method", "mean-teacher", "--split", "1", "--iters", "5", "--device", "cpu", "--quiet", *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    stopped = subprocess.run([*torchrun, str(driver), *common, "--out", str(tmp_path / "r")], env=env,
+                             capture_output=True, text=True, timeout=900)
+    assert stopped.returncode != 0
+    staging = tmp_path / "r" / "acdc-phantom" / "mean-teacher" / "1" / ".seed1337.incomplete"
+    assert (staging / "checkpoints" / "last.pt").is_file() and not staging.with_name("seed1337").exists()
+    one = subprocess.run([str(exe), *common, "--resume", "--out", str(tmp_path / "r")], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert one.returncode == 2 and "resume it with as many" in one.stderr
+    resumed = subprocess.run([str(exe), *common, "--resume", "--gpus", "2", "--out", str(tmp_path / "r")], env=env,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    clean = subprocess.run([str(exe), *common, "--gpus", "2", "--out", str(tmp_path / "c")], env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    a = (tmp_path / "r" / "acdc-phantom" / "mean-teacher" / "1" / "seed1337" / "metrics_per_case.csv").read_text()
+    b = (tmp_path / "c" / "acdc-phantom" / "mean-teacher" / "1" / "seed1337" / "metrics_per_case.csv").read_text()
+    assert a == b
