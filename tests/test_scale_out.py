@@ -101,11 +101,14 @@ def test_cutmix_boxes_are_the_single_box_draws():
     assert torch.equal(a, b) and 10 < int(a.flatten(1).any(1).sum()) < 30
 
 
+DDP_SETS = ["--set", "data.train_size=32", "--set", "train.batch_labeled=2", "--set", "train.batch_unlabeled=2",
+            "--set", "train.val_every=2", "--set", "train.checkpoint_every=2"]
+
+
 @pytest.mark.slow
 def test_two_process_ddp_run_on_cpu_publishes_one_results_folder(tmp_path, acdc_phantom):
     exe = Path(sys.executable).parent / "ssbench"
-    sets = ["--set", "data.train_size=32", "--set", "train.batch_labeled=2", "--set", "train.batch_unlabeled=2",
-            "--set", "train.val_every=2", "--set", "train.checkpoint_every=2"]
+    sets = DDP_SETS
     common = ["run", "--method", "mean-teacher", "--split", "1", "--iters", "4", "--device", "cpu", "--quiet", *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([str(exe), *common, "--gpus", "2", "--out", str(tmp_path / "ddp")], env=env,
@@ -141,8 +144,7 @@ main()
 @pytest.mark.slow
 def test_ddp_run_resumes_from_its_per_rank_state_and_matches_an_uninterrupted_one(tmp_path, acdc_phantom):
     exe = Path(sys.executable).parent / "ssbench"
-    sets = ["--set", "data.train_size=32", "--set", "train.batch_labeled=2", "--set", "train.batch_unlabeled=2",
-            "--set", "train.val_every=2", "--set", "train.checkpoint_every=2"]
+    sets = DDP_SETS
     common = ["run", "--method", "mean-teacher", "--split", "1", "--iters", "5", "--device", "cpu", "--quiet", *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]

@@ -1,0 +1,1 @@
+"""An ssbench plugin package: a method (``entropy-min``) and a dataset loader (``pairs``)."""

@@ -1,0 +1,44 @@
+"""The public API for plugin authors: everything a third-party method or dataset needs, importable from here.
+
+Stable under the Method API version (``API_VERSION``): names are added, never changed or removed, within one
+version. docs/plugins.md documents each of them.
+
+Methods (``ssbench.methods`` entry points)
+    Method, MethodContext, Batch, StepInfo, API_VERSION     the contract (see ssbench/methods/api.py)
+    UNet, UNetConfig, decode_with_fp                         the literature's UNet; encode/decode and UniMatch's
+                                                             feature perturbation (Dropout2d on every level)
+    ce_dice_loss, dice_loss                                  (CE + Dice)/2 and the Dice loss with an ignore mask
+    strong_view, color_jitter, gaussian_blur,                UniMatch's strong augmentations and CutMix boxes
+    cutmix_box, cutmix_boxes
+    ema_update, ema_alpha, freeze                            an EMA teacher (Mean Teacher, UniMatch V2)
+    sigmoid_rampup                                           the consistency ramp-up of the recipes
+Datasets (``ssbench.datasets`` entry points)
+    Dataset, Case, Split, NoOptions, minmax                  the dataset contract (see ssbench/datasets/base.py)
+    labeled_count, seeded_order, holdout, draw_labeled      split helpers: "P%" / "N" / "all", a fixed val/test
+                                                             draw, a seeded labeled draw
+    read_nifti, write_nifti                                  NIfTI as (D, H, W) with spacing, checked (and written)
+Errors
+    UserError, ConfigError, DataError                        one line, exit code 2, no traceback
+"""
+
+from ssbench.datasets.base import Case, Dataset, NoOptions, Split, minmax
+from ssbench.datasets.nifti import read_nifti, write_nifti
+from ssbench.errors import ConfigError, DataError, UserError
+from ssbench.methods.api import API_VERSION, Batch, Method, MethodContext, StepInfo
+from ssbench.methods.ema import ema_alpha, ema_update, freeze
+from ssbench.methods.losses import ce_dice_loss, dice_loss
+from ssbench.methods.ramps import sigmoid_rampup
+from ssbench.methods.strong import color_jitter, cutmix_box, cutmix_boxes, gaussian_blur, strong_view
+from ssbench.methods.unet import UNet, UNetConfig
+from ssbench.methods.unimatch import decode_with_fp
+from ssbench.splits import draw_labeled, holdout, labeled_count, seeded_order
+
+__all__ = [
+    "API_VERSION", "Method", "MethodContext", "Batch", "StepInfo",
+    "UNet", "UNetConfig", "decode_with_fp", "ce_dice_loss", "dice_loss",
+    "strong_view", "color_jitter", "gaussian_blur", "cutmix_box", "cutmix_boxes",
+    "ema_update", "ema_alpha", "freeze", "sigmoid_rampup",
+    "Dataset", "Case", "Split", "NoOptions", "minmax", "labeled_count", "seeded_order", "holdout",
+    "draw_labeled", "read_nifti", "write_nifti",
+    "UserError", "ConfigError", "DataError",
+]
