@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from ssbench.atomic import torch_save, write_csv
+from ssbench.atomic import snapshot, torch_save, write_csv
+from ssbench.engine import checkpoint
 from ssbench.engine.data import Sampler
 from ssbench.engine.evaluate import mean_val_dice
 from ssbench.errors import UserError
@@ -18,6 +22,36 @@ from ssbench.methods.api import StepInfo
 
 class NonFiniteLoss(UserError):
     pass
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool, record: list | None = None):
+    """``train.deterministic`` (``--deterministic``): the same numbers from the same seed on a GPU too, at some
+    speed cost. cuDNN autotuning off and its deterministic kernels on, ``torch.use_deterministic_algorithms`` and
+    the cuBLAS workspace setting it needs (``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless already set). An op without
+    a deterministic CUDA kernel warns instead of failing; its message is appended to ``record`` (run.json).
+    On CPU the UNet methods repeat exactly without it. The previous global settings are restored on exit."""
+    if not enabled:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+        if record is not None:
+            record.extend(dict.fromkeys(str(w.message).splitlines()[0] for w in caught
+                                        if "deterministic" in str(w.message)))
+        for w in caught:  # everything else is shown as usual
+            if "deterministic" not in str(w.message):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def poly_lr(base: float, it: int, total: int, power: float) -> float:
@@ -87,10 +121,8 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
     start, best, log = 0, {"dice": -1.0, "iteration": -1}, []
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
-        state = torch.load(last, map_location=device, weights_only=True)
-        if state["config_hash"] != cfg.hash():
-            raise UserError(f"{last}: --resume with a different config (hash {state['config_hash']} vs {cfg.hash()})")
-        method.load_state_dict(state["method"])
+        state = checkpoint.load(last, device, cfg.hash())
+        checkpoint.load_weights(method, state, last)
         optimizer.load_state_dict(state["optimizer"])
         for name, s in samplers.items():
             s.load_state_dict(state["samplers"][name])
@@ -98,6 +130,10 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         start, best, log = state["iteration"], state["best"], state["log"]
+        _restore_best(ckpt_dir, state, last)
+    else:  # a fresh start inherits no file of an earlier attempt
+        for stale in [ckpt_dir / "best.pt", ckpt_dir / "final.pt", *ckpt_dir.glob("best-at-*.pt")]:
+            stale.unlink(missing_ok=True)
 
     progress = _Progress(console, t.iters, start)
     t_start = time.time()
@@ -113,7 +149,9 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
         losses = method.training_step(labeled, unlabeled, step)
         loss = losses["loss"]
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"training stopped: non-finite loss {loss.item()} at iteration {it + 1}")
+            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if k.startswith("loss"))
+            raise NonFiniteLoss(f"training stopped at iteration {it + 1}: non-finite loss ({terms}); nothing was "
+                                f"published (a smaller train.lr may help)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -132,17 +170,42 @@ def train(cfg, method, pools, val_cases, staging: Path, device, resume: bool, co
         if validate:
             write_csv(staging / "train_log.csv", pd.DataFrame(log))
         if done % t.checkpoint_every == 0 and done < t.iters:
+            # best.pt as of this checkpoint: a resumed run restores it, so that its best checkpoint never comes
+            # from iterations the interrupted attempt ran past the checkpoint.
+            best_file = None
+            if best["iteration"] > 0:
+                best_file = f"best-at-{done}.pt"
+                snapshot(ckpt_dir / "best.pt", ckpt_dir / best_file)
             torch_save(last, {
                 "config_hash": cfg.hash(), "iteration": done, "method": method.state_dict(),
                 "optimizer": optimizer.state_dict(), "samplers": {n: s.state_dict() for n, s in samplers.items()},
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "best": best, "log": log,
+                "best": best, "log": log, "best_file": best_file,
             })
+            for old in ckpt_dir.glob("best-at-*.pt"):
+                if old.name != best_file:
+                    old.unlink()
         progress.update(done, row, val_dice, best)
     progress.close()
+    if best["iteration"] < 0:
+        raise UserError("no validation gave a Dice score (the validation cases hold no foreground label): "
+                        "nothing to select a checkpoint with")
     torch_save(ckpt_dir / "final.pt", _weights(method, t.iters, val_dice, cfg))
     return best
+
+
+def _restore_best(ckpt_dir: Path, state: dict, last: Path) -> None:
+    """best.pt as it was when ``last`` was saved (checkpoints written before this record have no snapshot)."""
+    if "best_file" not in state:
+        return
+    if state["best_file"] is None:
+        (ckpt_dir / "best.pt").unlink(missing_ok=True)
+        return
+    saved = ckpt_dir / state["best_file"]
+    if not saved.is_file():
+        raise UserError(f"{saved}: missing (the best checkpoint as of {last.name}); cannot resume this run")
+    snapshot(saved, ckpt_dir / "best.pt")
 
 
 def _weights(method, iteration: int, val_dice: float, cfg) -> dict:
