@@ -243,8 +243,8 @@ def main() -> None:
                 print(message, file=sys.stderr)
             sys.exit(exc.exit_code)
         ctx = getattr(exc, "ctx", None)
-        where = f"{ctx.command_path}: " if ctx is not None else ""
-        _fail(f"{where}{message} (see --help)", getattr(exc, "exit_code", 2))
+        _fail(f"{message} (see '{ctx.command_path if ctx is not None else 'ssbench'} --help')",
+              getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("ssbench: interrupted", file=sys.stderr)
         sys.exit(130)
