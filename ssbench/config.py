@@ -51,11 +51,22 @@ def field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-@functools.cache
 def _adapter(tp):
+    try:
+        return _cached_adapter(tp)
+    except TypeError as exc:  # unhashable metadata in an annotation: build it each time
+        if "unhashable" not in str(exc):
+            raise
+        return _new_adapter(tp)
+
+
+def _new_adapter(tp):
     from pydantic import ConfigDict, TypeAdapter
 
     return TypeAdapter(tp, config=ConfigDict(**_VALIDATION))
+
+
+_cached_adapter = functools.cache(_new_adapter)
 
 
 def _strip(tp):
