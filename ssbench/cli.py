@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from ssbench.errors import UserError
+from ssbench.errors import UserError, WriteError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible semi-supervised medical image segmentation benchmarks.")
@@ -49,6 +49,8 @@ def run(
     empty_policy: Optional[str] = typer.Option(None, "--empty-policy", help="worst (default), exclude or legacy-zero."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a completed run with the same config path."),
+    deterministic: bool = typer.Option(False, "--deterministic", help=(
+        "Deterministic GPU algorithms (slower; recorded as train.deterministic). See docs/guarantees.md.")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA only)."),
     gpus: int = typer.Option(1, "--gpus", help="GPUs on this node: >1 relaunches under torchrun (DDP)."),
@@ -68,7 +70,7 @@ def run(
         extra.append(f"eval.empty={empty_policy}")
     req = RunRequest(method=method, dataset=dataset, data_root=str(data_root) if data_root else None, split=split,
                      split_seed=split_seed, seed=seed, iters=iters, sets=tuple(extra + list(sets)), out=str(out),
-                     device=device, resume=resume, overwrite=overwrite, quiet=quiet,
+                     device=device, resume=resume, overwrite=overwrite, quiet=quiet, deterministic=deterministic,
                      amp=None if amp is None else ("bf16" if amp else "off"))
     from ssbench.engine.runtime import distributed_env
 
@@ -142,7 +144,7 @@ def split(
     dataset: str = typer.Option("acdc", "--dataset"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Needed unless the split is frozen (ACDC)."),
     split: str = typer.Option("10%", "--split"),
-    split_seed: int = typer.Option(0, "--split-seed"),
+    split_seed: int = typer.Option(0, "--split-seed", min=0),
     as_json: bool = typer.Option(False, "--json", help="Print the patient sets as JSON."),
 ):
     """Print the patient sets of a split protocol."""
@@ -163,6 +165,38 @@ def split(
     typer.echo(f"{result.protocol}")
     for name, ids in result.as_dict().items():
         typer.echo(f"{name} ({len(ids)}): {' '.join(ids)}")
+
+
+@app.command("config")
+def config_cmd(
+    method: str = typer.Option(..., "--method", help="Registered method name (see `ssbench methods`)."),
+    dataset: str = typer.Option("acdc", "--dataset", help="acdc, bhsd, nnunet or a plugin dataset."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder; omit for the phantom."),
+    split: str = typer.Option("10%", "--split", help="Labeled patients: N, P% or all."),
+    split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the labeled draw."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Training iterations."),
+    sets: List[str] = typer.Option([], "--set", help="Override a config field: section.key=value (repeatable)."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="As `ssbench run --deterministic`."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (decides train.amp=auto)."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="As `ssbench run --amp/--no-amp`."),
+    help_fields: bool = typer.Option(False, "--help-fields", help=(
+        "List every field (the --set keys) with its value, default, what it allows and its help.")),
+):
+    """Print the resolved config exactly as `ssbench run` with the same options would record it (config.yaml)."""
+    from ssbench.engine.describe import describe_fields, resolved_config
+    from ssbench.engine.run import RunRequest
+
+    req = RunRequest(method=method, dataset=dataset, data_root=str(data_root) if data_root else None, split=split,
+                     split_seed=split_seed, seed=seed, iters=iters, sets=tuple(sets), deterministic=deterministic,
+                     device=device, amp=None if amp is None else ("bf16" if amp else "off"))
+    cfg = resolved_config(req)
+    if help_fields:
+        typer.echo(describe_fields(cfg))
+    else:
+        import yaml
+
+        typer.echo(yaml.safe_dump({"config_hash": cfg.hash(), **cfg.to_dict()}, sort_keys=False), nl=False)
 
 
 @app.command()
@@ -213,33 +247,62 @@ def data_synth(
 
     if dataset not in synthetic.WRITERS:
         raise UserError(f"--dataset {dataset}: phantoms exist for {', '.join(synthetic.WRITERS)}")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {out}: folder is not empty")
-    synthetic.WRITERS[dataset](out, seed=seed)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out}: {'folder is not empty' if out.is_dir() else 'not a folder'}")
+    try:
+        synthetic.WRITERS[dataset](out, seed=seed)
+    except OSError as exc:
+        raise WriteError(f"--out {out}: cannot write ({exc.strerror or exc}: {exc.filename})") from None
     typer.echo(f"wrote a synthetic {dataset} dataset to {out}")
 
 
 def main() -> None:
+    """The console script: bad input of any kind ends in one line on stderr and exit code 2; ``--debug`` shows the
+    traceback instead."""
     debug = "--debug" in sys.argv[1:]
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except UserError as exc:
         if debug:
             raise
-        print(f"ssbench: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc))
+    except typer.Exit as exc:  # --help, and typer.Exit raised by a command
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("ssbench: aborted", file=sys.stderr)
+        sys.exit(1)
+    except typer.TyperException as exc:  # usage errors: missing or unknown options, values of the wrong type
+        if debug:
+            raise
+        message = exc.format_message().strip()
+        if type(exc).__name__ == "NoArgsIsHelpError" or "\n" in message:  # a command group without arguments:
+            if message:                                                    # its help (typer may print it itself)
+                print(message, file=sys.stderr)
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        _fail(f"{message} (see '{ctx.command_path if ctx is not None else 'ssbench'} --help')",
+              getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("ssbench: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
+    except Exception as exc:
+        from ssbench.registry import plugin_of
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+        plugin = plugin_of(exc)
+        if plugin is None or debug:  # a bug in ssbench itself: the traceback is what a report needs
+            raise
+        _fail(f"{plugin} failed: {type(exc).__name__}: {_first_line(exc)} (ssbench --debug ... shows the traceback)")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"ssbench: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
 
 
 if __name__ == "__main__":

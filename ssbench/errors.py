@@ -11,3 +11,7 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """An unknown or ill-typed configuration key or option value."""
+
+
+class WriteError(UserError):
+    """A results file or folder could not be written (permissions, a full disk). The message names the path."""

@@ -13,6 +13,9 @@ from ssbench.errors import UserError
 METHODS_GROUP = "ssbench.methods"
 DATASETS_GROUP = "ssbench.datasets"
 
+# Top-level package of each loaded third-party plugin -> "method plugin 'echo' (echo_plugin:Echo, dist 0.1)".
+_PLUGINS: dict[str, str] = {}
+
 
 def _entries(group: str) -> dict:
     found: dict = {}
@@ -44,7 +47,30 @@ def load(group: str, name: str):
     if getattr(obj, "name", None) != name:
         raise UserError(f"{kind} plugin {entries[name].value} declares name {getattr(obj, 'name', None)!r}, "
                         f"registered as {name!r}")
+    package = entries[name].module.split(".")[0]
+    if package != "ssbench":
+        dist = getattr(entries[name], "dist", None)
+        origin = f", {dist.name} {dist.version}" if dist is not None else ""
+        _PLUGINS[package] = f"{kind} plugin {name!r} ({entries[name].value}{origin})"
     return obj
+
+
+def plugin_of(exc: BaseException) -> str | None:
+    """The loaded plugin whose code the traceback of ``exc`` (or of the exceptions it chains) passes through, if
+    any: a plain exception there is the plugin's failure, reported on one line naming it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        found = None
+        while tb is not None:
+            module = tb.tb_frame.f_globals.get("__name__", "")
+            found = _PLUGINS.get(module.split(".")[0], found)
+            tb = tb.tb_next
+        if found:
+            return found
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def method(name: str):

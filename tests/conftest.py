@@ -53,3 +53,39 @@ def cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_nnunet(tmp_path_factory):
+    """A 10-case nnU-Net raw dataset of 32 x 32 x 4 volumes: whole runs in seconds (see formats.write_nnunet)."""
+    from formats import write_nnunet
+
+    return write_nnunet(tmp_path_factory.mktemp("tiny") / "Dataset001_Tiny")
+
+
+# A whole run on the tiny dataset: 6 iterations of batch 2 + 2 at 32 x 32, validation and a resumable checkpoint
+# every 2 iterations (checkpoints at 2 and 4), the test set of 2 volumes evaluated at the end.
+TINY_SETS = ("data.train_size=32", "train.batch_labeled=2", "train.batch_unlabeled=2", "train.val_every=2",
+             "train.checkpoint_every=2", "train.eval_batch=4")
+TINY_RUN = ("--dataset", "nnunet", "--split", "2", "--iters", "6", "--device", "cpu", "--quiet",
+            *[x for s in TINY_SETS for x in ("--set", s)])
+
+
+def tiny_request(root, out, method="supervised", sets=(), **kw):
+    from ssbench.engine.run import RunRequest
+
+    return RunRequest(method=method, dataset="nnunet", data_root=str(root), split="2", iters=6,
+                      sets=TINY_SETS + tuple(sets), out=str(out), device="cpu", quiet=True, **kw)
+
+
+def tiny_args(root, out, *extra):
+    """``ssbench run`` arguments of the same tiny run."""
+    return ["--method", "supervised", "--data-root", str(root), "--out", str(out), *TINY_RUN, *map(str, extra)]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_nnunet):
+    """A completed, uninterrupted tiny supervised run: the reference for resumed, repeated and re-evaluated runs."""
+    from ssbench.engine.run import execute
+
+    return execute(tiny_request(tiny_nnunet, tmp_path_factory.mktemp("tiny-run")))

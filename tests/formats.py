@@ -66,3 +66,28 @@ def write_acdc_h5(root: Path, patients, seed: int = 0, shape_dhw=(6, 40, 48)) ->
             names.append(name)
     (root / "train.list").write_text("\n".join(names) + "\n")
     return root
+
+
+def write_nnunet(root: Path, cases: int = 10, shape_xyz=(32, 32, 4), seed: int = 0, zooms=(1.2, 1.2, 5.0)) -> Path:
+    """A tiny nnU-Net raw dataset (v2 dataset.json, two foreground classes): with 10 cases its fixed draws give
+    7 train, 1 val and 2 test cases, so that a whole run takes seconds on a CPU."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "organ": 1, "lesion": 2},
+        "numTraining": cases, "file_ending": ".nii.gz"}))
+    x, y, z = shape_xyz
+    xx, yy = np.mgrid[0:x, 0:y]
+    for i in range(cases):
+        lab = np.zeros(shape_xyz, np.uint8)
+        cx, cy, r = rng.integers(10, x - 10), rng.integers(10, y - 10), rng.integers(5, 8)
+        for k in range(z):
+            disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= (r - abs(k - z // 2)) ** 2
+            lab[..., k][disc] = 1
+            lab[..., k][disc & ((xx - cx) ** 2 + (yy - cy) ** 2 <= 4)] = 2
+        img = 100 + 80 * lab + rng.normal(0, 15, shape_xyz)
+        nifti(root / "imagesTr" / f"case_{i:03d}_0000.nii.gz", img, zooms, np.float32)
+        nifti(root / "labelsTr" / f"case_{i:03d}.nii.gz", lab, zooms, np.uint8)
+    return root

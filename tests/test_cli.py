@@ -42,6 +42,7 @@ def _nothing_written(out_dir):
     assert not out_dir.exists() or not any(out_dir.rglob("*")), list(out_dir.rglob("*"))
 
 
+@pytest.mark.slow
 def test_bad_options_exit_2_and_write_nothing(cli, tmp_path, acdc_phantom):
     out = tmp_path / "results"
     cases = [
@@ -50,7 +51,7 @@ def test_bad_options_exit_2_and_write_nothing(cli, tmp_path, acdc_phantom):
         (["--method", "supervised", "--set", "train.bogus=1"], ["train.bogus", "unknown key"]),
         (["--method", "supervised", "--set", "bogus.x=1"], ["bogus.x", "unknown section"]),
         (["--method", "supervised", "--set", "train.iters=abc"], ["train.iters", "integer"]),
-        (["--method", "supervised", "--set", "eval.empty=zero"], ["eval.empty", "not one of"]),
+        (["--method", "supervised", "--set", "eval.empty=zero"], ["eval.empty=zero", "one of worst, exclude, legacy-zero"]),
         (["--method", "supervised", "--split", "150%"], ["--split 150%"]),
         (["--method", "supervised", "--data-root", tmp_path / "missing"], ["missing", "does not exist"]),
         (["--method", "supervised", "--data-root", tmp_path], ["no ACDC data found"]),

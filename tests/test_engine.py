@@ -11,6 +11,8 @@ import yaml
 from ssbench.engine.run import RunRequest, execute
 from ssbench.errors import UserError
 
+pytestmark = pytest.mark.slow  # whole runs on the embedded phantom (the tiny-dataset tests cover the same paths fast)
+
 TINY = ("train.val_every=3", "train.checkpoint_every=3", "data.train_size=32", "train.batch_labeled=2",
         "train.batch_unlabeled=2")
 

@@ -162,28 +162,36 @@ def test_cutmix_label_mixing():
     assert torch.all(cf[box] == 0.5) and torch.all(cf[~box] == 0.99)
 
 
-def test_feature_perturbation_drops_features_at_every_level():
+@pytest.mark.parametrize("p", [0.3, 0.7])
+def test_feature_perturbation_applies_the_configured_dropout_at_every_level(p):
+    """The method's own dropout, built from ``fp_dropout``, perturbs the encoder features of every level: whole
+    channels zeroed at rate p, the others scaled by 1 / (1 - p)."""
     torch.manual_seed(0)
-    method = UniMatch(UniMatchConfig(), CTX)
+    method = UniMatch(UniMatchConfig(fp_dropout=p), CTX)
     seen = []
-
-    class Recorder(torch.nn.Module):
-        def forward(self, x):
-            out = torch.nn.functional.dropout2d(x, 0.5, training=True)
-            zeroed = (out.flatten(2).abs().sum(-1) == 0).float().mean()
-            seen.append((x.shape[1], float(zeroed)))
-            return out
-
-    method.fp_drop = Recorder()
+    method.fp_drop.register_forward_hook(lambda module, args, out: seen.append((args[0].detach(), out.detach())))
     _step(method)
-    assert [c for c, _ in seen] == [16, 32, 64, 128, 256]
-    assert all(0.2 < z < 0.8 for _, z in seen)  # about half the channels of each level dropped
+    assert [x.shape[1] for x, _ in seen] == [16, 32, 64, 128, 256]  # every encoder level, once
+    dropped_total = channels = 0
+    for x, y in seen:
+        dropped = y.flatten(2).abs().sum(-1) == 0  # (B, C): whole channels
+        assert not (x.flatten(2).abs().sum(-1) == 0).any()  # ... that were not zero before
+        torch.testing.assert_close(y[~dropped], x[~dropped] / (1 - p))
+        dropped_total += int(dropped.sum())
+        channels += dropped.numel()
+    assert abs(dropped_total / channels - p) < 0.06  # 4 x 496 channels: the binomial sd is about 0.01
+    fix = FixMatch(FixMatchConfig(), CTX)
+    calls = []
+    fix.fp_drop.register_forward_hook(lambda *a: calls.append(1))
+    _step(fix)
+    assert calls == []  # no feature perturbation in FixMatch
 
 
-def test_legacy_selection_is_never_default_and_named(tmp_path, acdc_phantom):
+def test_legacy_selection_is_never_default_and_named(tiny_nnunet):
     from ssbench.engine.config import TrainConfig
     from ssbench.engine.run import RunRequest, build_config, run_dir_for
 
     assert TrainConfig().selection == "val"
-    cfg, _, _ = build_config(RunRequest(method="unimatch", sets=("train.selection=legacy-val+test",)))
+    cfg, _, _ = build_config(RunRequest(method="unimatch", dataset="nnunet", data_root=str(tiny_nnunet), split="2",
+                                        sets=("train.selection=legacy-val+test",)))
     assert run_dir_for(cfg, "r").name == "seed1337-legacy-valtest"

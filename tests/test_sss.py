@@ -143,6 +143,7 @@ def _method(**kw):
     return SSS(SSSConfig(**{**SMALL, **kw}), ctx)
 
 
+@pytest.mark.slow
 def test_official_checkpoint_round_trip(tmp_path):
     from ssbench.methods.sss import sam2_net
 
@@ -193,6 +194,7 @@ def _batches(case_ids):
     return lab, unl
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [dict(conf_thresh=0.5), dict(teacher="released", dfe_mode="replace", pcsw=False),
                                      dict(dfe=False, point_prompt=True, conf_thresh=0.5)])
 def test_one_training_step_changes_the_weights(variant):
@@ -228,6 +230,7 @@ def test_one_training_step_changes_the_weights(variant):
         assert set(fresh.cache) == set(method.cache)  # the prompt cache travels with the checkpoint
 
 
+@pytest.mark.slow
 def test_evaluation_prompts_come_from_the_model_only():
     method = _method()
     params = inspect.signature(method.predict_volume).parameters
@@ -250,6 +253,7 @@ def test_sam2_is_imported_only_by_sss():
     assert out.strip() == "False"
 
 
+@pytest.mark.slow
 def test_sss_end_to_end_run_and_reevaluation(tmp_path, acdc_phantom, cli):
     """A tiny SSS run through the engine (random init is allowed on the phantom, loudly), then `ssbench eval`."""
     import json
@@ -291,6 +295,7 @@ def test_prompt_boxes_follow_the_weak_crop(flip):
     assert crop.box(torch.tensor([0.0, 0.0, 5.0, 5.0]), size).tolist() == [0.0, 0.0, 63.0, 63.0]  # cropped away
 
 
+@pytest.mark.slow
 def test_point_prompts_at_test_time():
     for pcsw_on in (True, False):
         method = _method(point_prompt=True, pcsw=pcsw_on)

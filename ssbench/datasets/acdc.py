@@ -177,8 +177,8 @@ class ACDC(Dataset):
                 image = np.stack(images)
                 raw_label = np.stack(labels) if with_label else None
                 path = files[0]
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read h5 ({exc})".splitlines()[0]) from None
+        except (OSError, ValueError, TypeError) as exc:  # not an HDF5 file, truncated, or an entry of another kind
+            raise DataError(f"{path}: cannot read h5 ({type(exc).__name__}: {exc})".splitlines()[0]) from None
         if image.ndim != 3:
             raise DataError(f"{path}: 'image' must be D x H x W, got shape {image.shape}")
         label = self.check_label(raw_label, image.shape, path) if with_label else None
@@ -189,4 +189,7 @@ class ACDC(Dataset):
 def _h5_array(fh, key: str, path: Path) -> np.ndarray:
     if key not in fh:
         raise DataError(f"{path}: no '{key}' dataset")
-    return np.asarray(fh[key][()])
+    data = np.asarray(fh[key][()])
+    if not np.issubdtype(data.dtype, np.number):
+        raise DataError(f"{path}: '{key}' holds {data.dtype} values, not numbers")
+    return data

@@ -124,6 +124,35 @@ class Dataset(ABC):
         return label.astype(np.uint8)
 
 
+def check_case(case: Case, num_classes: int) -> Case:
+    """The contract of a loaded case, whichever loader (built-in or plugin) made it: a non-empty (D, H, W) numeric
+    image of finite values, and a label of the same shape with values 0..num_classes - 1. The engine checks every
+    case it loads; the message names the case's source file."""
+    where = case.meta.get("source") or f"case {case.case_id}"
+    image = case.image
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or 0 in image.shape:
+        raise DataError(f"{where}: the image must be a non-empty D x H x W array, got {_shape(image)}")
+    if not np.issubdtype(image.dtype, np.number):
+        raise DataError(f"{where}: the image holds {image.dtype} values, not numbers")
+    bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+    if bad:
+        raise DataError(f"{where}: the image holds {bad} non-finite values (NaN or infinity)")
+    label = case.label
+    if label is not None:
+        if not isinstance(label, np.ndarray) or label.shape != image.shape:
+            raise DataError(f"{where}: label shape {_shape(label)} does not match image shape {image.shape}")
+        if not np.issubdtype(label.dtype, np.integer):
+            raise DataError(f"{where}: the label holds {label.dtype} values, not class indices")
+        lo, hi = int(label.min()), int(label.max())
+        if lo < 0 or hi >= num_classes:
+            raise DataError(f"{where}: label values {lo}..{hi} outside the dataset's classes 0..{num_classes - 1}")
+    return case
+
+
+def _shape(a) -> str:
+    return f"shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+
+
 def minmax(volume: np.ndarray) -> np.ndarray:
     """Per-volume min-max normalisation to [0, 1] (the literature's ACDC preprocessing)."""
     volume = volume.astype(np.float32)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from ssbench.datasets.base import Case, Dataset, Split
 from ssbench.datasets.ct import to_hounsfield, window
@@ -28,7 +30,8 @@ class BHSDOptions:
     window: tuple[float, float] = (-50.0, 200.0)
     # 'auto' detects raw stored values (minimum >= 0) vs Hounsfield units per volume and records it per case.
     storage: Literal["auto", "hu", "stored"] = "auto"
-    val_fraction: float = 0.1  # of the training list, a fixed draw independent of --split-seed
+    val_fraction: Annotated[float, Field(
+        gt=0, lt=1, description="val cases: a fixed draw from the training list, independent of --split-seed")] = 0.1
 
 
 class BHSD(Dataset):

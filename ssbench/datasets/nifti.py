@@ -25,7 +25,8 @@ def read_nifti(path: str | Path, what: str = "image") -> tuple[np.ndarray, tuple
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)  # applies scl_slope/scl_inter like get_fdata, keeps integer types
-    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError) as exc:
+    except (OSError, EOFError, ValueError, TypeError, MemoryError, zlib.error, gzip.BadGzipFile,
+            nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError) as exc:
         raise DataError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -33,6 +34,12 @@ def read_nifti(path: str | Path, what: str = "image") -> tuple[np.ndarray, tuple
         data = data[..., None]
     if data.ndim != 3:
         raise DataError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    if 0 in data.shape or not np.issubdtype(data.dtype, np.number):
+        raise DataError(f"{path}: not a numeric {what} volume (shape {data.shape}, {data.dtype})")
+    if what == "image" and np.issubdtype(data.dtype, np.floating):
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise DataError(f"{path}: the image holds {bad} non-finite values (NaN or infinity)")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     if any(z <= 0 or not np.isfinite(z) for z in zooms):
         raise DataError(f"{path}: invalid voxel spacing {zooms} in the header")

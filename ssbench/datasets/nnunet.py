@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field
 
 from ssbench.datasets.base import Case, Dataset, Split, minmax
 from ssbench.datasets.ct import to_hounsfield, window
@@ -22,10 +23,13 @@ from ssbench.splits import draw_labeled, holdout
 
 @dataclass(frozen=True)
 class NNUNetOptions:
-    intensity: Literal["minmax-volume", "percentile-volume", "ct-window"] = "percentile-volume"
+    intensity: Annotated[Literal["minmax-volume", "percentile-volume", "ct-window"], Field(
+        description="per-volume min-max, min-max within the 0.5-99.5 percentiles, or a CT window")
+    ] = "percentile-volume"
     window: tuple[float, float] = (-50.0, 200.0)  # HU, used by ct-window
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
+    val_fraction: Annotated[float, Field(gt=0, lt=1, description="val cases: a fixed draw of the labeled cases")] = 0.1
+    test_fraction: Annotated[float, Field(
+        ge=0, lt=1, description="test cases: a fixed draw of the labeled cases")] = 0.2
 
 
 class NNUNet(Dataset):
@@ -42,15 +46,18 @@ class NNUNet(Dataset):
         try:
             spec = json.loads(path.read_text())
             labels = spec["labels"]
-        except (ValueError, KeyError) as exc:
+            # v2: {"background": 0, "tumor": 1}; v1: {"0": "background", "1": "tumor"}
+            pairs = {int(v): k for k, v in labels.items()} if all(isinstance(v, int) for v in labels.values()) else {
+                int(k): v for k, v in labels.items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not a valid dataset.json ({type(exc).__name__}: {exc})") from None
-        # v2: {"background": 0, "tumor": 1}; v1: {"0": "background", "1": "tumor"}
-        pairs = {int(v): k for k, v in labels.items()} if all(isinstance(v, int) for v in labels.values()) else {
-            int(k): v for k, v in labels.items()
-        }
         if sorted(pairs) != list(range(len(pairs))) or 0 not in pairs:
             raise DataError(f"{path}: labels must be consecutive integers from 0, got {sorted(pairs)}")
         self.class_names = tuple(pairs[i] for i in range(1, len(pairs)))
+        lo, hi = self.options.window
+        if self.options.intensity == "ct-window" and not hi > lo:
+            raise DataError(f"nnunet.window {self.options.window}: the upper bound must exceed the lower")
         self.ending = spec.get("file_ending", ".nii.gz")
         if self.ending not in (".nii.gz", ".nii"):
             raise DataError(f"{path}: file_ending {self.ending!r} is not supported (NIfTI only)")

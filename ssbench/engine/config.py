@@ -11,57 +11,84 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from ssbench.config import apply_override, config_hash, from_dict, to_dict
+from pydantic import Field
+
+from ssbench.config import apply_override, check_section, config_hash, from_dict, to_dict
 from ssbench.errors import ConfigError
 from ssbench.metrics.evaluation import MetricPolicy
 
 
+# Bounds shared by the fields below.
+Count = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0, lt=2**31)]
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "acdc"
-    root: str | None = None  # None: the embedded synthetic phantom, generated once into the cache
-    split: str = "10%"
-    split_seed: int = 0  # seeded labeled draws (datasets without a frozen protocol)
-    train_size: int = 256  # the method's square input size (the UNet literature: 256)
+    dataset: Annotated[str, Field(description="registered dataset name (set by --dataset)")] = "acdc"
+    root: Annotated[str | None, Field(
+        description="data folder (set by --data-root); none: the embedded synthetic phantom, generated once into the "
+                    "cache")] = None
+    split: Annotated[str, Field(description="labeled patients: N, P% or all (set by --split)")] = "10%"
+    split_seed: Annotated[Seed, Field(
+        description="seed of the labeled draw (datasets without a frozen protocol)")] = 0
+    train_size: Annotated[int, Field(ge=16, multiple_of=16, description=(
+        "the method's square input size (the UNet literature: 256; a multiple of 16 for the UNet's 4 poolings)"))] = 256
     # How native slices become train_size (ssbench.resize): 'order0' = scipy zoom order 0 for image and label
     # (SSL4MIS, UniMatch training); 'bilinear' = images bilinear, labels nearest (SAM-2's pre-processing).
-    train_resize: Literal["order0", "bilinear"] = "order0"
+    train_resize: Annotated[Literal["order0", "bilinear"], Field(
+        description="how native training slices become train_size")] = "order0"
     # At test time: 'order0' = image in and label map back with order 0 (SSL4MIS's test script, the benchmark's
     # default for every method); 'bilinear' = image in and class scores back bilinearly (UniMatch's evaluation).
-    inference_resize: Literal["order0", "bilinear"] = "order0"
-    synthetic: bool = False  # set by the engine when root is the embedded phantom
+    inference_resize: Annotated[Literal["order0", "bilinear"], Field(
+        description="how val/test volumes go to train_size and predictions back to the native grid")] = "order0"
+    synthetic: Annotated[bool, Field(description="the embedded phantom (set by the engine, never by --set)")] = False
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    recipe: str = "published"  # 'published' or 'cpu-small' (the embedded default)
+    recipe: Annotated[Literal["published", "cpu-small"], Field(
+        description="'published' on real data, 'cpu-small' on the embedded phantom (set by the engine)")] = "published"
     # 'iterations': train.iters steps (SSL4MIS). 'epochs': train.epochs passes over the epoch pool (the unlabeled
     # slices for methods that use them, else the labeled ones), each of len(pool) // batch steps with the rest
     # dropped (UniMatch's loaders); the resulting train.iters is derived from the data and recorded.
-    schedule: Literal["iterations", "epochs"] = "iterations"
-    iters: int = 30000
-    epochs: int = 300  # with schedule = epochs
-    batch_labeled: int = 12
-    batch_unlabeled: int = 12
-    optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD with momentum: the UNet recipes; AdamW: SAM-2 fine-tuning
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9  # lr = lr0 * (1 - it / iters) ** poly_power
-    val_every: int | Literal["epoch"] = 200  # iterations between validations, or once per epoch (UniMatch)
-    checkpoint_every: int = 1000  # the resumable checkpoint (model, optimizer, RNG, sampler position)
-    seed: int = 1337
-    augment: Literal["rotflip-rotate", "none"] = "rotflip-rotate"
-    eval_batch: int = 16
+    schedule: Annotated[Literal["iterations", "epochs"], Field(
+        description="length in train.iters steps, or in train.epochs passes over the epoch pool")] = "iterations"
+    iters: Annotated[Count, Field(description="training steps (derived from the data when schedule = epochs)")] = 30000
+    epochs: Annotated[Count, Field(description="passes over the epoch pool, with schedule = epochs")] = 300
+    batch_labeled: Annotated[Count, Field(description="labeled slices per step")] = 12
+    batch_unlabeled: Annotated[int, Field(
+        ge=0, description="unlabeled slices per step (methods that use unlabeled data need at least 1)")] = 12
+    optimizer: Annotated[Literal["sgd", "adamw"], Field(
+        description="SGD with momentum (the UNet recipes) or AdamW (SAM-2 fine-tuning)")] = "sgd"
+    lr: Annotated[float, Field(gt=0, description="initial learning rate")] = 0.01
+    momentum: Annotated[float, Field(ge=0, lt=1, description="SGD momentum")] = 0.9
+    weight_decay: Annotated[float, Field(ge=0, description="weight decay of the optimizer")] = 1e-4
+    poly_power: Annotated[float, Field(ge=0, description="lr = lr0 * (1 - it / iters) ** poly_power")] = 0.9
+    val_every: Annotated[Count | Literal["epoch"], Field(
+        description="iterations between validations, or 'epoch' for once per epoch (UniMatch)")] = 200
+    checkpoint_every: Annotated[Count, Field(
+        description="iterations between resumable checkpoints (model, optimizer, RNG, sampler position)")] = 1000
+    seed: Annotated[Seed, Field(description="training seed (the literature's 1337)")] = 1337
+    augment: Annotated[Literal["rotflip-rotate", "none"], Field(
+        description="the engine's weak augmentation (the literature's random rot90/flip or rotation)")
+    ] = "rotflip-rotate"
+    eval_batch: Annotated[Count, Field(description="slices per forward pass at validation and test time")] = 16
     # bf16 autocast of the training step ('auto': on CUDA, off elsewhere; resolved and recorded, since precision
     # can change numbers). DistributedDataParallel runs may synchronise BatchNorm across ranks (UniMatch's runs).
-    amp: Literal["auto", "bf16", "off"] = "auto"
-    sync_bn: bool = False
+    amp: Annotated[Literal["auto", "bf16", "off"], Field(
+        description="bf16 autocast of the training step (auto: on CUDA only; resolved and recorded)")] = "auto"
+    sync_bn: Annotated[bool, Field(description="synchronise BatchNorm across DDP ranks (UniMatch's runs)")] = False
     # Model selection set. 'legacy-val+test' reproduces UniMatch's own protocol (best epoch on val+test: test
     # leakage); it is never a default, and its runs carry the name in their folder and a warning.
-    selection: Literal["val", "legacy-val+test"] = "val"
+    selection: Annotated[Literal["val", "legacy-val+test"], Field(
+        description="the set that picks the best checkpoint; legacy-val+test leaks the test set (UniMatch's own)")
+    ] = "val"
+    deterministic: Annotated[bool, Field(description=(
+        "deterministic torch algorithms, for GPU runs that repeat (--deterministic; see docs/guarantees.md)"))
+    ] = False
 
 
 # The embedded default's recipe: small enough for a few minutes on 2 CPU cores. Only the schedule and the batch
@@ -70,6 +97,13 @@ CPU_SMALL = {"iters": 600, "batch_labeled": 4, "batch_unlabeled": 4, "val_every"
 CPU_SMALL_TRAIN_SIZE = 128
 
 SHARED_SECTIONS = ("data", "train", "eval")
+# Fields the engine sets from the command line or the data: a --set would make the record disagree with the run.
+SET_BY_ENGINE = {
+    "data.dataset": "--dataset",
+    "data.root": "--data-root",
+    "data.synthetic": "--data-root (omitted: the embedded phantom)",
+    "train.recipe": "--data-root (real data: published; the embedded phantom: cpu-small)",
+}
 
 
 @dataclass
@@ -103,6 +137,12 @@ class RunConfig:
         d["data"] = {k: v for k, v in d["data"].items() if k != "root"}
         return config_hash(d)
 
+    def check(self) -> "RunConfig":
+        """Validate every value of every section against its declared constraints (code may have replaced some)."""
+        for name, section in self.sections().items():
+            check_section(section, name)
+        return self
+
     def override(self, dotted: str, raw: str) -> "RunConfig":
         section, _, rest = dotted.partition(".")
         if section == "method":
@@ -122,6 +162,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict, method_cls, dataset_cls) -> "RunConfig":
+        if not isinstance(d, dict) or not isinstance(d.get("method"), str) or "data" not in d:
+            raise ConfigError("config: expected a mapping with 'method' and a 'data' section")
         d = dict(d)
         method_name = d.pop("method")
         data = from_dict(DataConfig, d.pop("data"), "data")

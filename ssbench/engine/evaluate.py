@@ -55,14 +55,16 @@ def evaluate_cases(method, cases, dataset, cfg, device, checkpoint: str, predict
 
 
 def evaluate_checkpoints(method, cases, dataset, cfg, device, checkpoints: Path,
-                         predictions_dir: Path | None = None) -> pd.DataFrame:
-    """Per-case rows of the best and final checkpoints on ``cases``; optionally save the predicted label maps."""
-    import torch
+                         predictions_dir: Path | None = None, config_hash: str | None = None) -> pd.DataFrame:
+    """Per-case rows of the best and final checkpoints on ``cases``; optionally save the predicted label maps.
+    Each checkpoint must belong to the run whose config hash is ``config_hash`` (default: ``cfg``'s)."""
+    from ssbench.engine import checkpoint
 
     rows = []
     for ckpt in ("best", "final"):
-        state = torch.load(checkpoints / f"{ckpt}.pt", map_location=device, weights_only=True)
-        method.load_state_dict(state["method"])
+        path = checkpoints / f"{ckpt}.pt"
+        state = checkpoint.load(path, device, config_hash or cfg.hash())
+        checkpoint.load_weights(method, state, path)
         predictions: dict[str, np.ndarray] | None = {} if predictions_dir is not None else None
         rows += evaluate_cases(method, cases, dataset, cfg, device, ckpt, predictions)
         if predictions_dir is not None:

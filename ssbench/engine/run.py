@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssbench import registry
-from ssbench.atomic import write_csv, write_json, write_yaml
+from ssbench.atomic import make_dirs, write_csv, write_json, write_text, write_yaml
 from ssbench.config import from_dict, to_dict
-from ssbench.engine.config import CPU_SMALL, CPU_SMALL_TRAIN_SIZE, DataConfig, RunConfig, TrainConfig
+from ssbench.datasets.base import check_case
+from ssbench.engine.config import (CPU_SMALL, CPU_SMALL_TRAIN_SIZE, SET_BY_ENGINE, DataConfig, RunConfig,
+                                   TrainConfig)
 from ssbench.errors import ConfigError, UserError
 from ssbench.metrics.evaluation import MetricPolicy
 from ssbench.splits import split_tag
@@ -45,6 +47,7 @@ class RunRequest:
     quiet: bool = False
     amp: str | None = None  # 'bf16' or 'off' (--amp / --no-amp); None: the config's train.amp ('auto')
     execution: dict | None = None  # Runtime overrides (channels_last, augment_on_device, log_every): benchmarks
+    deterministic: bool = False
 
 
 def resolve_device(name: str):
@@ -90,6 +93,8 @@ def build_config(req: RunRequest):
         cfg = cfg.override("train.amp", req.amp)
     if req.iters is not None:  # --iters is a length in iterations, whatever the recipe's schedule
         cfg = cfg.override("train.schedule", "iterations").override("train.iters", str(req.iters))
+    if req.deterministic:
+        cfg = cfg.override("train.deterministic", "true")
     if cfg.train.recipe == "cpu-small":  # scale the method's absolute schedules to the short run; --set still wins
         cfg = dataclasses.replace(cfg, method_config=method_cls.short_recipe(cfg.method_config, cfg.train.iters))
     recipe = cfg
@@ -97,11 +102,13 @@ def build_config(req: RunRequest):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"--set {item}: expected key=value")
+        if key.strip() in SET_BY_ENGINE:
+            raise ConfigError(f"--set {key.strip()}: set by {SET_BY_ENGINE[key.strip()]}, not by --set")
         cfg = cfg.override(key.strip(), value.strip())
         if key.strip() == "train.iters" and cfg.train.schedule == "epochs":
             raise ConfigError(f"--set {item}: the schedule is in epochs (train.epochs={cfg.train.epochs}); "
                               "use --iters N or --set train.schedule=iterations to give a length in iterations")
-    _check_values(cfg, method_cls)
+    _check_values(cfg.check(), method_cls)
     cfg = dataclasses.replace(cfg, variant=variant_tag(recipe.method_config, cfg.method_config),
                               protocol_variant=protocol_tag(recipe, cfg))
     dataset = dataset_cls(cfg.data.root, cfg.dataset_options)
@@ -135,19 +142,11 @@ def protocol_tag(recipe: RunConfig, cfg: RunConfig) -> str:
 
 
 def _check_values(cfg: RunConfig, method_cls) -> None:
+    """Checks that involve the method; each field's own constraints are declared with it (RunConfig.check)."""
     t = cfg.train
-    for key in ("iters", "epochs", "batch_labeled", "checkpoint_every", "eval_batch"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")
-    if t.val_every != "epoch" and t.val_every < 1:
-        raise ConfigError(f"train.val_every must be at least 1 or 'epoch', got {t.val_every}")
-    if t.batch_unlabeled < 0 or not t.lr > 0:
-        raise ConfigError("train.batch_unlabeled must be >= 0 and train.lr > 0")
     if method_cls.uses_unlabeled and t.batch_unlabeled < 1:
         raise ConfigError(f"train.batch_unlabeled={t.batch_unlabeled}: method {method_cls.name} trains on unlabeled "
                           "batches and needs at least 1")
-    if cfg.data.train_size < 16 or cfg.data.train_size % 16:
-        raise ConfigError(f"data.train_size {cfg.data.train_size}: must be a multiple of 16 (UNet down-sampling)")
 
 
 def dataset_tag(cfg: RunConfig) -> str:
@@ -173,7 +172,9 @@ def resolve_hd_units(cfg: RunConfig, dataset) -> RunConfig:
 
 
 def load_cases(dataset, patients, with_label: bool):
-    return [dataset.load_case(cid, with_label) for p in patients for cid in dataset.case_ids(p)]
+    """The cases of ``patients``, each checked against the dataset contract (whichever loader made it)."""
+    return [check_case(dataset.load_case(cid, with_label), dataset.num_classes)
+            for p in patients for cid in dataset.case_ids(p)]
 
 
 def provenance() -> dict:
@@ -199,11 +200,17 @@ def provenance() -> dict:
     return {
         "versions": {p: v(p) for p in ("ssbench", "torch", "torchvision", "sam2", "numpy", "scipy", "nibabel")},
         "python": platform.python_version(),
+        "torch_threads": _torch_threads(),  # CPU results repeat exactly for the same versions and thread count
         "git_commit": commit,
         "git_dirty": dirty,
         "host": platform.node(),
         "command": sys.argv,
     }
+
+
+def _torch_threads() -> int | None:
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
 
 
 def _now() -> str:
@@ -231,9 +238,9 @@ def load_inputs(cfg: RunConfig, method_cls, dataset, split, say) -> Inputs:
     labeled = load_cases(dataset, split.labeled, True)
     unlabeled = load_cases(dataset, split.unlabeled, False) if method_cls.uses_unlabeled else []
     val = load_cases(dataset, split.val, True)
-    for p in split.test:
+    for p in split.test:  # one at a time: checked, then dropped
         for cid in dataset.case_ids(p):
-            dataset.load_case(cid, True)
+            check_case(dataset.load_case(cid, True), dataset.num_classes)
     if method_cls.uses_unlabeled and not unlabeled:
         raise UserError(f"--split {cfg.data.split}: method {cfg.method_name} needs unlabeled patients, none left")
     pools = {"labeled": SlicePool.from_cases(labeled, True)}
@@ -282,7 +289,7 @@ def execute(req: RunRequest, console=None) -> Path:
 
     from ssbench.engine.evaluate import evaluate_checkpoints, summary_of
     from ssbench.engine.runtime import init_distributed, make_runtime, resolve_amp
-    from ssbench.engine.train import train
+    from ssbench.engine.train import deterministic_algorithms, train
 
     rank, world, rank_device = init_distributed(req.device)
     say = console.print if console is not None and not req.quiet and rank == 0 else (lambda *a, **k: None)
@@ -290,7 +297,7 @@ def execute(req: RunRequest, console=None) -> Path:
     cfg = resolve_hd_units(cfg, dataset)
     device = rank_device or resolve_device(req.device)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=resolve_amp(cfg.train.amp, device)))
-    runtime = make_runtime(device, cfg.train.amp, getattr(cfg.train, "deterministic", False), rank, world,
+    runtime = make_runtime(device, cfg.train.amp, cfg.train.deterministic, rank, world,
                            **(req.execution or {}))
     split = dataset.split(cfg.data.split, cfg.data.split_seed)
     final_dir = run_dir_for(cfg, req.out)
@@ -301,6 +308,14 @@ def execute(req: RunRequest, console=None) -> Path:
     # 1. Load and check every input, 2. build the method: both before anything is written.
     inputs = load_inputs(cfg, method_cls, dataset, split, say)
     cfg, schedule = resolve_schedule(cfg, method_cls, inputs.pools)
+    if req.resume:
+        check_resumable(staging, cfg)
+        if _finished(staging):  # interrupted between its last write and its publication
+            if rank == 0:
+                _check_lock(staging)
+                publish(staging, final_dir)
+            _barrier(world)
+            return final_dir
     method = build_method(cfg, method_cls, dataset, device, inputs)
     if rank > 0:  # model-side randomness (dropout, strong views) differs per rank; rank 0 keeps the 1-process stream
         torch.manual_seed(cfg.train.seed + rank)
@@ -338,40 +353,48 @@ def execute(req: RunRequest, console=None) -> Path:
         run_info["warnings"].append(
             "embedded synthetic phantom data: numbers are a smoke test of the pipeline, not ACDC/BHSD results"
         )
-    if runtime.is_main:
+    if runtime.is_main:  # only rank 0 writes; the other ranks wait at the barriers
         _check_lock(staging)
         if staging.exists() and not req.resume:
             shutil.rmtree(staging)
-        staging.mkdir(parents=True, exist_ok=True)
-        (staging / LOCK).write_text(str(os.getpid()))
-        write_yaml(staging / "config.yaml", {"config_hash": cfg.hash(), **cfg.to_dict()})
-        write_json(staging / "split.json", {**split.as_dict(), "protocol": split.protocol})
-        write_json(staging / "run.json", run_info)
-    _barrier(world)
+        make_dirs(staging)
+        write_text(staging / LOCK, str(os.getpid()))
+    try:
+        if runtime.is_main:
+            write_yaml(staging / "config.yaml", {"config_hash": cfg.hash(), **cfg.to_dict()})
+            write_json(staging / "split.json", {**split.as_dict(), "protocol": split.protocol})
+            write_json(staging / "run.json", run_info)
+        _barrier(world)
 
-    # 4. Train, selecting on val (or, named and warned, on val+test).
-    selection_cases = inputs.val
-    if cfg.train.selection == "legacy-val+test" and runtime.is_main:
-        selection_cases = inputs.val + load_cases(dataset, split.test, True)
-    best = train(cfg, method, inputs.pools, selection_cases, staging, runtime, req.resume,
-                 console if not req.quiet else None)
+        # 4. Train, selecting on val (or, named and warned, on val+test). 5. The test set, once, for the best-val
+        # and the final checkpoint (rank 0).
+        selection_cases = inputs.val
+        if cfg.train.selection == "legacy-val+test" and runtime.is_main:
+            selection_cases = inputs.val + load_cases(dataset, split.test, True)
+        nondeterministic_ops: list[str] = []
+        with deterministic_algorithms(cfg.train.deterministic, nondeterministic_ops):
+            best = train(cfg, method, inputs.pools, selection_cases, staging, runtime, req.resume,
+                         console if not req.quiet else None)
+            if runtime.is_main:
+                test = load_cases(dataset, split.test, True)
+                frame = evaluate_checkpoints(method, test, dataset, cfg, device, staging / "checkpoints",
+                                             staging / "predictions")
+        if runtime.is_main:
+            write_csv(staging / "metrics_per_case.csv", frame)
+            selection = {"set": cfg.train.selection, "metric": "mean foreground Dice",
+                         "best_iteration": best["iteration"], "best_score": best["dice"], "cases": len(selection_cases)}
+            write_json(staging / "summary.json", summary_of(frame, cfg, selection=selection))
+            if cfg.train.deterministic:
+                run_info["deterministic_ops_warned"] = nondeterministic_ops  # ops without a deterministic kernel
+            run_info.update(status="complete", end=_now(), wall_time_s=round(time.time() - t0, 1))
+            write_json(staging / "run.json", run_info)
 
-    # 5. The test set, once, for the best-val and the final checkpoint (rank 0).
-    if runtime.is_main:
-        test = load_cases(dataset, split.test, True)
-        frame = evaluate_checkpoints(method, test, dataset, cfg, device, staging / "checkpoints",
-                                     staging / "predictions")
-        write_csv(staging / "metrics_per_case.csv", frame)
-        selection = {"set": cfg.train.selection, "metric": "mean foreground Dice",
-                     "best_iteration": best["iteration"], "best_score": best["dice"], "cases": len(selection_cases)}
-        write_json(staging / "summary.json", summary_of(frame, cfg, selection=selection))
-        run_info.update(status="complete", end=_now(), wall_time_s=round(time.time() - t0, 1))
-        write_json(staging / "run.json", run_info)
-        (staging / "checkpoints" / "last.pt").unlink(missing_ok=True)  # the resume state is not needed any more
-
-        # 6. Publish in one rename.
-        publish(staging, final_dir)
-    _barrier(world)
+            # 6. Publish in one rename.
+            publish(staging, final_dir)
+        _barrier(world)
+    finally:
+        if runtime.is_main:
+            _release_lock(staging)
     return final_dir
 
 
@@ -382,7 +405,59 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
+def check_resumable(staging: Path, cfg: RunConfig) -> None:
+    """``--resume`` continues only the run that the staging folder holds: the same config, key for key."""
+    import yaml
+
+    path = staging / "config.yaml"
+    if not path.is_file():
+        return  # nothing recorded yet: the run starts from the beginning
+    try:
+        recorded = yaml.safe_load(path.read_text())
+        recorded_hash = recorded.pop("config_hash")
+    except (OSError, yaml.YAMLError, AttributeError, KeyError) as exc:
+        raise UserError(f"{path}: unreadable ({type(exc).__name__}); run without --resume to start over") from None
+    if recorded_hash == cfg.hash():
+        return
+    now = _flatten(cfg.to_dict())
+    before = _flatten(recorded)
+    diffs = [f"{k}: {before.get(k, '(absent)')} -> {now.get(k, '(absent)')}" for k in sorted(set(now) | set(before))
+             if k != "data.root" and before.get(k) != now.get(k)]
+    raise UserError(f"--resume: the interrupted run in {staging} has another config "
+                    f"({'; '.join(diffs[:3]) or 'hash'}); use its options, or run without --resume to start over")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _finished(staging: Path) -> bool:
+    import json
+
+    try:
+        done = json.loads((staging / "run.json").read_text()).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):
+        return False
+    return done and all((staging / f).is_file() for f in ("summary.json", "metrics_per_case.csv",
+                                                          "checkpoints/best.pt", "checkpoints/final.pt"))
+
+
 LOCK = "LOCK"
+
+
+def _release_lock(staging: Path) -> None:
+    lock = staging / LOCK
+    try:
+        if lock.read_text().strip() == str(os.getpid()):
+            lock.unlink()
+    except OSError:
+        pass
 
 
 def _check_lock(staging: Path) -> None:
@@ -400,12 +475,18 @@ def _check_lock(staging: Path) -> None:
 
 
 def publish(staging: Path, final_dir: Path) -> None:
-    """Move the finished staging folder into place in one rename (an old run, if replaced, goes first)."""
+    """Move the finished staging folder into place in one rename. A run it replaces is moved aside first and
+    deleted only once the new one is in place; the aside name ends in '.incomplete', which no reader takes for a
+    result (even if this process dies between the two renames)."""
+    ckpt = staging / "checkpoints"
+    for state in [ckpt / "last.pt", *ckpt.glob("best-at-*.pt")]:  # the resume state is not needed any more
+        state.unlink(missing_ok=True)
+    for stray in staging.rglob(".*.tmp"):  # temporary files of writes that a killed attempt never finished
+        stray.unlink(missing_ok=True)
     (staging / LOCK).unlink(missing_ok=True)
     if final_dir.exists():
-        trash = final_dir.with_name(f".{final_dir.name}.replaced-{os.getpid()}")
+        trash = final_dir.with_name(f".{final_dir.name}.replaced-{os.getpid()}.incomplete")
         os.replace(final_dir, trash)
-        os.replace(staging, final_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, final_dir)
+    os.replace(staging, final_dir)
+    for old in final_dir.parent.glob(f".{final_dir.name}.replaced-*"):
+        shutil.rmtree(old, ignore_errors=True)

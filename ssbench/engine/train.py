@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from ssbench.atomic import torch_save, write_csv
+from ssbench.atomic import snapshot, torch_save, write_csv
+from ssbench.engine import checkpoint
 from ssbench.engine.data import Sampler
 from ssbench.engine.evaluate import mean_val_dice
 from ssbench.errors import UserError
@@ -18,6 +22,36 @@ from ssbench.methods.api import StepInfo
 
 class NonFiniteLoss(UserError):
     pass
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool, record: list | None = None):
+    """``train.deterministic`` (``--deterministic``): the same numbers from the same seed on a GPU too, at some
+    speed cost. cuDNN autotuning off and its deterministic kernels on, ``torch.use_deterministic_algorithms`` and
+    the cuBLAS workspace setting it needs (``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless already set). An op without
+    a deterministic CUDA kernel warns instead of failing; its message is appended to ``record`` (run.json).
+    On CPU the UNet methods repeat exactly without it. The previous global settings are restored on exit."""
+    if not enabled:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+        if record is not None:
+            record.extend(dict.fromkeys(str(w.message).splitlines()[0] for w in caught
+                                        if "deterministic" in str(w.message)))
+        for w in caught:  # everything else is shown as usual
+            if "deterministic" not in str(w.message):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def poly_lr(base: float, it: int, total: int, power: float) -> float:
@@ -151,12 +185,10 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
     start, best, log = 0, {"dice": -1.0, "iteration": -1}, []
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
-        state = torch.load(last, map_location=device, weights_only=True)
-        if state["config_hash"] != cfg.hash():
-            raise UserError(f"{last}: --resume with a different config (hash {state['config_hash']} vs {cfg.hash()})")
-        if len(state["rng"]) != runtime.world:
-            raise UserError(f"{last}: started with {len(state['rng'])} processes; resume it with as many")
-        method.load_state_dict(state["method"])
+        state = checkpoint.load(last, device, cfg.hash())
+        if len(state.get("rng", ())) != runtime.world:
+            raise UserError(f"{last}: started with {len(state.get('rng', ()))} processes; resume it with as many")
+        checkpoint.load_weights(method, state, last)
         optimizer.load_state_dict(state["optimizer"])
         for name, s in samplers.items():
             s.load_state_dict(state["samplers"][name])
@@ -165,6 +197,10 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
         if device.type == "cuda" and cuda_rng is not None:
             torch.cuda.set_rng_state(cuda_rng, device)
         start, best, log = state["iteration"], state["best"], state["log"]
+        _restore_best(ckpt_dir, state, last)
+    else:  # a fresh start inherits no file of an earlier attempt
+        for stale in [ckpt_dir / "best.pt", ckpt_dir / "final.pt", *ckpt_dir.glob("best-at-*.pt")]:
+            stale.unlink(missing_ok=True)
 
     progress = _Progress(console if runtime.is_main else None, t.iters, start)
     t_start = time.time()
@@ -188,15 +224,17 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
             sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
         done = it + 1
         validate = done % val_every == 0 or done == t.iters
-        checkpoint = done % t.checkpoint_every == 0 and done < t.iters
-        if not (validate or checkpoint or done % runtime.log_every == 0):
+        save_state = done % t.checkpoint_every == 0 and done < t.iters
+        if not (validate or save_state or done % runtime.log_every == 0):
             continue
         n = done - (log[-1]["iteration"] if log else start)  # steps in this row's means
         row = {"iteration": done, "lr": lr, **{k: float(v) / n for k, v in sums.items()}}
         sums = {}
-        if not math.isfinite(row["loss"]):
-            raise NonFiniteLoss(f"training stopped: non-finite loss {row['loss']} at iteration {done}"
-                                + (f" (mean of the last {n})" if n > 1 else ""))
+        if not math.isfinite(row["loss"]):  # checked on the logged rows: no host synchronisation in the step
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k.startswith("loss"))
+            raise NonFiniteLoss(f"training stopped at iteration {done}: non-finite loss ({terms})"
+                                + (f", means of the last {n} steps" if n > 1 else "")
+                                + "; nothing was published (a smaller train.lr may help)")
         if validate and runtime.is_main:
             val_dice = mean_val_dice(method, val_cases, cfg, device)
             row["val_dice"] = val_dice
@@ -207,19 +245,44 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
         log.append(row)
         if validate and runtime.is_main:
             write_csv(staging / "train_log.csv", pd.DataFrame(log))
-        if checkpoint:
+        if save_state:
             rng = _rng_states(runtime)
             if runtime.is_main:
+                # best.pt as of this checkpoint: a resumed run restores it, so that its best checkpoint never
+                # comes from iterations the interrupted attempt ran past the checkpoint.
+                best_file = None
+                if best["iteration"] > 0:
+                    best_file = f"best-at-{done}.pt"
+                    snapshot(ckpt_dir / "best.pt", ckpt_dir / best_file)
                 torch_save(last, {
                     "config_hash": cfg.hash(), "iteration": done, "method": method.state_dict(),
                     "optimizer": optimizer.state_dict(), "samplers": {n: s.state_dict() for n, s in samplers.items()},
-                    "rng": rng, "best": best, "log": log,
+                    "rng": rng, "best": best, "log": log, "best_file": best_file,
                 })
+                for old in ckpt_dir.glob("best-at-*.pt"):
+                    if old.name != best_file:
+                        old.unlink()
         progress.update(done, row, val_dice, best)
     progress.close()
     if runtime.is_main:
+        if best["iteration"] < 0:
+            raise UserError("no validation gave a Dice score (the validation cases hold no foreground label): "
+                            "nothing to select a checkpoint with")
         torch_save(ckpt_dir / "final.pt", _weights(method, t.iters, val_dice, cfg))
     return best
+
+
+def _restore_best(ckpt_dir: Path, state: dict, last: Path) -> None:
+    """best.pt as it was when ``last`` was saved (checkpoints written before this record have no snapshot)."""
+    if "best_file" not in state:
+        return
+    if state["best_file"] is None:
+        (ckpt_dir / "best.pt").unlink(missing_ok=True)
+        return
+    saved = ckpt_dir / state["best_file"]
+    if not saved.is_file():
+        raise UserError(f"{saved}: missing (the best checkpoint as of {last.name}); cannot resume this run")
+    snapshot(saved, ckpt_dir / "best.pt")
 
 
 def _weights(method, iteration: int, val_dice: float, cfg) -> dict:

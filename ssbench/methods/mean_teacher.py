@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
 from ssbench.methods.ema import ema_alpha, ema_update, freeze
@@ -17,20 +18,25 @@ from ssbench.methods.unet import UNetConfig
 
 @dataclass(frozen=True)
 class MeanTeacherConfig(UNetConfig):
-    ema_decay: float = 0.99  # alpha = min(1 - 1/(step + 1), ema_decay)
-    consistency: float = 0.1  # maximum consistency weight
-    consistency_rampup: float = 200.0  # L in exp(-5 (1 - t/L)^2)
-    rampup_step: int = 150  # t = iteration // rampup_step
-    consistency_start: int = 1000  # the consistency term is zero before this iteration
-    noise_std: float = 0.1  # teacher input noise N(0, std^2) ...
-    noise_clip: float = 0.2  # ... clamped to +-clip
+    ema_decay: Annotated[float, Field(
+        ge=0, le=1, description="teacher EMA: alpha = min(1 - 1/(step + 1), ema_decay)")] = 0.99
+    consistency: Annotated[float, Field(ge=0, description="maximum consistency weight")] = 0.1
+    consistency_rampup: Annotated[float, Field(gt=0, description="L in the ramp-up exp(-5 (1 - t/L)^2)")] = 200.0
+    rampup_step: Annotated[int, Field(ge=1, description="t = iteration // rampup_step in the ramp-up")] = 150
+    consistency_start: Annotated[int, Field(
+        ge=0, description="the consistency term is zero before this iteration")] = 1000
+    noise_std: Annotated[float, Field(ge=0, description="teacher input noise N(0, std^2) ...")] = 0.1
+    noise_clip: Annotated[float, Field(ge=0, description="... clamped to +-clip")] = 0.2
     # Quirks of the original code, as switches. The original leaves the teacher in train mode (dropout and batch
     # statistics act as teacher noise, as in the Mean Teacher paper): kept. It does not average BatchNorm buffers
     # (the teacher's running statistics come from its own noisy passes): averaged by default here, so that the
     # teacher is a proper average of the student whichever mode it is used in.
-    teacher_mode: Literal["train", "eval"] = "train"
-    ema_buffers: bool = True
-    evaluate: Literal["student", "teacher"] = "student"  # SSL4MIS reports the student
+    teacher_mode: Annotated[Literal["train", "eval"], Field(
+        description="teacher dropout/BN mode during training (the original: train)")] = "train"
+    ema_buffers: Annotated[bool, Field(
+        description="average BatchNorm buffers into the teacher too (the original does not)")] = True
+    evaluate: Annotated[Literal["student", "teacher"], Field(
+        description="the network evaluated (SSL4MIS reports the student)")] = "student"
 
 
 def consistency_weight(iteration: int, cfg: MeanTeacherConfig) -> float:

@@ -6,8 +6,10 @@ with one strong view and no feature perturbation, registered as a method of its 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
@@ -16,23 +18,33 @@ from ssbench.methods.strong import cutmix_boxes, strong_view
 from ssbench.methods.unet import UNetConfig
 
 
+# Field types that FixMatchConfig re-declares with other defaults keep their constraints through these aliases.
+StrongViews = Annotated[int, Field(ge=1, description="strong views per unlabeled image")]
+FeaturePerturbation = Annotated[bool, Field(
+    description="Dropout2d on every encoder level, decoded with the clean features")]
+WeightS = Annotated[float, Field(ge=0, description="loss = (x + w_s * (s1 + s2) + w_fp * fp) / 2")]
+WeightFP = Annotated[float, Field(ge=0, description="weight of the feature-perturbed view's loss")]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
 @dataclass(frozen=True)
 class UniMatchConfig(UNetConfig):
-    conf_thresh: float = 0.95  # pixels whose weak confidence is below are ignored
-    strong_views: int = 2
-    feature_perturbation: bool = True  # Dropout2d on every encoder level, decoded with the clean features
-    fp_dropout: float = 0.5
-    weight_s: float = 0.25  # loss = (x + w_s * (s1 + s2) + w_fp * fp) / 2
-    weight_fp: float = 0.5
-    cutmix_p: float = 0.5
+    conf_thresh: Annotated[Probability, Field(
+        description="pixels whose weak-view confidence is below are ignored")] = 0.95
+    strong_views: StrongViews = 2
+    feature_perturbation: FeaturePerturbation = True
+    fp_dropout: Annotated[Probability, Field(description="channel dropout rate of the feature perturbation")] = 0.5
+    weight_s: WeightS = 0.25
+    weight_fp: WeightFP = 0.5
+    cutmix_p: Annotated[Probability, Field(description="probability that a strong view gets a CutMix box")] = 0.5
 
 
 @dataclass(frozen=True)
 class FixMatchConfig(UniMatchConfig):
-    strong_views: int = 1
-    feature_perturbation: bool = False
-    weight_s: float = 1.0  # loss = (x + s) / 2
-    weight_fp: float = 0.0
+    strong_views: StrongViews = 1
+    feature_perturbation: FeaturePerturbation = False
+    weight_s: WeightS = 1.0  # loss = (x + s) / 2
+    weight_fp: WeightFP = 0.0
 
 
 def mix_pseudo_labels(label, conf, mix_label, mix_conf, box):

@@ -28,10 +28,10 @@ STATUSES = ("ok", "missed", "false_positive", "absent")
 
 @dataclass(frozen=True)
 class MetricPolicy:
-    empty: Literal["worst", "exclude", "legacy-zero"] = "worst"
+    empty: Literal["worst", "exclude", "legacy-zero"] = "worst"  # scores of a missed or hallucinated structure
     # 'auto' resolves to mm where the data keep spacing and to voxels where they do not (h5 layout).
-    hd_units: Literal["auto", "mm", "voxel"] = "auto"
-    connectivity: int = 1
+    hd_units: Literal["auto", "mm", "voxel"] = "auto"  # HD95/ASD units: mm where spacing is known, else voxels
+    connectivity: Literal[1, 2, 3] = 1  # surface neighbourhood of the 3-D masks (medpy's default: 1)
 
 
 def evaluate_case(

@@ -1,0 +1,40 @@
+"""Checkpoint files: read with ``weights_only``, checked to belong to the run, errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ssbench.errors import UserError
+
+
+def load(path: Path, device, config_hash: str | None = None) -> dict:
+    """The state saved by the engine at ``path``; ``config_hash``: the run it must belong to."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: missing checkpoint")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises many types (unpickling, zip, EOF, runtime) for a file that is not one
+        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("method"), dict) or "config_hash" not in state:
+        raise UserError(f"{path}: not an ssbench checkpoint (no method weights and config hash)")
+    if config_hash is not None and state["config_hash"] != config_hash:
+        raise UserError(f"{path}: belongs to another run (its config hash is {state['config_hash']}, this run's "
+                        f"is {config_hash})")
+    return state
+
+
+def load_weights(method, state: dict, path: Path) -> None:
+    """Put a checkpoint's weights into ``method``; a checkpoint of another model is an error naming the file."""
+    try:
+        method.load_state_dict(state["method"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        raise UserError(f"{path}: its weights do not fit method {type(method).name!r} "
+                        f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "no detail"

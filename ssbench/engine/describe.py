@@ -1,0 +1,58 @@
+"""What a run would record, without running it: the resolved config (``ssbench config``) and its documented
+fields — the ``--set`` keys with their defaults, what they allow and their help, built-ins and plugins alike."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ssbench.config import field_docs
+
+
+def resolved_config(req):
+    """The config ``execute(req)`` would save in config.yaml: defaults, recipe, options and --set, the HD units
+    resolved for the data and the device, and (with an epoch schedule) the length in iterations the data give."""
+    from ssbench.engine.run import build_config, load_inputs, resolve_device, resolve_hd_units, resolve_schedule
+    from ssbench.engine.runtime import resolve_amp
+
+    cfg, method_cls, dataset = build_config(req)
+    cfg = resolve_hd_units(cfg, dataset)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, amp=resolve_amp(cfg.train.amp, resolve_device(req.device))))  # as execute() records it
+    if cfg.train.schedule == "epochs":  # only then does the recorded config depend on the data's slice counts
+        split = dataset.split(cfg.data.split, cfg.data.split_seed)
+        inputs = load_inputs(cfg, method_cls, dataset, split, lambda *a, **k: None)
+        cfg, _ = resolve_schedule(cfg, method_cls, inputs.pools)
+    return cfg
+
+
+def describe_fields(cfg) -> str:
+    """One entry per field: ``section.key: value``, then its default, what it allows and its one-line help."""
+    titles = {"data": "which data and split", "train": "the optimisation recipe and schedule",
+              "eval": "the metric policy", cfg.data.dataset: f"options of the {cfg.data.dataset} loader",
+              cfg.method_name: f"hyper-parameters of method {cfg.method_name} (alias: method.KEY)"}
+    lines = []
+    for name, section in cfg.sections().items():
+        lines.append(f"[{name}] {titles[name]}")
+        docs = field_docs(type(section))
+        if not docs:
+            lines.append("  (no fields)")
+        for doc in docs:
+            value = getattr(section, doc.name)
+            default = "" if value == doc.default else f"; default {_text(doc.default)}"
+            lines.append(f"  {name}.{doc.name}: {_text(value)}{default}  ({doc.allowed})")
+            if doc.help:
+                lines.append(f"      {doc.help}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def _text(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return "[" + ",".join(_text(v) for v in value) + "]"
+    if dataclasses.is_dataclass(value):
+        return type(value).__name__
+    return str(value)

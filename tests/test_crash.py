@@ -1,0 +1,179 @@
+"""Crashes and interrupted runs: a run killed with SIGKILL during training, evaluation or the writing of its results
+leaves nothing that looks complete, and ``--resume`` ends, on CPU, with the numbers of an uninterrupted run.
+Resume refuses another config, restarts cleanly before the first checkpoint; ``--overwrite`` removes the old run
+only once the new one is complete; stale locks are taken over; a non-finite loss stops the run."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import tiny_args
+from test_cli_usage import REPO
+
+DRIVER = Path(__file__).with_name("crash_driver.py")
+RUN = Path("nnunet") / "supervised" / "2" / "seed1337"
+
+
+def killed_at(point, root, out, *extra):
+    """Run ``ssbench run`` (the tiny run) in a subprocess that SIGKILLs itself at ``point``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, str(DRIVER), point, "run", *tiny_args(root, out, *extra)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == -9, (proc.returncode, proc.stderr[-2000:])
+
+
+def nothing_looks_complete(out):
+    """No visible run folder; every run.json under ``out`` sits in a hidden '.incomplete' folder."""
+    assert not (out / RUN).exists()
+    for info in out.rglob("run.json"):
+        assert info.parent.name.startswith(".") and info.parent.name.endswith(".incomplete"), info
+
+
+def same_results(run, reference):
+    pd.testing.assert_frame_equal(pd.read_csv(run / "metrics_per_case.csv"),
+                                  pd.read_csv(reference / "metrics_per_case.csv"))
+    a, b = pd.read_csv(run / "train_log.csv"), pd.read_csv(reference / "train_log.csv")
+    pd.testing.assert_frame_equal(a.drop(columns="elapsed_s"), b.drop(columns="elapsed_s"))
+    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (run, reference))
+    assert sa == sb
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "final.pt"]
+    assert not list(run.rglob("*.tmp")) and not (run / "LOCK").exists()
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["iteration"] == sa["selection"]["best_iteration"]  # the weights are the selected checkpoint's
+
+
+@pytest.mark.parametrize("point", [
+    "train:3",  # after the checkpoint at iteration 2: resumes from it
+    pytest.param("train:1", marks=pytest.mark.slow),  # before the first checkpoint: starts again from 0
+    pytest.param("train:5", marks=pytest.mark.slow),  # after the last checkpoint (4) and a validation at 4
+    pytest.param("evaluate", marks=pytest.mark.slow),  # training done, the best checkpoint evaluated
+    pytest.param("write:summary.json", marks=pytest.mark.slow),
+    pytest.param("write:run.json:2", marks=pytest.mark.slow),  # the 'complete' record, not yet renamed into place
+    pytest.param("publish", marks=pytest.mark.slow),  # everything written, the folder not yet renamed into place
+])
+def test_kill_9_then_resume_matches_an_uninterrupted_run(cli, tiny_nnunet, tiny_run, tmp_path, point):
+    out = tmp_path / "results"
+    killed_at(point, tiny_nnunet, out)
+    nothing_looks_complete(out)
+    staging = out / RUN.with_name(".seed1337.incomplete")
+    assert staging.is_dir()
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, out, "--resume"))
+    assert code == 0, err
+    same_results(out / RUN, tiny_run)
+    assert not staging.exists()
+
+
+@pytest.mark.slow
+def test_kill_9_while_replacing_a_run_keeps_the_old_one_until_the_new_one_is_complete(cli, tiny_nnunet, tiny_run,
+                                                                                      tmp_path):
+    out = tmp_path / "results"
+    shutil.copytree(tiny_run, out / RUN)
+    (out / RUN / "OLD").write_text("the run being replaced")
+    killed_at("evaluate", tiny_nnunet, out, "--overwrite")
+    assert (out / RUN / "OLD").is_file()  # the new run did not complete: the old one is in place, untouched
+    assert json.loads((out / RUN / "run.json").read_text())["status"] == "complete"
+    killed_at("publish", tiny_nnunet, out, "--overwrite", "--resume")  # the new run completes, dies publishing
+    aside = list((out / RUN.parent).glob(".seed1337.replaced-*.incomplete"))
+    assert len(aside) == 1 and (aside[0] / "OLD").is_file()  # moved aside, not yet deleted
+    nothing_looks_complete(out)
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, out, "--resume"))
+    assert code == 0, err
+    same_results(out / RUN, tiny_run)
+    assert not (out / RUN / "OLD").exists() and sorted(p.name for p in (out / RUN.parent).iterdir()) == ["seed1337"]
+
+
+def _interrupted(tiny_nnunet, out, monkeypatch, at=3):
+    """An interrupted run in-process: the method raises at step ``at`` (the staging folder stays, as after a kill)."""
+    from conftest import tiny_request
+    from ssbench.engine.run import execute
+    from ssbench.methods.supervised import Supervised
+
+    original = Supervised.training_step
+
+    def step(self, labeled, unlabeled, info):
+        if info.iteration == at:
+            raise KeyboardInterrupt
+        return original(self, labeled, unlabeled, info)
+
+    with monkeypatch.context() as m:
+        m.setattr(Supervised, "training_step", step)
+        with pytest.raises(KeyboardInterrupt):
+            execute(tiny_request(tiny_nnunet, out))
+    return out / RUN.with_name(".seed1337.incomplete")
+
+
+def test_resume_with_another_config_is_refused(cli, tiny_nnunet, tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    staging = _interrupted(tiny_nnunet, out, monkeypatch)
+    before = {p: p.read_bytes() for p in staging.rglob("*") if p.is_file()}
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, out, "--resume", "--iters", "8", "--set", "train.lr=0.02"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--resume: the interrupted run in" in err
+    assert "train.iters: 6 -> 8" in err and "train.lr: 0.01 -> 0.02" in err
+    assert {p: p.read_bytes() for p in staging.rglob("*") if p.is_file()} == before  # untouched
+    assert not (staging / "LOCK").exists()
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_only_after_the_new_run_completes(cli, tiny_nnunet, tiny_run, tmp_path):
+    out = tmp_path / "results"
+    shutil.copytree(tiny_run, out / RUN)
+    (out / RUN / "OLD").write_text("the run being replaced")
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, out))
+    assert code == 2 and "a completed run is already there (pass --overwrite" in err
+    # a replacement that fails (a non-finite loss) leaves the old run as it was
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, out, "--overwrite", "--set", "train.lr=1e30",
+                                         "--set", "train.momentum=0"))
+    assert code == 2 and "non-finite loss" in err, err
+    assert (out / RUN / "OLD").is_file() and json.loads((out / RUN / "run.json").read_text())["status"] == "complete"
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, out, "--overwrite"))
+    assert code == 0, err
+    assert not (out / RUN / "OLD").exists()
+    assert sorted(p.name for p in (out / RUN.parent).iterdir()) == ["seed1337"]
+    same_results(out / RUN, tiny_run)
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(cli, tiny_nnunet, tiny_run, tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    staging = _interrupted(tiny_nnunet, out, monkeypatch)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (staging / "LOCK").write_text(str(dead.pid))
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, out, "--resume"))
+    assert code == 0, err
+    same_results(out / RUN, tiny_run)
+
+
+def test_a_live_lock_is_respected(cli, tiny_nnunet, tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    staging = _interrupted(tiny_nnunet, out, monkeypatch)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (staging / "LOCK").write_text(str(alive.pid))
+        for extra in ((), ("--resume",)):
+            code, _, err = cli("run", *tiny_args(tiny_nnunet, out, *extra))
+            assert code == 2 and f"another ssbench run (pid {alive.pid}) is writing this run folder" in err, err
+    finally:
+        alive.kill()
+        alive.wait()
+    assert (staging / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_non_finite_loss_stops_the_run(cli, tiny_nnunet, tmp_path):
+    out = tmp_path / "results"
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, out, "--set", "train.lr=1e30", "--set", "train.momentum=0"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "training stopped at iteration" in err and "non-finite loss (loss=nan)" in err
+    nothing_looks_complete(out)
+    staging = out / RUN.with_name(".seed1337.incomplete")
+    assert json.loads((staging / "run.json").read_text())["status"] == "running"
+    assert not (staging / "checkpoints" / "final.pt").exists() and not (staging / "summary.json").exists()
+    assert not (staging / "LOCK").exists()
