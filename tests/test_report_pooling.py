@@ -220,3 +220,19 @@ def test_reevaluations_become_a_table_of_their_policy(tmp_path, cli):
     prov = json.loads((out / "main_acdc_legacy-zero-voxel-c1.provenance.json").read_text())
     cell = prov["rows"][0]["cells"]["3"][0]
     assert cell["run"] == str(sub) and cell["evaluation"] == "legacy-zero-voxel"
+
+
+def test_an_upper_bound_of_other_settings_has_its_own_row(tmp_path):
+    rng = np.random.default_rng(7)
+    root = tmp_path / "results"
+    write_run(root, "supervised", "3", 1, rng=rng)
+    main = [write_run(root, "supervised", "all", s, rng=rng) for s in (1, 2)]
+    short = write_run(root, "supervised", "all", 3, rng=rng, settings={"train.iters": 100})
+    out = tmp_path / "paper"
+    build_tables(root, out)
+    upper = _dice(_main(out), "U-Net (labeled only), all 70 labeled", 70)
+    assert upper["n_seeds"] == 2 and upper["mean"] == pytest.approx(np.mean([hand_mean(f) for f in main]) * 100)
+    other = pd.read_csv(out / "other-protocols_acdc.csv")
+    assert _dice(other, "U-Net (labeled only), all 70 labeled (train.iters=100)", 70)["mean"] == \
+        pytest.approx(hand_mean(short) * 100)
+    assert "70 labeled" in (out / "other-protocols_acdc.md").read_text().splitlines()[2]

@@ -1,6 +1,8 @@
 """Significance: scipy's Wilcoxon without shortcuts, the method it used, the direction of a difference, and
 bootstrap CIs that resample patients (a patient's ED and ES volumes together)."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,6 +88,9 @@ def test_marks_say_the_direction_and_the_file_says_how(tmp_path):
     assert set(sig["seed_handling"]) == {"per-case Dice averaged over each method's seeds, then paired by case"}
     assert (sig["seeds"] == 2).all() and (sig["reference_seeds"] == 2).all()
     assert sig["ci_method"].str.contains("resamples of patients").all()
+    prov = json.loads((out / "main_acdc.provenance.json").read_text())["significance"]
+    assert prov["reference"] == {"3": {"row": "Mean Teacher", "chosen": "given by --reference"}}
+    assert prov["decided_at"] == "patient" and prov["marks"] == {"†": "better", "‡": "worse"}
     # the volume-level CI is the cluster bootstrap of the per-volume differences
     a, b = hand_cases(folders["unimatch"]), hand_cases(folders["mean-teacher"])
     vol = sig[(sig.level == "volume") & (sig.method_id == "unimatch")].iloc[0]

@@ -102,10 +102,10 @@ def test_holm_known_example():
     np.testing.assert_allclose(holm([0.9, 0.8]), [1.0, 1.0])
 
 
-def test_format_option_limits_the_files(results, cli, tmp_path):
+def test_format_option_limits_the_files(results, tmp_path):
     root, _ = results
     out = tmp_path / "paper"
-    assert cli("table", "--results", root, "--out", out, "--format", "tex")[0] == 0
+    build_tables(root, out, formats=["tex"])
     assert not list(out.glob("main_*.md")) and not list(out.glob("main_*.csv"))
     assert (out / "main_acdc.tex").is_file() and (out / "main_acdc-notes.tex").is_file()
 

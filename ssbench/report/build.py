@@ -136,9 +136,9 @@ def build(results: Path, out: Path, reference: str | None, checkpoint: str, form
                  f"{lay.dataset} ({policy}): runs of other protocols or training settings, each beside its method's "
                  "main row (not ranked, not tested).", _runs_text(lay.other_rows))
         for n in lay.splits():
-            t, f = per_class_table(lay, checkpoint, n)
+            t, f, prov = per_class_table(lay, checkpoint, n)
             if t.rows:
-                emit(f"perclass_{stem}_{n}labeled", t, f, None,
+                emit(f"perclass_{stem}_{n}labeled", t, f, prov,
                      f"{lay.dataset}, {lay.split_label(n)}: Dice and 95HD per class.",
                      _runs_text([r for r in lay.main_rows if n in r.cells or r.role == "upper"]))
         ablation = ablation_table(lay, checkpoint)

@@ -64,10 +64,6 @@ def wilcoxon(a, b) -> Wilcoxon:
     return Wilcoxon(float(res.pvalue), text, zero_method, len(d), nonzero, direction)
 
 
-def wilcoxon_p(a, b) -> float:
-    return wilcoxon(a, b).p
-
-
 def holm(pvalues) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (monotone, capped at 1), in the input order."""
     p = np.asarray(pvalues, float)

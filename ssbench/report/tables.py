@@ -118,6 +118,8 @@ def significance(layout: Layout, checkpoint: str, reference: str | None) -> pd.D
                     continue
                 a, b = scores[row.label], scores[ref.label]
                 common = a.index.intersection(b.index)
+                if not len(common):
+                    continue  # no test case in common: nothing to pair
                 a, b = a.loc[common], b.loc[common]
                 if level == "patient":
                     a, b = a.groupby(level="patient_id").mean(), b.groupby(level="patient_id").mean()
@@ -206,7 +208,20 @@ def main_table(layout: Layout, checkpoint: str, sig: pd.DataFrame, missing: dict
                 e = trow.entries[j * len(METRICS) + k]
                 tidy.append(_tidy(layout, row, runs, n, key, scale, checkpoint, e))
     table.notes += _main_notes(layout, rows, checkpoint, sig)
-    return table, pd.DataFrame(tidy), _provenance(layout, rows, checkpoint)
+    provenance = _provenance(layout, rows, checkpoint)
+    provenance["ranking"] = ("bold = best, underline = second best per column on the printed (2-decimal) means; "
+                             "higher is better for Dice/Jaccard, lower for 95HD/ASD; labeled-only and "
+                             "semi-supervised rows only")
+    if not sig.empty:
+        refs = sig.drop_duplicates("labeled")
+        provenance["significance"] = {
+            "file": f"significance_{layout.stem}.csv", "marks": {BETTER: "better", WORSE: "worse"},
+            "decided_at": decision_level(sig), "alpha": ALPHA, "correction": "Holm over the methods of each split",
+            "reference": {str(n): {"row": r, "chosen": c} for n, r, c in
+                          zip(refs["labeled"], refs["reference"], refs["reference_chosen"])},
+            "test": sorted(set(sig["test"])), "seed_handling": sorted(set(sig["seed_handling"])),
+        }
+    return table, pd.DataFrame(tidy), provenance
 
 
 def other_table(layout: Layout, checkpoint: str) -> tuple[Table, pd.DataFrame, dict] | None:
@@ -218,7 +233,7 @@ def other_table(layout: Layout, checkpoint: str) -> tuple[Table, pd.DataFrame, d
     for method in dict.fromkeys((r.method, r.role == "upper") for r in others):
         rows += [r for r in layout.main_rows if (r.method, r.role == "upper") == method]
         rows += [r for r in others if (r.method, r.role == "upper") == method]
-    splits = layout.splits(rows)
+    splits = layout.splits(rows) or sorted({max(r.cells) for r in rows})  # only upper-bound rows: their count
     table = Table(f"{layout.dataset}: runs of other protocols or training settings, test set, {checkpoint} "
                   "checkpoint, mean ± std over seeds", _metric_columns(layout, splits))
     tidy = []
@@ -336,7 +351,7 @@ def _provenance(layout: Layout, rows: list[Row], checkpoint: str) -> dict:
 PER_CLASS_METRICS = (("dice", "Dice %", 100.0, 1), ("hd95", "95HD", 1.0, -1))
 
 
-def per_class_table(layout: Layout, checkpoint: str, labeled: int) -> tuple[Table, pd.DataFrame]:
+def per_class_table(layout: Layout, checkpoint: str, labeled: int) -> tuple[Table, pd.DataFrame, dict]:
     names = classes(layout)
     columns = [Column(metric_header(name, scale, d, layout.units), group=c or "Mean", direction=d)
                for c in names + [None] for _, name, scale, d in PER_CLASS_METRICS]
@@ -357,7 +372,8 @@ def per_class_table(layout: Layout, checkpoint: str, labeled: int) -> tuple[Tabl
         table.rows.append(TableRow(row.label, entries, SECTIONS[row.role], ranked=row.role != "upper"))
     rank(table)
     table.notes.append(_policy_note(layout))
-    return table, pd.DataFrame(tidy)
+    used = [r for r in layout.main_rows if _row_cells(layout, r, labeled)]
+    return table, pd.DataFrame(tidy), _provenance(layout, used, checkpoint)
 
 
 def ablation_table(layout: Layout, checkpoint: str) -> Table | None:
