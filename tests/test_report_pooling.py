@@ -159,7 +159,7 @@ def test_baseline_and_upper_bound_have_their_own_rows(tmp_path, cli):
     _build(cli, root, out)
     main = _main(out)
     upper = main[main.row == "U-Net (labeled only), all 70 labeled"]
-    assert set(upper.section) == {"upper"} and set(upper.labeled) == {70}
+    assert set(upper.section) == {"upper"} and set(upper.labeled) == {70} and len(upper) == 4  # once per metric
     assert upper[upper.metric == "dice"]["mean"].iloc[0] == pytest.approx(hand_mean(full) * 100)
     assert upper["rank"].isna().all()  # the upper bound is never ranked, though its Dice is the highest
     assert set(main[main.row == "U-Net (labeled only)"].section) == {"baseline"}

@@ -49,10 +49,6 @@ class Row:
     def runs(self) -> list[Run]:
         return [r for n in sorted(self.cells) for r in self.cells[n]]
 
-    @property
-    def seeds(self) -> int:
-        return len({r.seed for r in self.runs})
-
 
 @dataclass
 class Layout:

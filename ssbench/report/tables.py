@@ -84,7 +84,8 @@ def resolve_reference(layouts: list[Layout], reference: str | None) -> None:
     names = {x for lay in layouts for row in lay.main_rows for x in (row.method, row.display, row.label)}
     if reference not in names:
         known = sorted({row.method for lay in layouts for row in lay.main_rows})
-        raise UserError(f"--reference {reference}: no such method in the results (methods: {', '.join(known)})")
+        raise UserError(f"--reference {reference}: no such method among the main-protocol runs (methods: "
+                        f"{', '.join(known)})")
 
 
 def _compared_rows(layout: Layout, labeled: int) -> list[Row]:
@@ -202,7 +203,7 @@ def main_table(layout: Layout, checkpoint: str, sig: pd.DataFrame, missing: dict
     for row, trow in zip(rows, table.rows):
         for j, n in enumerate(splits):
             runs = _row_cells(layout, row, n)
-            if not runs:
+            if not runs or (row.role == "upper" and j > 0):  # the upper bound's one cell, shown under each split
                 continue
             for k, (key, _, scale, _) in enumerate(METRICS):
                 e = trow.entries[j * len(METRICS) + k]
@@ -247,7 +248,8 @@ def other_table(layout: Layout, checkpoint: str) -> tuple[Table, pd.DataFrame, d
                     continue
                 s = cell_stats(runs, checkpoint, key, scale)
                 entries.append(Entry(s["mean"], s["std"]))
-                tidy.append(_tidy(layout, row, runs, n, key, scale, checkpoint, entries[-1]))
+                if row.role != "upper" or n == splits[0]:
+                    tidy.append(_tidy(layout, row, runs, n, key, scale, checkpoint, entries[-1]))
         section = row.display + (" (upper bound)" if row.role == "upper" else "")
         table.rows.append(TableRow(row.label, entries, section, ranked=False))
     table.notes.append("Not ranked and not tested: each row differs from its method's main row "
