@@ -236,3 +236,17 @@ def test_an_upper_bound_of_other_settings_has_its_own_row(tmp_path):
     assert _dice(other, "U-Net (labeled only), all 70 labeled (train.iters=100)", 70)["mean"] == \
         pytest.approx(hand_mean(short) * 100)
     assert "70 labeled" in (out / "other-protocols_acdc.md").read_text().splitlines()[2]
+
+
+def test_a_cell_whose_run_failed_says_why(tmp_path):
+    rng = np.random.default_rng(8)
+    root = tmp_path / "results"
+    write_run(root, "mean-teacher", "3", 1, rng=rng)
+    write_run(root, "supervised", "7", 1, rng=rng)
+    write_run(root, "mean-teacher", "10%", 1, labeled=7, rng=rng, status="failed")
+    out = tmp_path / "paper"
+    build_tables(root, out)
+    md = (out / "main_acdc.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| Mean Teacher |"))
+    note = re.search(r"\[(\d)\] run seed1 skipped: status 'failed', not complete", md).group(1)
+    assert line.endswith(f"| — [{note}] | — [{note}] | — [{note}] | — [{note}] |")

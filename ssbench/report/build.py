@@ -196,12 +196,10 @@ def _figures(lay, checkpoint, sig, colors, fig_dir, out, written, contents, say)
 
 
 def _missing_reasons(skipped) -> dict:
-    """dataset -> (method, labeled) -> reason, for cells whose only runs were skipped (e.g. incomplete)."""
+    """dataset -> (method, labeled) -> reason, for cells whose runs were skipped (e.g. incomplete)."""
     out: dict = {}
     for s in skipped:
-        parts = s.path.parts
-        if len(parts) >= 4:
-            dataset, method, split = parts[-4], parts[-3], parts[-2]
-            if split.isdigit():
-                out.setdefault(dataset, {})[(method, int(split))] = f"run {s.path.name} skipped: {s.reason}"
+        if s.cell is not None:
+            dataset, method, labeled = s.cell
+            out.setdefault(dataset, {})[(method, labeled)] = f"run {s.path.name} skipped: {s.reason}"
     return out

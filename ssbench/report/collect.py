@@ -117,6 +117,18 @@ class Skipped:
     path: Path
     reason: str
 
+    @property
+    def cell(self) -> tuple[str, str, int] | None:
+        """(dataset, method folder, labeled) of the cell this run would have filled, when its run.json says."""
+        info = _optional_json(self.path / "run.json") or {}
+        parts = self.path.parts
+        if len(parts) < 4:
+            return None
+        labeled = info.get("labeled_patients")
+        if not isinstance(labeled, int):  # a run that died early: the split folder may still say
+            labeled = int(parts[-2]) if parts[-2].isdigit() else None
+        return None if labeled is None else (str(info.get("dataset", parts[-4])), parts[-3], labeled)
+
 
 class Unreadable(Exception):
     """A run folder that cannot be used; the message names the file and what is wrong."""
