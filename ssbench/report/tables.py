@@ -1,274 +1,407 @@
-"""Build the paper's tables from completed runs: main, per-class, SSS ablation, significance, reproduction gap.
+"""The paper's tables from pooled runs: main, other protocols, per class, SSS ablation, significance.
 
 Numbers: per run, the mean over classes of the per-class mean over test volumes (absent pairs left out), as the
-literature averages; per cell, the mean of those seed values ± their sample standard deviation (ddof 1), with the
-number of seeds. Runs whose metric policy, HD95 units or selection protocol differ never share a cell or a table.
+literature averages; per cell, the mean of those seed values ± their sample standard deviation (ddof 1).
+Which runs share a table, a row and a cell is decided in ``pooling``.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter
 
 import numpy as np
 import pandas as pd
 
 from ssbench.errors import UserError
 from ssbench.report.collect import Run
-from ssbench.report.render import Table
-from ssbench.report.stats import bootstrap_ci, holm, wilcoxon_p
+from ssbench.report.pooling import Layout, Row, describe
+from ssbench.report.render import Column, Entry, Table, rank
+from ssbench.report.render import Row as TableRow
+from ssbench.report.stats import N_BOOT, cluster_bootstrap_ci, holm, wilcoxon
 
-METRICS = (("dice", "Dice %", 100.0), ("jaccard", "Jaccard %", 100.0), ("hd95", "HD95", 1.0), ("asd", "ASD", 1.0))
-TEST_NOTE = ("Significance: paired two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon) of per-case Dice "
-             "(mean over classes, averaged over seeds) against the reference method, on the same test cases; "
-             "Holm correction across the comparisons of each split; † marks adjusted p < 0.05{unit}.")
+# key, header, scale, direction (+1 higher is better)
+METRICS = (("dice", "Dice %", 100.0, 1), ("jaccard", "Jaccard %", 100.0, 1), ("hd95", "95HD", 1.0, -1),
+           ("asd", "ASD", 1.0, -1))
+SECTIONS = {"baseline": "labeled only", "method": "semi-supervised", "upper": "upper bound"}
+ALPHA = 0.05
+BETTER, WORSE = "†", "‡"
 
 
-class MixedProtocol(UserError):
-    pass
+def metric_header(name: str, scale: float, direction: int, units: str) -> str:
+    unit = f" ({units})" if scale == 1.0 else ""
+    return f"{name}{unit} {'↑' if direction > 0 else '↓'}"
+
+
+def _scored(run: Run, checkpoint: str) -> pd.DataFrame:
+    f = run.frame
+    return f[(f["checkpoint"] == checkpoint) & (f["status"] != "absent")]
 
 
 def run_value(run: Run, checkpoint: str, metric: str, cls: str | None = None) -> float:
     """Mean over classes of per-class means over volumes (absent left out); one class when ``cls`` is given."""
-    f = run.frame[(run.frame["checkpoint"] == checkpoint) & (run.frame["status"] != "absent")]
-    per_class = f.groupby("class", sort=False)[metric].mean()
+    per_class = run.class_means(checkpoint)[metric]
     if cls is not None:
         return float(per_class.get(cls, np.nan))
+    per_class = per_class.dropna()
     return float(per_class.mean()) if len(per_class) else float("nan")
 
 
 def case_scores(run: Run, checkpoint: str, metric: str = "dice") -> pd.DataFrame:
     """Per test volume: the mean over its (non-absent) classes; columns case_id, patient_id, value."""
-    f = run.frame[(run.frame["checkpoint"] == checkpoint) & (run.frame["status"] != "absent")]
+    f = _scored(run, checkpoint)
     return f.groupby(["case_id", "patient_id"], sort=True)[metric].mean().rename("value").reset_index()
 
 
-def fmt(values: list[float], scale: float) -> str:
-    vals = np.asarray([v for v in values if not np.isnan(v)]) * scale
-    if len(vals) == 0:
-        return "—"
-    if len(vals) == 1:
-        return f"{vals[0]:.2f}"
-    return f"{vals.mean():.2f} ± {vals.std(ddof=1):.2f}"
+def seed_mean_scores(runs: list[Run], checkpoint: str, metric: str = "dice") -> pd.Series:
+    """Per test volume, the per-case score averaged over the seeds (index: case_id, patient_id)."""
+    per_seed = [case_scores(r, checkpoint, metric).set_index(["case_id", "patient_id"])["value"] for r in runs]
+    return pd.concat(per_seed, axis=1).mean(axis=1)
 
 
-@dataclass
-class Cell:
-    runs: list[Run]
-
-    def values(self, checkpoint, metric, cls=None):
-        return [run_value(r, checkpoint, metric, cls) for r in self.runs]
-
-
-def group(runs: list[Run]) -> dict[str, dict[tuple[str, int], Cell]]:
-    """dataset -> (method, labeled) -> cell; refuses cells and tables that mix protocols."""
-    by_dataset: dict[str, dict[tuple[str, int], Cell]] = defaultdict(dict)
-    for r in runs:
-        cells = by_dataset[r.dataset]
-        cells.setdefault((r.method, r.labeled), Cell([])).runs.append(r)
-    for dataset, cells in by_dataset.items():
-        for (method, labeled), cell in cells.items():
-            keys = {r.protocol_key for r in cell.runs}
-            if len(keys) > 1:
-                raise MixedProtocol(
-                    f"{dataset} / {method} / {labeled} labeled: runs with different protocols cannot share a cell: "
-                    + "; ".join(f"{r.path} ({_protocol_text(r)})" for r in cell.runs)
-                )
-            cell.runs.sort(key=lambda r: r.seed)
-        keys = {c.runs[0].protocol_key for c in cells.values()}
-        if len(keys) > 1:
-            examples = {c.runs[0].protocol_key: c.runs[0] for c in cells.values()}
-            raise MixedProtocol(
-                f"{dataset}: runs with different protocols cannot share a table: "
-                + "; ".join(f"{r.path} ({_protocol_text(r)})" for r in examples.values())
-            )
-    return by_dataset
+def cell_stats(runs: list[Run], checkpoint: str, metric: str, scale: float, cls: str | None = None) -> dict:
+    vals = np.asarray([run_value(r, checkpoint, metric, cls) for r in runs], float) * scale
+    vals = vals[np.isfinite(vals)]
+    return {"mean": float(vals.mean()) if len(vals) else float("nan"),
+            "std": float(vals.std(ddof=1)) if len(vals) > 1 else float("nan"), "n_seeds": int(len(vals))}
 
 
-def _protocol_text(r: Run) -> str:
-    p = r.protocol
-    return f"empty policy {p['empty_policy']}, HD95 in {p['hd_units']}, selection on {p['selection']}"
+def classes(layout: Layout) -> list[str]:
+    names: dict[str, int] = {}
+    for row in layout.rows:
+        for r in row.runs:
+            f = r.frame.drop_duplicates("class")
+            ids = f["class_id"] if "class_id" in f.columns else pd.Series(range(len(f)), index=f.index)
+            for name, cid in zip(f["class"], ids):
+                names.setdefault(name, int(cid) if pd.notna(cid) else len(names))
+    return sorted(names, key=lambda n: names[n])
 
 
-def _split_label(cells: dict, labeled: int) -> str:
-    splits = sorted({r.split for (m, n), c in cells.items() if n == labeled for r in c.runs})
-    named = [s for s in splits if not s.isdigit()]
-    return f"{labeled} labeled" + (f" ({named[0]})" if len(named) == 1 else "")
+# ---- significance ----------------------------------------------------------------------------------------------
+
+def resolve_reference(layouts: list[Layout], reference: str | None) -> None:
+    if reference is None:
+        return
+    names = {x for lay in layouts for row in lay.main_rows for x in (row.method, row.display, row.label)}
+    if reference not in names:
+        known = sorted({row.method for lay in layouts for row in lay.main_rows})
+        raise UserError(f"--reference {reference}: no such method among the main-protocol runs (methods: "
+                        f"{', '.join(known)})")
 
 
-def _classes(cells: dict) -> list[str]:
-    first = next(iter(cells.values())).runs[0].frame
-    return list(dict.fromkeys(first["class"]))
+def _compared_rows(layout: Layout, labeled: int) -> list[Row]:
+    return [r for r in layout.main_rows if r.role != "upper" and labeled in r.cells]
 
 
-def _methods(cells: dict) -> list[str]:
-    return sorted({m for m, _ in cells})
+def _pick_reference(rows: list[Row], scores: dict, reference: str | None) -> Row:
+    for row in rows:
+        if reference in (row.method, row.display, row.label):
+            return row
+    return max(rows, key=lambda r: (scores[r.label].mean(), r.label))
 
 
-def significance(cells: dict, checkpoint: str, reference: str | None) -> pd.DataFrame:
-    """One row per (split, method != reference, level): raw and Holm-adjusted p, mean difference and its CI."""
-    rows = []
-    for labeled in sorted({n for _, n in cells}):
-        methods = [m for m in _methods(cells) if (m, labeled) in cells]
-        if len(methods) < 2:
+def significance(layout: Layout, checkpoint: str, reference: str | None) -> pd.DataFrame:
+    """One row per (split, level, method != reference): p raw and Holm-adjusted, direction, mean difference and a
+    cluster-bootstrap CI, the scipy method and how the seeds entered."""
+    out = []
+    for labeled in layout.splits():
+        rows = _compared_rows(layout, labeled)
+        if len(rows) < 2:
             continue
-        scores = {}
-        for m in methods:
-            per_seed = [case_scores(r, checkpoint).set_index(["case_id", "patient_id"])["value"]
-                        for r in cells[(m, labeled)].runs]
-            scores[m] = pd.concat(per_seed, axis=1).mean(axis=1)
-        ref = reference if reference in scores else max(scores, key=lambda m: scores[m].mean())
-        levels = ["volume"]
-        if any(s.index.get_level_values("patient_id").duplicated().any() for s in scores.values()):
-            levels.append("patient")
-        for level in levels:
+        scores = {r.label: seed_mean_scores(r.cells[labeled], checkpoint) for r in rows}
+        ref = _pick_reference(rows, scores, reference)
+        how = ("given by --reference" if reference in (ref.method, ref.display, ref.label)
+               else "best mean Dice of the split")
+        patient_level = any(s.index.get_level_values("patient_id").duplicated().any() for s in scores.values())
+        for level in ["volume"] + (["patient"] if patient_level else []):
             batch = []
-            for m in methods:
-                if m == ref:
+            for row in rows:
+                if row is ref:
                     continue
-                a, b = scores[m], scores[ref]
+                a, b = scores[row.label], scores[ref.label]
                 common = a.index.intersection(b.index)
+                if not len(common):
+                    continue  # no test case in common: nothing to pair
                 a, b = a.loc[common], b.loc[common]
                 if level == "patient":
-                    a = a.groupby(level="patient_id").mean()
-                    b = b.groupby(level="patient_id").mean()
+                    a, b = a.groupby(level="patient_id").mean(), b.groupby(level="patient_id").mean()
                 diff = (a - b).to_numpy()
-                lo, hi = bootstrap_ci(diff)
-                batch.append({"labeled": labeled, "level": level, "method": m, "reference": ref, "n": len(diff),
-                              "mean_diff": float(diff.mean()), "ci_low": lo, "ci_high": hi,
-                              "p_raw": wilcoxon_p(a.to_numpy(), b.to_numpy())})
+                clusters = a.index.get_level_values("patient_id")
+                lo, hi = cluster_bootstrap_ci(diff * 100, clusters)
+                test = wilcoxon(a.to_numpy(), b.to_numpy())
+                batch.append({
+                    "labeled": labeled, "level": level, "method": row.label, "method_id": row.method,
+                    "reference": ref.label, "reference_id": ref.method, "reference_chosen": how,
+                    "n": len(diff), "n_patients": int(pd.Index(clusters).nunique()),
+                    "mean_diff": float(diff.mean() * 100), "ci_low": lo, "ci_high": hi,
+                    "p_raw": test.p, "wilcoxon_method": test.method, "zero_method": test.zero_method,
+                    "n_nonzero": test.n_nonzero, "direction": {1: "better", -1: "worse", 0: ""}[test.direction],
+                    "seeds": len(row.cells[labeled]), "reference_seeds": len(ref.cells[labeled]),
+                    "seed_handling": "per-case Dice averaged over each method's seeds, then paired by case",
+                    "unit": ("patient: mean of a patient's volumes" if level == "patient" else "volume"),
+                    "ci_method": (f"percentile bootstrap, {N_BOOT} resamples of patients (a patient's volumes "
+                                  "together), seed 0"),
+                    "test": test.described, "checkpoint": checkpoint,
+                })
             if batch:
-                adjusted = holm([r["p_raw"] for r in batch])
-                for r, p in zip(batch, adjusted):
+                for r, p in zip(batch, holm([r["p_raw"] for r in batch])):
                     r["p_holm"] = float(p)
-                    r["significant"] = bool(p < 0.05)
-                rows += batch
-    return pd.DataFrame(rows)
+                    r["significant"] = bool(p < ALPHA)
+                out += batch
+    cols = ["labeled", "level", "method", "reference", "n", "n_patients", "mean_diff", "ci_low", "ci_high",
+            "p_raw", "p_holm", "significant", "direction"]
+    frame = pd.DataFrame(out)
+    return frame[cols + [c for c in frame.columns if c not in cols]] if len(frame) else frame
 
 
-def main_table(dataset: str, cells: dict, checkpoint: str, sig: pd.DataFrame, missing: dict) -> tuple[Table, pd.DataFrame, dict]:
-    labeled_set = sorted({n for _, n in cells})
-    units = next(iter(cells.values())).runs[0].protocol["hd_units"]
-    header = ["method"]
-    for n in labeled_set:
-        header += [f"{_split_label(cells, n)} {name}" + (f" ({units})" if scale == 1.0 else "")
-                   for _, name, scale in METRICS] + [f"{_split_label(cells, n)} seeds"]
-    table = Table(f"{dataset}: test set, {checkpoint} checkpoint, mean ± std over seeds", header, [])
-    csv_rows, provenance = [], {}
-    level = "patient" if (not sig.empty and "patient" in set(sig["level"])) else "volume"
-    for method in _methods(cells):
-        row = [method]
-        for n in labeled_set:
-            cell = cells.get((method, n))
-            if cell is None:
-                mark = table.footnote(missing.get((method, n), "no completed run"))
-                row += ["—" + mark] * len(METRICS) + ["0"]
+def decision_level(sig: pd.DataFrame) -> str:
+    return "patient" if len(sig) and "patient" in set(sig["level"]) else "volume"
+
+
+def _mark(sig: pd.DataFrame, labeled: int, row: Row) -> str:
+    if sig.empty:
+        return ""
+    hit = sig[(sig.labeled == labeled) & (sig.method == row.label) & (sig.level == decision_level(sig))]
+    if not len(hit) or not bool(hit["significant"].iloc[0]):
+        return ""
+    return {"better": BETTER, "worse": WORSE}.get(hit["direction"].iloc[0], "")
+
+
+# ---- main and other-protocol tables ----------------------------------------------------------------------------
+
+def _metric_columns(layout: Layout, splits: list[int]) -> list[Column]:
+    return [Column(metric_header(name, scale, d, layout.units), group=layout.split_label(n), direction=d)
+            for n in splits for _, name, scale, d in METRICS]
+
+
+def _row_cells(layout, row, n) -> list[Run] | None:
+    if row.role == "upper":
+        return row.cells[max(row.cells)]
+    return row.cells.get(n)
+
+
+def main_table(layout: Layout, checkpoint: str, sig: pd.DataFrame, missing: dict) -> tuple[Table, pd.DataFrame,
+                                                                                              dict]:
+    rows = layout.main_rows
+    splits = layout.splits()
+    table = Table(f"{layout.dataset}: test set, {checkpoint} checkpoint, mean ± std over seeds",
+                  _metric_columns(layout, splits))
+    tidy = []
+    for row in rows:
+        entries = []
+        for n in splits:
+            runs = _row_cells(layout, row, n)
+            if not runs:
+                reason = missing.get((row.method, n)) or _elsewhere(layout, row, n) or "no completed run"
+                entries += [Entry(text="—", note=table.footnote(reason))] * len(METRICS)
                 continue
-            for key, _, scale in METRICS:
-                vals = cell.values(checkpoint, key)
-                text = fmt(vals, scale)
-                if key == "dice" and not sig.empty:
-                    hit = sig[(sig.labeled == n) & (sig.method == method) & (sig.level == level)]
-                    if len(hit) and bool(hit["significant"].iloc[0]):
-                        text += " †"
-                row.append(text)
-                arr = np.asarray(vals, float) * scale
-                csv_rows.append({"dataset": dataset, "method": method, "labeled": n, "metric": key,
-                                 "mean": float(np.nanmean(arr)),
-                                 "std": float(np.nanstd(arr, ddof=1)) if len(arr) > 1 else np.nan,
-                                 "n_seeds": len(arr), "checkpoint": checkpoint,
-                                 "hd_units": units if key in ("hd95", "asd") else ""})
-            row.append(str(len(cell.runs)))
-            provenance[f"{method} | {n} labeled"] = [{"run": str(r.path), "config_hash": r.config_hash,
-                                                     "seed": r.seed} for r in cell.runs]
-        table.rows.append(row)
-    p = next(iter(cells.values())).runs[0].protocol
-    table.notes.append(f"Protocol: selection on {p['selection']}; HD95/ASD in {p['hd_units']}; empty-mask policy "
-                       f"{p['empty_policy']}; per run the mean over classes of per-class means over test volumes.")
-    table.notes.append(TEST_NOTE.format(unit=" at patient level (mean of each patient's volumes)"
-                                        if level == "patient" else ""))
+            for key, _, scale, _ in METRICS:
+                s = cell_stats(runs, checkpoint, key, scale)
+                mark = _mark(sig, n, row) if key == "dice" and row.role != "upper" else ""
+                entries.append(Entry(s["mean"], s["std"], mark=mark))
+        table.rows.append(TableRow(row.label, entries, SECTIONS[row.role], ranked=row.role != "upper"))
+    rank(table)
+    for row, trow in zip(rows, table.rows):
+        for j, n in enumerate(splits):
+            runs = _row_cells(layout, row, n)
+            if not runs or (row.role == "upper" and j > 0):  # the upper bound's one cell, shown under each split
+                continue
+            for k, (key, _, scale, _) in enumerate(METRICS):
+                e = trow.entries[j * len(METRICS) + k]
+                tidy.append(_tidy(layout, row, runs, n, key, scale, checkpoint, e))
+    table.notes += _main_notes(layout, rows, checkpoint, sig)
+    provenance = _provenance(layout, rows, checkpoint)
+    provenance["ranking"] = ("bold = best, underline = second best per column on the printed (2-decimal) means; "
+                             "higher is better for Dice/Jaccard, lower for 95HD/ASD; labeled-only and "
+                             "semi-supervised rows only")
     if not sig.empty:
-        refs = sig.drop_duplicates("labeled").set_index("labeled")["reference"]
-        table.notes.append("Reference method: " + "; ".join(f"{_split_label(cells, n)}: {m}" for n, m in refs.items())
-                           + " (details and bootstrap 95% CIs in significance_" + dataset + ".csv).")
-    return table, pd.DataFrame(csv_rows), provenance
+        refs = sig.drop_duplicates("labeled")
+        provenance["significance"] = {
+            "file": f"significance_{layout.stem}.csv", "marks": {BETTER: "better", WORSE: "worse"},
+            "decided_at": decision_level(sig), "alpha": ALPHA, "correction": "Holm over the methods of each split",
+            "reference": {str(n): {"row": r, "chosen": c} for n, r, c in
+                          zip(refs["labeled"], refs["reference"], refs["reference_chosen"])},
+            "test": sorted(set(sig["test"])), "seed_handling": sorted(set(sig["seed_handling"])),
+        }
+    return table, pd.DataFrame(tidy), provenance
 
 
-def per_class_table(dataset: str, cells: dict, checkpoint: str, labeled: int) -> tuple[Table, pd.DataFrame]:
-    classes = _classes(cells)
-    units = next(iter(cells.values())).runs[0].protocol["hd_units"]
-    header = ["method"] + [f"{c} Dice %" for c in classes] + ["mean Dice %"] + \
-             [f"{c} HD95 ({units})" for c in classes] + [f"mean HD95 ({units})"]
-    table = Table(f"{dataset}, {_split_label(cells, labeled)}: per class, {checkpoint} checkpoint", header, [])
-    csv_rows = []
-    for method in _methods(cells):
-        cell = cells.get((method, labeled))
-        if cell is None:
-            continue
-        row = [method]
-        for key, scale in (("dice", 100.0), ("hd95", 1.0)):
-            for c in classes + [None]:
-                vals = cell.values(checkpoint, key, c)
-                row.append(fmt(vals, scale))
-                csv_rows.append({"dataset": dataset, "labeled": labeled, "method": method, "class": c or "mean",
-                                 "metric": key, "mean": float(np.nanmean(np.asarray(vals) * scale)),
-                                 "n_seeds": len(vals)})
-        table.rows.append(row)
-    return table, pd.DataFrame(csv_rows)
-
-
-def ablation_table(dataset: str, cells: dict, checkpoint: str) -> Table | None:
-    """SSS with DFE / PCSW on and off, when runs of more than one variant exist."""
-    sss = {k: c for k, c in cells.items() if c.runs[0].base_method == "sss"}
-    if len({m for m, _ in sss}) < 2:
+def other_table(layout: Layout, checkpoint: str) -> tuple[Table, pd.DataFrame, dict] | None:
+    """Rows of other protocols or training settings, each beside its method's main row; nothing is ranked."""
+    others = layout.other_rows
+    if not others:
         return None
-    table = Table(f"{dataset}: SSS ablation, {checkpoint} checkpoint", ["DFE", "PCSW", "labeled", "variant",
-                                                                        "Dice %", "HD95", "seeds"], [])
-    for (method, n), cell in sorted(sss.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        mc = cell.runs[0].method_config
-        table.rows.append(["on" if mc.get("dfe", True) else "off", "on" if mc.get("pcsw", True) else "off",
-                           str(n), method, fmt(cell.values(checkpoint, "dice"), 100.0),
-                           fmt(cell.values(checkpoint, "hd95"), 1.0), str(len(cell.runs))])
-    return table
-
-
-PUBLISHED_TO_OURS = {"UNet, labeled only": "supervised", "UniMatch": "unimatch", "Mean Teacher": "mean-teacher",
-                     "SSS": "sss"}
-
-
-def gap_table(by_dataset: dict, published: pd.DataFrame, checkpoint: str) -> tuple[Table, pd.DataFrame]:
-    table = Table(f"Reproduction gap: our numbers beside the published ones ({checkpoint} checkpoint)",
-                  ["method", "dataset", "labeled", "metric", "published", "ours", "Δ", "protocol differences"], [])
     rows = []
-    for _, pub in published.iterrows():
-        ours_method = PUBLISHED_TO_OURS.get(pub["method"])
-        if ours_method is None:
+    for method in dict.fromkeys((r.method, r.role == "upper") for r in others):
+        rows += [r for r in layout.main_rows if (r.method, r.role == "upper") == method]
+        rows += [r for r in others if (r.method, r.role == "upper") == method]
+    splits = layout.splits(rows) or sorted({max(r.cells) for r in rows})  # only upper-bound rows: their count
+    table = Table(f"{layout.dataset}: runs of other protocols or training settings, test set, {checkpoint} "
+                  "checkpoint, mean ± std over seeds", _metric_columns(layout, splits))
+    tidy = []
+    for row in rows:
+        entries = []
+        for n in splits:
+            runs = _row_cells(layout, row, n)
+            for key, _, scale, _ in METRICS:
+                if not runs:
+                    entries.append(Entry(text="—"))
+                    continue
+                s = cell_stats(runs, checkpoint, key, scale)
+                entries.append(Entry(s["mean"], s["std"]))
+                if row.role != "upper" or n == splits[0]:
+                    tidy.append(_tidy(layout, row, runs, n, key, scale, checkpoint, entries[-1]))
+        section = row.display + (" (upper bound)" if row.role == "upper" else "")
+        table.rows.append(TableRow(row.label, entries, section, ranked=False))
+    table.notes.append("Not ranked and not tested: each row differs from its method's main row "
+                       f"(main table main_{layout.stem}) in:")
+    for row in others:
+        what = "; ".join(f"{k} = {_show(v)} (main row: {_show(ref)})" for k, (v, ref) in row.differs.items())
+        table.notes.append(f"{row.label}: {what}.")
+    table.notes.append(_policy_note(layout))
+    return table, pd.DataFrame(tidy), _provenance(layout, rows, checkpoint)
+
+
+def _show(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+def _elsewhere(layout: Layout, row: Row, n: int) -> str:
+    """The reason a main cell is empty when runs exist under another protocol or other settings."""
+    names = [o.label for o in layout.other_rows if o.method == row.method and n in o.cells]
+    return f"runs only under other settings: {'; '.join(names)} (other-protocols_{layout.stem})" if names else ""
+
+
+def _tidy(layout, row, runs, n, key, scale, checkpoint, e: Entry) -> dict:
+    s = cell_stats(runs, checkpoint, key, scale)
+    return {"dataset": layout.dataset, "metric_policy": "-".join(map(str, layout.policy)), "section": row.role,
+            "row": row.label, "method": row.method, "display_name": row.display,
+            "split": layout.split_label(n) if row.role != "upper" else f"all ({max(row.cells)} labeled)",
+            "labeled": runs[0].labeled, "metric": key, "mean": s["mean"], "std": s["std"], "n_seeds": s["n_seeds"],
+            "seeds": ";".join(str(r.seed) for r in runs), "rank": e.rank, "mark": e.mark, "checkpoint": checkpoint,
+            "units": layout.units if scale == 1.0 else "%"}
+
+
+def _policy_note(layout: Layout) -> str:
+    empty, units, conn = layout.policy
+    p = layout.main_protocol
+    return (f"Protocol: model selection on {p['selection']}; {describe('data.inference_resize', p['inference_resize'])}"
+            f" resize; empty-mask policy {empty}; 95HD/ASD in {units}; surface connectivity {conn}. Per run, the "
+            "mean over classes of the per-class mean over test volumes (absent classes left out).")
+
+
+def _main_notes(layout: Layout, rows: list[Row], checkpoint: str, sig: pd.DataFrame) -> list[str]:
+    notes = [_policy_note(layout)]
+    seeds = {(r.label, n): len(c) for r in rows for n, c in r.cells.items()}
+    usual = Counter(seeds.values()).most_common(1)[0][0]
+    odd = [f"{label}{'' if any(x.role == 'upper' and x.label == label for x in rows) else f' at {n}'}: {k}"
+           for (label, n), k in sorted(seeds.items()) if k != usual]
+    notes.append(f"Mean ± sample std (ddof 1) over seeds; seeds per cell: {usual}"
+                 + (f" (except {'; '.join(odd)})" if odd else "") + ".")
+    lengths: dict[str, list[str]] = {}
+    for r in rows:
+        for text in dict.fromkeys(run.schedule_text for run in r.runs):
+            lengths.setdefault(text, []).append(r.label)
+    if len(lengths) == 1:
+        notes.append(f"Training length: {next(iter(lengths))} for every row.")
+    else:
+        notes.append("Training length: " + "; ".join(f"{', '.join(names)}: {text}"
+                                                     for text, names in lengths.items()) + ".")
+    notes.append("Bold: best per column; underlined: second best (labeled-only and semi-supervised rows; the upper "
+                 "bound is not ranked).")
+    if not sig.empty:
+        level = decision_level(sig)
+        refs = sig.drop_duplicates("labeled").set_index("labeled")["reference"]
+        unit = ("per-patient Dice (the mean of a patient's volumes)" if level == "patient" else "per-volume Dice")
+        notes.append(
+            f"{BETTER} / {WORSE}: significantly better / worse than the reference method of the split ("
+            + "; ".join(f"{layout.split_label(n)}: {m}" for n, m in refs.items())
+            + f"): two-sided Wilcoxon signed-rank test (scipy) of {unit}, each case's Dice first averaged over the "
+            f"method's seeds; Holm correction over the methods of each split; adjusted p < {ALPHA}. Tests, "
+            f"directions and bootstrap 95% CIs (patients resampled): significance_{layout.stem}.csv.")
+    for d in layout.duplicates:
+        if d.used.dataset == layout.dataset:
+            notes.append(f"Counted once: {d.used.display_name}, {d.used.labeled} labeled, seed {d.used.seed} was run "
+                         f"as --split {d.ignored.split} too (used {d.used.path.parent.name}/{d.used.path.name}, "
+                         f"ignored {d.ignored.path.parent.name}/{d.ignored.path.name}).")
+    if layout.other_rows:
+        notes.append(f"Runs of other protocols or training settings: other-protocols_{layout.stem} ("
+                     + "; ".join(r.label for r in layout.other_rows) + ").")
+    return notes
+
+
+def _provenance(layout: Layout, rows: list[Row], checkpoint: str) -> dict:
+    return {
+        "checkpoint": checkpoint,
+        "metric_policy": dict(zip(("empty", "hd_units", "connectivity"), layout.policy)),
+        "main_protocol": layout.main_protocol,
+        "pooling": ("a cell pools runs whose config agrees on every field except train.seed, data.root and the "
+                    "spelling of data.split; one run per seed"),
+        "rows": [{
+            "label": r.label, "role": r.role, "method": r.method, "main": r.main,
+            "differs_from_main_row": {k: {"this": _show(v), "main": _show(ref)} for k, (v, ref) in r.differs.items()},
+            "settings": {k: _show(v) for k, v in r.settings.items()},
+            "cells": {str(n): [{"run": str(x.path), "config_hash": x.config_hash, "seed": x.seed, "split": x.split,
+                                "evaluation": x.evaluation or "run"} for x in c] for n, c in sorted(r.cells.items())},
+        } for r in rows],
+        "duplicates": [{"used": str(d.used.path), "ignored": str(d.ignored.path), "reason": d.reason}
+                       for d in layout.duplicates],
+    }
+
+
+# ---- per class, ablation ---------------------------------------------------------------------------------------
+
+PER_CLASS_METRICS = (("dice", "Dice %", 100.0, 1), ("hd95", "95HD", 1.0, -1))
+
+
+def per_class_table(layout: Layout, checkpoint: str, labeled: int) -> tuple[Table, pd.DataFrame, dict]:
+    names = classes(layout)
+    columns = [Column(metric_header(name, scale, d, layout.units), group=c or "Mean", direction=d)
+               for c in names + [None] for _, name, scale, d in PER_CLASS_METRICS]
+    table = Table(f"{layout.dataset}, {layout.split_label(labeled)}: per class, test set, {checkpoint} checkpoint, "
+                  "mean ± std over seeds", columns)
+    tidy = []
+    for row in layout.main_rows:
+        runs = _row_cells(layout, row, labeled)
+        if not runs:
             continue
-        cells = by_dataset.get(pub["dataset"], {})
-        labeled = None if pd.isna(pub["labeled"]) else int(pub["labeled"])
-        match = [c for (m, n), c in cells.items() if m == ours_method and (labeled is None or n == labeled)]
-        scale = 100.0 if pub["metric"] in ("dice", "jaccard") else 1.0
-        diffs = []
-        if match:
-            p = match[0].runs[0].protocol
-            if pub["metric"] in ("hd95", "asd") and p["hd_units"] != pub["units"]:
-                diffs.append(f"HD units: ours {p['hd_units']}, theirs {pub['units']}")
-            if p["selection"] != pub["selection"]:
-                diffs.append(f"selection: ours {p['selection']}, theirs {pub['selection']}")
-            if p["empty_policy"] != pub["empty_policy"]:
-                diffs.append(f"empty masks: ours {p['empty_policy']}, theirs {pub['empty_policy']}")
-            vals = match[0].values(checkpoint, pub["metric"])
-            ours = float(np.nanmean(vals)) * scale
-            ours_text, delta = f"{ours:.2f}", f"{ours - float(pub['value']):+.2f}"
-        else:
-            phantom = f"{pub['dataset']}-phantom" in by_dataset
-            reason = ("only runs on the synthetic phantom, which is not comparable" if phantom
-                      else "no completed run of this method, dataset and split")
-            ours, ours_text, delta = np.nan, "—" + table.footnote(reason), "—"
-        table.rows.append([pub["method"], pub["dataset"], "" if labeled is None else str(labeled), pub["metric"],
-                           f"{float(pub['value']):.2f}", ours_text, delta, "; ".join(diffs) or
-                           ("none" if match else "—")])
-        rows.append({**pub.to_dict(), "ours": ours, "differences": "; ".join(diffs)})
-    table.notes.append("Published values: paper/published.csv (from the papers' tables; sources in its 'source' "
-                       "column). A number differs from ours for the stated protocol reasons before any other.")
-    return table, pd.DataFrame(rows)
+        entries = []
+        for c in names + [None]:
+            for key, _, scale, _ in PER_CLASS_METRICS:
+                s = cell_stats(runs, checkpoint, key, scale, c)
+                entries.append(Entry(s["mean"], s["std"]))
+                tidy.append({"dataset": layout.dataset, "labeled": labeled, "row": row.label, "method": row.method,
+                             "section": row.role, "class": c or "mean", "metric": key, **s})
+        table.rows.append(TableRow(row.label, entries, SECTIONS[row.role], ranked=row.role != "upper"))
+    rank(table)
+    table.notes.append(_policy_note(layout))
+    used = [r for r in layout.main_rows if _row_cells(layout, r, labeled)]
+    return table, pd.DataFrame(tidy), _provenance(layout, used, checkpoint)
+
+
+def ablation_table(layout: Layout, checkpoint: str) -> Table | None:
+    """SSS with DFE / PCSW on and off, when runs of more than one variant exist."""
+    rows = [r for r in layout.main_rows if r.method.split("@")[0] == "sss"]
+    if len({r.method for r in rows}) < 2:
+        return None
+    splits = layout.splits(rows)
+    metrics = (METRICS[0], METRICS[2])
+    table = Table(f"{layout.dataset}: SSS ablation, test set, {checkpoint} checkpoint, mean ± std over seeds",
+                  [Column(metric_header(name, scale, d, layout.units), group=layout.split_label(n), direction=d)
+                   for n in splits for _, name, scale, d in metrics], stub="SSS")
+    for row in rows:
+        mc = row.runs[0].method_config
+        label = (f"DFE {'on' if mc.get('dfe', True) else 'off'}, PCSW {'on' if mc.get('pcsw', True) else 'off'}"
+                 + (f" ({row.method})" if "@" in row.method else ""))
+        entries = []
+        for n in splits:
+            runs = row.cells.get(n)
+            for key, _, scale, _ in metrics:
+                if not runs:
+                    entries.append(Entry(text="—"))
+                    continue
+                s = cell_stats(runs, checkpoint, key, scale)
+                entries.append(Entry(s["mean"], s["std"]))
+        table.rows.append(TableRow(label, entries))
+    rank(table)
+    table.notes.append(_policy_note(layout))
+    return table
