@@ -343,6 +343,16 @@ def test_pseudo_label_prompts_travel_with_the_checkpoint():
         assert got_stamp == stamp and torch.equal(got.boxes, entry.boxes) and torch.equal(got.present, entry.present)
 
 
+def test_unlabeled_volume_prompts_from_native_slices_of_any_shape():
+    """The sequence of an unlabeled volume is computed at the input size from its native slices, whatever their
+    shape (a native width equal to the input size with another height once crashed SAM-2's encoder)."""
+    method = _method()
+    method.attach_unlabeled_volumes({"v": np.random.default_rng(0).random((5, 80, 64)).astype(np.float32)})
+    prompts = method._slice_prompts("v", 0, torch.device("cpu"))
+    assert prompts.boxes.shape == (5, 3, 4) and prompts.present.shape == (5, 3)
+    assert method.cache["v"][1] == 0 and method._slice_prompts("v", 1, torch.device("cpu")) is prompts  # cached
+
+
 @pytest.mark.slow
 def test_sss_run_on_real_format_data_and_offline_reevaluation(tmp_path, bhsd_phantom, cli, monkeypatch):
     """An SSS run on data given by --data-root (data.synthetic false: the published recipe and input protocol),

@@ -56,14 +56,15 @@ import sys
 from ssbench.engine.run import RunRequest, execute
 sets = ("data.train_size=64", "train.val_every=2", "train.batch_labeled=2", "train.batch_unlabeled=2",
         "train.eval_batch=32", "sss.pcsw_refresh=1")
-print(execute(RunRequest(method="sss", split="1", iters=4, sets=sets, out=sys.argv[1], device="cpu", quiet=True)))
+print(execute(RunRequest(method="sss", dataset="bhsd", split="10%", iters=4, sets=sets, out=sys.argv[1], device="cpu",
+                         quiet=True)))
 """
 
 
 @pytest.mark.slow
-def test_sss_runs_twice_to_identical_metrics(tmp_path, acdc_phantom):
-    """Two processes (different hash seeds, two threads each) on the embedded phantom: the same train log and the
-    same per-case metrics, to the last digit."""
+def test_sss_runs_twice_to_identical_metrics(tmp_path, bhsd_phantom):
+    """Two processes (different hash seeds, two threads each) on the embedded BHSD phantom: the same train log and
+    the same per-case metrics, to the last digit."""
     root = Path(__file__).resolve().parents[1]
     runs = []
     for i, hashseed in enumerate(("1", "2")):
