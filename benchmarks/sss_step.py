@@ -28,7 +28,7 @@ def main():
         sizes, batch, amp, device, steps = args.sizes or [512, 1024], 4, "bf16", "cuda", args.steps or 5
     else:
         models = args.models or ["sam2.1_hiera_t", "sam2_hiera_s"]
-        sizes, batch, amp, device, steps = args.sizes or [64, 96, 128], 2, "none", "cpu", args.steps or 3
+        sizes, batch, amp, device, steps = args.sizes or [64, 128], 2, "none", "cpu", args.steps or 3
     for i, model in enumerate(models):
         cmd = [sys.executable, str(HERE / "step_timing.py"), "--methods", "sss", "--size", *map(str, sizes),
                "--batch", str(batch), "--device", device, "--amp", amp, "--steps", str(steps), "--warmup", "2",

@@ -1,5 +1,6 @@
 """Prompts from masks and the weak augmentation of SSS (crop, resize, flip), applied to images, labels and boxes
-alike so that a prompt computed on the un-augmented slice still frames the same anatomy after augmentation."""
+alike so that a prompt computed on the un-augmented slice still frames the same anatomy after augmentation (one
+crop for all slices of a clip)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ def whole_image_box(size: int, device=None) -> torch.Tensor:
     return torch.tensor([0.0, 0.0, size - 1.0, size - 1.0], device=device)
 
 
+def random_box(size: int, side=(0.1, 0.5)) -> torch.Tensor:
+    """A box of random position and sides in ``side`` x size: the decoy prompt of a class absent from a slice and
+    from its whole volume (ssbench's choice)."""
+    w, h = (int(round(size * float(torch.empty(()).uniform_(*side)))) for _ in range(2))
+    x0 = int(torch.randint(0, size - w + 1, ()))
+    y0 = int(torch.randint(0, size - h + 1, ()))
+    return torch.tensor([x0, y0, x0 + w - 1, y0 + h - 1], dtype=torch.float32)
+
+
 @dataclass(frozen=True)
 class Crop:
     """Crop [y0, y0 + h) x [x0, x0 + w), resized back to the full size, then optionally flipped left-right."""
@@ -54,12 +64,12 @@ class Crop:
         out = F.interpolate(crop[None].float(), size=(size, size), mode=mode, **kwargs)[0]
         return out.flip(-1) if self.flip else out
 
-    def box(self, box: torch.Tensor, size: int) -> torch.Tensor:
-        """Map a box through the crop; a box that leaves the crop becomes the whole image."""
+    def box(self, box: torch.Tensor, size: int) -> torch.Tensor | None:
+        """Map a box through the crop; None when it lies outside the crop (what it framed is cropped away)."""
         sx, sy = size / self.w, size / self.h
         x0, y0, x1, y1 = (box[0] - self.x0) * sx, (box[1] - self.y0) * sy, (box[2] - self.x0) * sx, (box[3] - self.y0) * sy
         if x1 < 0 or y1 < 0 or x0 > size - 1 or y0 > size - 1:
-            return whole_image_box(size, box.device)
+            return None
         out = torch.stack([x0, y0, x1, y1]).clamp(0, size - 1)
         if self.flip:
             out = torch.stack([size - 1 - out[2], out[1], size - 1 - out[0], out[3]])

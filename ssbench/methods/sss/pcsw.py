@@ -9,11 +9,14 @@ For one foreground class of one volume, from the current model's per-slice foreg
   5. otherwise the slice with the largest raw foreground area gives the box over its foreground and a point at
      its centroid; an all-empty stack gives the whole-image box and the image centre.
 Connectivity is explicit: 6 (SciPy's default, what the released code uses) or 26 (what its comment says).
+
+``component`` gives the 3-D extent of what PCSW found (the connected components of the whole stack that hold the
+prompt's region on its slice): the per-slice ablation (``sss.memory = false``) prompts only those slices.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -27,6 +30,8 @@ class Prompt:
     source: Literal["window", "largest-slice", "empty"]
     slice_index: int  # the slice the prompt was read from (-1 when empty)
     window: tuple[int, int] | None = None  # [start, stop) of the winning window
+    # (H, W) bool: what the box frames on that slice (the window's component there, or the slice's foreground)
+    region: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def window_lengths(num_slices: int) -> list[int]:
@@ -55,20 +60,45 @@ def pcsw(probs: np.ndarray, threshold: float = 0.8, connectivity: Literal[6, 26]
          prob_threshold: float = 0.5) -> Prompt:
     """``probs``: (S, H, W) foreground probabilities of one class over a volume's slices."""
     binary = np.asarray(probs) > prob_threshold
-    s, h, w = binary.shape
+    s = binary.shape[0]
     structure = ndimage.generate_binary_structure(3, 1 if connectivity == 6 else 3)
     for n in window_lengths(s):
         for start in range(0, s - n + 1):
-            c, component = continuity(binary[start : start + n], structure)
-            if component is not None and c >= threshold:
-                areas = component.sum(axis=(1, 2))
+            c, largest = continuity(binary[start : start + n], structure)
+            if largest is not None and c >= threshold:
+                areas = largest.sum(axis=(1, 2))
                 k = int(np.argmax(areas))
-                box = _box(component[k])
+                box = _box(largest[k])
                 centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-                return Prompt(box, centre, "window", start + k, (start, start + n))
+                return Prompt(box, centre, "window", start + k, (start, start + n), largest[k])
+    return largest_slice(probs, prob_threshold)
+
+
+def largest_slice(probs: np.ndarray, prob_threshold: float = 0.5) -> Prompt:
+    """Step 5 alone (``sss.pcsw = false``): the slice with the largest foreground area, or the empty prompt."""
+    binary = np.asarray(probs) > prob_threshold
+    _, h, w = binary.shape
     areas = binary.sum(axis=(1, 2))
     if areas.max() > 0:
         k = int(np.argmax(areas))
         ys, xs = np.nonzero(binary[k])
-        return Prompt(_box(binary[k]), (float(xs.mean()), float(ys.mean())), "largest-slice", k)
+        return Prompt(_box(binary[k]), (float(xs.mean()), float(ys.mean())), "largest-slice", k, None, binary[k])
     return Prompt((0.0, 0.0, float(w - 1), float(h - 1)), ((w - 1) / 2, (h - 1) / 2), "empty", -1)
+
+
+def component(probs: np.ndarray, prompt: Prompt, connectivity: Literal[6, 26] = 6,
+              prob_threshold: float = 0.5) -> np.ndarray:
+    """(S, H, W) bool: the connected components of the whole thresholded stack that touch the prompt's region on
+    its slice (empty for an empty prompt)."""
+    binary = np.asarray(probs) > prob_threshold
+    if prompt.region is None or prompt.slice_index < 0:
+        return np.zeros_like(binary)
+    structure = ndimage.generate_binary_structure(3, 1 if connectivity == 6 else 3)
+    labels, _ = ndimage.label(binary, structure=structure)
+    touched = np.unique(labels[prompt.slice_index][prompt.region])
+    return np.isin(labels, touched[touched > 0])
+
+
+def slice_boxes(mask: np.ndarray) -> dict[int, tuple[float, float, float, float]]:
+    """slice index -> box [x_min, y_min, x_max, y_max] of a (S, H, W) mask on each slice it occupies."""
+    return {z: _box(mask[z]) for z in range(mask.shape[0]) if mask[z].any()}

@@ -1,13 +1,20 @@
-"""SAM-2 inside ssbench: building from the sam2 package's own configs, official checkpoints, encoding grayscale
-slices and decoding box/point prompts. The only module of ssbench that imports ``sam2``.
+"""SAM-2 inside ssbench: built by the ``sam2`` package from its own configs, official checkpoints, encoding grayscale
+slices, and one frame of SAM-2's tracking (prompted or carried by memory). The only module family of ssbench that
+imports ``sam2``.
+
+``track`` runs what ``SAM2Base.track_step`` runs (``_track_step``: memory attention, prompt encoder, mask decoder,
+object pointer; then ``_encode_memory_in_output``: memory encoder) and also returns the object-score logits, which
+``SAM2Base.track_step`` drops in training mode. The package's ``training.model.sam2.SAM2Train`` keeps them the same
+way, but it cannot be imported without ``tensordict`` (not a dependency of ``sam2``), and its ``forward`` samples
+correction clicks from the ground truth with its own unseeded generator, which is not the recipe here.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ssbench.errors import UserError
 
@@ -26,6 +33,7 @@ DOWNLOAD = "https://dl.fbaipublicfiles.com/segment_anything_2/{release}/{file}"
 # SAM-2's input normalisation (ImageNet statistics); grayscale slices are repeated to three channels first.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+NO_OBJECT = -1024.0  # sam2's NO_OBJ_SCORE: the mask logit of a frame where the object-score head says absent
 
 
 def build(model: str, image_size: int, device: torch.device):
@@ -35,9 +43,20 @@ def build(model: str, image_size: int, device: torch.device):
     if model not in MODELS:
         raise UserError(f"sss.model {model}: unknown (known: {', '.join(MODELS)})")
     if image_size % 32:
-        raise UserError(f"sss.image_size {image_size}: must be a multiple of 32")
-    return build_sam2(MODELS[model][0], None, device=str(device), mode="train",
-                      hydra_overrides_extra=[f"++model.image_size={image_size}"], apply_postprocessing=False)
+        raise UserError(f"data.train_size {image_size}: SSS needs a multiple of 32 (SAM-2's image encoder)")
+    tokens = image_size // 16
+    attention = "++model.memory_attention.layer.{}.feat_sizes=[{},{}]"
+    overrides = [
+        f"++model.image_size={image_size}",
+        # rotary encodings of memory attention sized for this input (the config's 64x64 is for 1024)
+        attention.format("self_attention", tokens, tokens),
+        attention.format("cross_attention", tokens, tokens),
+        # as SAM-2's video predictor builds it (build_sam2_video_predictor): in eval, the memory of a prompted
+        # frame encodes its binarised mask
+        "++model.binarize_mask_from_pts_for_mem_enc=true",
+    ]
+    return build_sam2(MODELS[model][0], None, device=str(device), mode="train", hydra_overrides_extra=overrides,
+                      apply_postprocessing=False)
 
 
 def save_official(sam, path: str | Path) -> None:
@@ -90,36 +109,80 @@ def fetch_official(model: str, cache: Path) -> Path:
     return target
 
 
-def encode(sam, x: torch.Tensor) -> list[torch.Tensor]:
-    """(B, 1, S, S) in [0, 1] -> [32 ch @ S/4, 64 ch @ S/8, 256 ch @ S/16] as SAM-2's decoder reads them."""
+@dataclass
+class Features:
+    """Image-encoder output of B images: [32 ch @ S/4, 64 ch @ S/8, 256 ch @ S/16] (the decoder's high-resolution
+    levels already projected, as SAM2Base.forward_image does) and the position encoding of the S/16 level."""
+
+    maps: list[torch.Tensor]
+    pos: torch.Tensor  # (B, 256, S/16, S/16)
+
+    def __len__(self) -> int:
+        return self.maps[0].shape[0]
+
+    def rows(self, start: int, stop: int) -> "Features":
+        return Features([m[start:stop] for m in self.maps], self.pos[start:stop])
+
+    def take(self, index: torch.Tensor) -> "Features":
+        """Rows ``index``. Use unique indices where gradients flow: repeated rows are made by ``repeat``."""
+        return Features([m[index] for m in self.maps], self.pos[index])
+
+    def repeat(self, k: int) -> "Features":
+        """Each image k times in a row (one row per object); its backward is a plain sum, deterministic on CPU."""
+        return Features([m.repeat_interleave(k, 0) for m in self.maps], self.pos.repeat_interleave(k, 0))
+
+    def with_maps(self, maps: list[torch.Tensor]) -> "Features":
+        return Features(maps, self.pos)
+
+
+def encode(sam, x: torch.Tensor) -> Features:
+    """(B, 1, S, S) slices in [0, 1] -> their Features."""
     mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     out = sam.forward_image((x.expand(-1, 3, -1, -1) - mean) / std)
-    s0, s1, emb = out["backbone_fpn"][:3]
-    if sam.directly_add_no_mem_embed:  # as SAM2ImagePredictor does for single images
-        emb = emb + sam.no_mem_embed.view(1, -1, 1, 1)
-    return [s0, s1, emb]
+    return Features(list(out["backbone_fpn"][:3]), out["vision_pos_enc"][2])
 
 
-def decode(sam, feats: list[torch.Tensor], image_index: torch.Tensor, boxes: torch.Tensor,
-           points: torch.Tensor | None = None) -> torch.Tensor:
-    """One mask per prompt. image_index (N,) picks the image of each prompt; boxes (N, 4) x0 y0 x1 y1 and
-    points (N, 2) x y in input pixels. Returns (N, S, S) mask logits at the input size."""
+def prompt_inputs(boxes: torch.Tensor, points: torch.Tensor | None = None) -> dict:
+    """SAM-2's point inputs of B prompts: a box (B, 4) x0 y0 x1 y1 as two corner points labelled 2 and 3, and
+    optionally a positive point (B, 2) x y, all in input pixels (what the video predictor's add_new_points_or_box
+    hands to the model)."""
     n = boxes.shape[0]
-    coords = boxes.view(n, 2, 2)
-    labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).expand(n, 2)
+    coords = boxes.reshape(n, 2, 2)
+    labels = torch.tensor([[2, 3]], dtype=torch.int32, device=boxes.device).expand(n, 2)
     if points is not None:
-        coords = torch.cat([coords, points.view(n, 1, 2)], dim=1)
-        labels = torch.cat([labels, torch.ones(n, 1, dtype=torch.int, device=boxes.device)], dim=1)
-    sparse, dense = sam.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-    low, _, _, _ = sam.sam_mask_decoder(
-        image_embeddings=feats[2][image_index],
-        image_pe=sam.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-        repeat_image=False,
-        high_res_features=[feats[0][image_index], feats[1][image_index]],
-    )
-    size = sam.image_size
-    return F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        coords = torch.cat([coords, points.reshape(n, 1, 2)], 1)
+        labels = torch.cat([labels, torch.ones(n, 1, dtype=torch.int32, device=boxes.device)], 1)
+    return {"point_coords": coords, "point_labels": labels}
+
+
+def new_memory() -> dict:
+    """SAM-2's memory bank of one sequence: the outputs of its prompted and of its propagated frames."""
+    return {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+
+
+# what memory attention reads from a stored frame (the rest of a frame's output is not kept)
+_MEMORY_KEYS = ("maskmem_features", "maskmem_pos_enc", "obj_ptr")
+
+
+def track(sam, feats: Features, frame: int, memory: dict, num_frames: int, prompts: dict | None = None,
+          reverse: bool = False, store: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One frame of a sequence of B objects. With ``prompts`` it is a prompted (initial conditioning) frame, decoded
+    without memory; without, memory attention conditions it on the stored frames. With ``store`` its memory is
+    encoded and kept in ``memory`` under ``frame``.
+
+    Returns mask logits (B, S, S) at the input size, NO_OBJECT where the object-score head says absent, and the
+    object-score logits (B,)."""
+    vision = [m.flatten(2).permute(2, 0, 1) for m in feats.maps]  # (HW, B, C) per level
+    pos = [feats.pos.flatten(2).permute(2, 0, 1)]  # memory attention reads the S/16 level's only
+    sizes = [tuple(m.shape[-2:]) for m in feats.maps]
+    cond = prompts is not None
+    out, heads, _, _ = sam._track_step(frame, cond, vision, pos, sizes, prompts, None, memory, num_frames, reverse,
+                                       None)
+    high_res, score = heads[4], heads[6]
+    if store:
+        sam._encode_memory_in_output(vision, sizes, prompts, True, high_res, score, out)
+        out["obj_ptr"] = heads[5]
+        key = "cond_frame_outputs" if cond else "non_cond_frame_outputs"
+        memory[key][frame] = {k: out[k] for k in _MEMORY_KEYS}
+    return high_res[:, 0], score[:, 0]
