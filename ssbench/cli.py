@@ -21,6 +21,15 @@ app.add_typer(sweep_app, name="sweep")
 
 _STATE = {"debug": False}
 
+PLUGIN_HELP = "A method or dataset without packaging: module:attr or path/to/file.py (repeatable)."
+
+
+def _load_plugins(specs: List[str]) -> None:
+    from ssbench import registry
+
+    for spec in specs:
+        registry.add_plugin(spec)
+
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")):
@@ -54,10 +63,12 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA only)."),
     gpus: int = typer.Option(1, "--gpus", help="GPUs on this node: >1 relaunches under torchrun (DDP)."),
+    plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Train and evaluate one method on one labeled split."""
     from ssbench.engine.run import RunRequest, execute
 
+    _load_plugins(plugins)
     if gpus > 1:
         _relaunch_under_torchrun(gpus)
     if gpus < 1:
@@ -131,10 +142,12 @@ def eval_cmd(
     hd_units: Optional[str] = typer.Option(None, "--hd-units", help="mm or voxel."),
     empty_policy: Optional[str] = typer.Option(None, "--empty-policy", help="worst, exclude or legacy-zero."),
     device: str = typer.Option("auto", "--device"),
+    plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Re-evaluate a run's best and final checkpoints on its test set, e.g. under another metric policy."""
     from ssbench.engine.reeval import reevaluate
 
+    _load_plugins(plugins)
     sub = reevaluate(run_dir, hd_units, empty_policy, device)
     _print_summary(_console(), run_dir, sub)
 
@@ -146,10 +159,12 @@ def split(
     split: str = typer.Option("10%", "--split"),
     split_seed: int = typer.Option(0, "--split-seed", min=0),
     as_json: bool = typer.Option(False, "--json", help="Print the patient sets as JSON."),
+    plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Print the patient sets of a split protocol."""
     from ssbench import registry
 
+    _load_plugins(plugins)
     cls = registry.dataset(dataset)
     if data_root is None and hasattr(cls, "frozen_split"):
         result = cls.frozen_split(split, split_seed)
@@ -182,11 +197,13 @@ def config_cmd(
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="As `ssbench run --amp/--no-amp`."),
     help_fields: bool = typer.Option(False, "--help-fields", help=(
         "List every field (the --set keys) with its value, default, what it allows and its help.")),
+    plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Print the resolved config exactly as `ssbench run` with the same options would record it (config.yaml)."""
     from ssbench.engine.describe import describe_fields, resolved_config
     from ssbench.engine.run import RunRequest
 
+    _load_plugins(plugins)
     req = RunRequest(method=method, dataset=dataset, data_root=str(data_root) if data_root else None, split=split,
                      split_seed=split_seed, seed=seed, iters=iters, sets=tuple(sets), deterministic=deterministic,
                      device=device, amp=None if amp is None else ("bf16" if amp else "off"))
@@ -200,25 +217,29 @@ def config_cmd(
 
 
 @app.command()
-def methods():
-    """List the registered methods (built-ins and plugins, from the ssbench.methods entry points)."""
-    from ssbench import registry
-
-    for name in registry.names(registry.METHODS_GROUP):
-        cls = registry.method(name)
-        doc = (cls.__dict__.get("__doc__") or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        typer.echo(f"{name:16s} {doc[0] if doc else ''}")
+def methods(plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP)):
+    """List the registered methods: name, distribution and version, description (built-ins and plugins, from the
+    ssbench.methods entry points; nothing is imported)."""
+    _list_registered("ssbench.methods", plugins)
 
 
 @app.command()
-def datasets():
-    """List the registered dataset loaders."""
+def datasets(plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP)):
+    """List the registered dataset loaders: name, distribution and version, description."""
+    _list_registered("ssbench.datasets", plugins)
+
+
+def _list_registered(group: str, plugins: List[str]) -> None:
     from ssbench import registry
 
-    for name in registry.names(registry.DATASETS_GROUP):
-        cls = registry.dataset(name)
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        typer.echo(f"{name:16s} {doc[0] if doc else ''}")
+    _load_plugins(plugins)
+    for entry in registry.entries(group):
+        note = registry.description(entry)
+        if entry.rivals:
+            note = "ERROR: claimed by " + ", ".join(e.origin() for e in [entry, *entry.rivals])
+        typer.echo(f"{entry.name:16s} {entry.origin():28s} {note}".rstrip())
+    if registry.autoload_disabled():
+        typer.echo(f"({registry.AUTOLOAD_ENV} is set: installed plugins are not listed)")
 
 
 @app.command()
@@ -228,10 +249,12 @@ def table(
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference method (default: best mean Dice)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or final."),
     formats: str = typer.Option("md,tex,csv", "--format", help="Comma-separated: md, tex, csv."),
+    plugins: List[str] = typer.Option([], "--plugin", help="A dataset plugin for the overlay figures (see run)."),
 ):
     """Regenerate the paper's tables, significance tests and figures from per-case results."""
     from ssbench.report.build import build
 
+    _load_plugins(plugins)
     written = build(results, out, reference, checkpoint, [f.strip() for f in formats.split(",") if f.strip()])
     typer.echo(f"wrote {sum(len(v) for v in written.values())} files to {out}")
 

@@ -167,7 +167,10 @@ def from_dict(cls, data: Any, where: str = ""):
         prefix = f"{where}." if where else ""
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(types_))})")
     kwargs = {k: check_value(v, types_[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:  # the class's own check (__post_init__): a plugin's way to refuse a value
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
 
 
 def check_section(obj, where: str):
@@ -232,7 +235,10 @@ def _set_path(obj, parts: list[str], raw: str, dotted: str):
         if _section_type(types_[key]) is None:
             raise ConfigError(f"--set {dotted}: {key!r} has no sub-keys")
         new = _set_path(current, parts[1:], raw, dotted)
-    return dataclasses.replace(obj, **{key: new})
+    try:
+        return dataclasses.replace(obj, **{key: new})
+    except (ValueError, TypeError) as exc:  # the class's own check (__post_init__): a plugin's way to refuse a value
+        raise ConfigError(f"--set {dotted}={raw}: {exc}") from None
 
 
 def config_hash(data: dict) -> str:

@@ -62,7 +62,7 @@ def test_a_plugin_method_is_listed_and_runs_like_a_builtin(tmp_path, cleanup, cl
 
 def test_duplicate_and_broken_plugins_are_clear_errors(tmp_path, cleanup):
     _install(tmp_path, "[ssbench.methods]\nsupervised = echo_plugin:Echo\n")
-    with pytest.raises(UserError, match="'supervised' is registered twice"):
+    with pytest.raises(UserError, match="'supervised' is claimed more than once"):
         registry.method("supervised")
     sys.path.pop(0)
     other = tmp_path / "b"

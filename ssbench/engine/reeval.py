@@ -38,8 +38,8 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
     if recorded is None or recorded != _recorded_hash(raw):
         raise UserError(f"{run_dir / 'config.yaml'}: does not match its recorded config hash (edited after the run?)")
     try:
-        method_cls = registry.method(str(raw["method"]))
-        dataset_cls = registry.dataset(str(raw["data"]["dataset"]))
+        method_cls = _registered(registry.method, str(raw["method"]), info.get("method_source"))
+        dataset_cls = _registered(registry.dataset, str(raw["data"]["dataset"]), None)
         cfg = RunConfig.from_dict(raw, method_cls, dataset_cls)
     except (KeyError, TypeError) as exc:
         raise UserError(f"{run_dir / 'config.yaml'}: not a run config (missing {exc})") from None
@@ -89,3 +89,13 @@ def _read(path: Path, kind: type):
     if not isinstance(data, kind):
         raise UserError(f"{path}: expected a {'mapping' if kind is dict else kind.__name__}, got {type(data).__name__}")
     return data
+
+
+def _registered(load, name: str, source):
+    """The registered class, or an error that says how the run's own came in (a --plugin must be given again)."""
+    try:
+        return load(name)
+    except UserError as exc:
+        if isinstance(source, dict) and source.get("plugin"):
+            raise UserError(f"{exc}; the run was made with --plugin {source['plugin']}: give it again") from None
+        raise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
@@ -13,6 +12,7 @@ from pydantic import Field
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
 from ssbench.methods.ema import ema_alpha, ema_update, freeze
 from ssbench.methods.losses import ce_dice_loss
+from ssbench.methods.ramps import sigmoid_rampup
 from ssbench.methods.unet import UNetConfig
 
 
@@ -43,8 +43,7 @@ def consistency_weight(iteration: int, cfg: MeanTeacherConfig) -> float:
     """0 before consistency_start, then consistency * exp(-5 (1 - t/L)^2) with t = iteration // rampup_step."""
     if iteration < cfg.consistency_start:
         return 0.0
-    t = min(max((iteration // cfg.rampup_step) / cfg.consistency_rampup, 0.0), 1.0)
-    return cfg.consistency * math.exp(-5.0 * (1.0 - t) ** 2)
+    return cfg.consistency * sigmoid_rampup(iteration // cfg.rampup_step, cfg.consistency_rampup)
 
 
 class MeanTeacher(Method):
