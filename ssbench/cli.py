@@ -233,11 +233,14 @@ def _list_registered(group: str, plugins: List[str]) -> None:
     from ssbench import registry
 
     _load_plugins(plugins)
-    for entry in registry.entries(group):
+    entries = registry.entries(group)
+    width = max([len(e.name) for e in entries] + [12])
+    origin = max([len(e.origin()) for e in entries] + [13])
+    for entry in entries:
         note = registry.description(entry)
         if entry.rivals:
             note = "ERROR: claimed by " + ", ".join(e.origin() for e in [entry, *entry.rivals])
-        typer.echo(f"{entry.name:16s} {entry.origin():28s} {note}".rstrip())
+        typer.echo(f"{entry.name:{width}s}  {entry.origin():{origin}s}  {note}".rstrip())
     if registry.autoload_disabled():
         typer.echo(f"({registry.AUTOLOAD_ENV} is set: installed plugins are not listed)")
 

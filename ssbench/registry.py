@@ -78,10 +78,10 @@ def _entries(group: str) -> dict[str, Entry]:
             found[ep.name].rivals.append(entry)
         # else: the same distribution seen twice on sys.path (e.g. an editable install and a build folder)
     for name, entry in _EXTRA[group].items():
-        if name in found:
-            found[name].rivals.append(entry)
-        else:
+        if name not in found:
             found[name] = entry
+        elif found[name].value != entry.value:  # --plugin naming the installed class itself is the same registration
+            found[name].rivals.append(entry)
     return found
 
 

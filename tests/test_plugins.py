@@ -70,6 +70,9 @@ def test_an_installed_plugin_is_listed_with_its_distribution_without_importing_t
     rows = _listing(out)
     assert "echo-plugin 0.4" in rows["echo"] and "Echo: a plugin method." in rows["echo"]
     assert "ssbench" in rows["unimatch"] and "UniMatch" in rows["unimatch"]
+    # --plugin naming the installed class itself is the same registration, not a second claim
+    code, out, err = ssbench_cli("methods", "--plugin", "echo_mod:Echo", extra_path=[root])
+    assert code == 0 and "echo-plugin 0.4" in _listing(out)["echo"] and "ERROR" not in out, err
     # listing reads names and docstrings from the sources: neither torch nor the plugin is imported
     probe = ("import sys; sys.argv = ['ssbench', 'methods']\nfrom ssbench.cli import main\ntry:\n    main()\n"
              "except SystemExit:\n    pass\nassert 'torch' not in sys.modules and 'echo_mod' not in sys.modules, "
