@@ -90,6 +90,7 @@ def _plugin(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_a_plain_exception_in_a_plugin_names_the_plugin(tmp_path, tiny_nnunet):
     plugin = _plugin(tmp_path / "plugin")
     for command in ("config", "run"):

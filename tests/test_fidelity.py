@@ -96,6 +96,7 @@ def test_setting_iters_under_an_epoch_schedule_is_refused_but_iters_option_switc
     assert (cfg.train.schedule, cfg.train.iters) == ("iterations", 100)
 
 
+@pytest.mark.slow
 def test_epoch_schedule_validates_once_per_pass(tmp_path, acdc_phantom):
     sets = TINY + ("train.schedule=epochs", "train.epochs=2", "train.val_every=epoch", "train.batch_unlabeled=128")
     run = execute(RunRequest(method="fixmatch", split="1", sets=sets, out=str(tmp_path), device="cpu", quiet=True))
@@ -167,6 +168,7 @@ def test_bilinear_inference_is_recorded_and_gets_its_own_folder(tmp_path, acdc_p
     assert legacy.protocol_variant == "legacy-valtest-infer-bilinear"
 
 
+@pytest.mark.slow
 def test_legacy_protocol_reports_the_val_test_score_it_selected_on(tmp_path, acdc_phantom):
     sets = TINY + ("train.val_every=2", "train.selection=legacy-val+test")
     run = execute(RunRequest(method="supervised", split="1", iters=4, sets=sets, out=str(tmp_path), device="cpu",

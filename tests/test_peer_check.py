@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from ssbench.methods.strong import cutmix_box
@@ -24,6 +25,7 @@ def test_unet_check_passes_on_the_same_network_and_fails_on_transposed_up_sampli
     assert not items[0].ok and "1,944,324" in items[0].detail
 
 
+@pytest.mark.slow
 def test_cutmix_check_detects_a_shifted_distribution():
     class Same:
         @staticmethod

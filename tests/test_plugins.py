@@ -99,24 +99,33 @@ def test_an_installed_plugin_is_listed_with_its_distribution_without_importing_t
      ["dataset plugin 'broken' (broken_mod:Echo, bad-plugin 1.2) is not a valid dataset"]),
 ])
 def test_a_bad_plugin_is_one_line_naming_it_and_the_others_keep_working(case, modules, entries, needles, tmp_path,
-                                                                         tiny_nnunet):
+                                                                         tiny_nnunet, cli, monkeypatch):
+    # in-process (the console script's own error path is covered by the subprocess tests around this one)
     root = _dist(tmp_path / "p", "bad-plugin", "1.2", entries, modules)
+    monkeypatch.syspath_prepend(str(root))
+    for name in modules:
+        monkeypatch.delitem(sys.modules, name, raising=False)
     out = tmp_path / "results"
-    option = "--dataset" if "datasets" in entries else "--method"
-    args = ["--method", "supervised", "--dataset", "broken"] if option == "--dataset" else ["--method", "broken"]
-    if option == "--method":
-        args += ["--dataset", "nnunet", "--data-root", str(tiny_nnunet)]
-    code, _, err = ssbench_cli("run", *args, "--split", "2", "--out", out, *TINY, extra_path=[root])
+    if "datasets" in entries:
+        args = ["--method", "supervised", "--dataset", "broken"]
+    else:
+        args = ["--method", "broken", "--dataset", "nnunet", "--data-root", str(tiny_nnunet)]
+    code, _, err = cli("run", *args, "--split", "2", "--out", out, *TINY)
     one_line(code, err, *needles)
     assert not out.exists()
-    # the listing still shows it and every built-in, and a built-in still runs beside it
-    code, listed, err = ssbench_cli("methods" if option == "--method" else "datasets", extra_path=[root])
+    # the listing still shows it and every built-in, and a built-in still runs beside it (one case is enough)
+    code, listed, err = cli("methods" if "methods" in entries else "datasets")
     assert code == 0 and "broken" in _listing(listed) and "bad-plugin 1.2" in _listing(listed)["broken"], err
-    code, _, err = ssbench_cli("run", "--method", "supervised", "--dataset", "nnunet", "--data-root", tiny_nnunet,
-                               "--split", "2", "--out", out, *TINY, extra_path=[root])
-    assert code == 0, err
+    assert ("supervised" if "methods" in entries else "nnunet") in _listing(listed)
+    if case == "import-failure":
+        code, _, err = cli("run", "--method", "supervised", "--dataset", "nnunet", "--data-root", tiny_nnunet,
+                           "--split", "2", "--out", out, *TINY)
+        assert code == 0, err
+    for name in modules:
+        sys.modules.pop(name, None)
 
 
+@pytest.mark.slow
 def test_a_name_claimed_by_two_distributions(tmp_path, tiny_nnunet):
     a = _dist(tmp_path / "a", "echo-a", "1.0", "[ssbench.methods]\necho = echo_a:Echo\n", {"echo_a": METHOD})
     b = _dist(tmp_path / "b", "echo-b", "2.0", "[ssbench.methods]\necho = echo_b:Echo\n", {"echo_b": METHOD})
@@ -133,6 +142,7 @@ def test_a_name_claimed_by_two_distributions(tmp_path, tiny_nnunet):
     one_line(code, err, "method 'supervised' is claimed more than once", "from ssbench", "from hijack 0.1")
 
 
+@pytest.mark.slow
 def test_plugin_from_a_file_runs_records_its_origin_and_reevaluates(tmp_path, tiny_nnunet):
     plugin = tmp_path / "echo_file.py"
     plugin.write_text(METHOD)
@@ -158,6 +168,7 @@ def test_plugin_from_a_file_runs_records_its_origin_and_reevaluates(tmp_path, ti
     assert "| Echo |" in table and "U-Net (labeled only)" in table
 
 
+@pytest.mark.slow
 def test_plugin_module_attr_and_a_dataset_from_a_file(tmp_path, tiny_nnunet):
     mod = _dist(tmp_path / "m", "unused", "0.0", "", {"echo_attr": METHOD})  # importable, registers nothing itself
     code, out, err = ssbench_cli("methods", "--plugin", "echo_attr:Echo", extra_path=[mod])
@@ -188,11 +199,13 @@ def test_plugin_module_attr_and_a_dataset_from_a_file(tmp_path, tiny_nnunet):
     ("json", "--plugin json: expected module:attr or a path to a .py file"),
     ("json:dumps", "--plugin json:dumps: defines no ssbench Method or Dataset subclass"),
 ])
-def test_bad_plugin_options_are_one_line(spec, needle, tmp_path):
-    code, _, err = ssbench_cli("methods", "--plugin", spec, cwd=tmp_path)
+def test_bad_plugin_options_are_one_line(spec, needle, tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("methods", "--plugin", spec)
     one_line(code, err, needle)
 
 
+@pytest.mark.slow
 def test_autoload_off_keeps_builtins_and_plugin_options(tmp_path, monkeypatch):
     root = _dist(tmp_path / "p", "echo-plugin", "0.4", "[ssbench.methods]\necho = echo_mod:Echo\n",
                  {"echo_mod": METHOD})
@@ -209,11 +222,12 @@ def test_autoload_off_keeps_builtins_and_plugin_options(tmp_path, monkeypatch):
     assert code == 0 and f"--plugin {plugin}" in _listing(out)["echo"], err
 
 
-def test_a_plugin_config_refusing_a_value_is_one_line_naming_the_key(tmp_path):
+def test_a_plugin_config_refusing_a_value_is_one_line_naming_the_key(tmp_path, tiny_nnunet):
     plugin = tmp_path / "echo_file.py"
     plugin.write_text(METHOD)
-    code, _, err = ssbench_cli("config", "--plugin", plugin, "--method", "echo", "--set", "echo.weight=3")
+    data = ("--dataset", "nnunet", "--data-root", tiny_nnunet)
+    code, _, err = ssbench_cli("config", "--plugin", plugin, "--method", "echo", *data, "--set", "echo.weight=3")
     one_line(code, err, "--set echo.weight=3: weight must be in [0, 1], got 3")
-    code, out, err = ssbench_cli("config", "--plugin", plugin, "--method", "echo", "--help-fields")
+    code, out, err = ssbench_cli("config", "--plugin", plugin, "--method", "echo", *data, "--help-fields")
     assert code == 0 and "echo.weight: 0.5" in out and "a weight that must be in [0, 1]" in out, err
 

@@ -235,9 +235,12 @@ def _force_prompts(method, present=True):
         method.cache[cid] = (SlicePrompts(boxes, points, torch.full((d, 3), present)), 0)
 
 
-@pytest.mark.parametrize("variant", [dict(conf_thresh=0.5), dict(teacher="released", dfe_mode="replace", pcsw=False),
-                                     dict(dfe=False, point_prompt=True, conf_thresh=0.5),
-                                     dict(memory=False, cutmix="ignore-pasted", cutmix_p=1.0, conf_thresh=0.5)])
+@pytest.mark.parametrize("variant", [
+    dict(conf_thresh=0.5),
+    pytest.param(dict(teacher="released", dfe_mode="replace", pcsw=False), marks=pytest.mark.slow),
+    pytest.param(dict(dfe=False, point_prompt=True, conf_thresh=0.5), marks=pytest.mark.slow),
+    pytest.param(dict(memory=False, cutmix="ignore-pasted", cutmix_p=1.0, conf_thresh=0.5), marks=pytest.mark.slow),
+])
 def test_one_training_step_changes_the_weights(variant):
     from ssbench.methods.api import StepInfo
 

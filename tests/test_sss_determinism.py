@@ -41,6 +41,7 @@ def _steps(n=2):
     return losses, {k: v.clone() for k, v in method.state_dict().items() if isinstance(v, torch.Tensor)}
 
 
+@pytest.mark.slow
 def test_two_training_steps_are_bit_identical():
     assert torch.get_num_threads() >= 1
     torch.manual_seed(0)

@@ -38,6 +38,7 @@ def test_paper_grid_is_shipped_and_expands_to_every_builtin_method(acdc_phantom,
         parse_roots(["/data"], g.datasets)
 
 
+@pytest.mark.slow
 def test_debug_sweep_runs_skips_completed_and_reports_status(tmp_path, acdc_phantom):
     out = tmp_path / "res"
     planned = _plan(out)
@@ -68,6 +69,7 @@ def test_a_failing_run_is_listed_with_its_error_line(tmp_path, acdc_phantom):
     assert not (out / row["key"]).exists()  # nothing that looks complete
 
 
+@pytest.mark.slow
 def test_a_requeued_run_resumes_from_its_checkpoint(tmp_path, acdc_phantom, monkeypatch):
     from ssbench.methods.supervised import Supervised
 
