@@ -89,3 +89,13 @@ def tiny_run(tmp_path_factory, tiny_nnunet):
     from ssbench.engine.run import execute
 
     return execute(tiny_request(tiny_nnunet, tmp_path_factory.mktemp("tiny-run")))
+
+
+def one_line(code, err, *needles):
+    """A user error as ssbench reports it: exit code 2 and one line on stderr holding every needle, no traceback."""
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ssbench: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]

@@ -14,17 +14,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_RUN, tiny_args
+from conftest import TINY_RUN, one_line, tiny_args
 from formats import nifti, write_acdc_h5
-
-
-def one_line(code, err, *needles):
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ssbench: error: "), err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def nothing_that_looks_like_a_result(out):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import ssbench
+from conftest import one_line
 
 SCRIPT = Path(sys.executable).parent / "ssbench"
 REPO = Path(ssbench.__file__).resolve().parents[1]
@@ -46,15 +47,6 @@ def ssbench_cli(*args, extra_path=(), cwd=None):
     proc = subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
-
-
-def one_line(code, err, *needles):
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ssbench: error: "), err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_the_console_script_is_installed():

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from test_cli_usage import REPO, SCRIPT, one_line, ssbench_cli
+from conftest import one_line
+from test_cli_usage import REPO, ssbench_cli
 
 TINY = ("--set", "data.train_size=32", "--set", "train.batch_labeled=2", "--set", "train.val_every=2", "--iters", "2",
         "--device", "cpu", "--quiet")
