@@ -109,10 +109,7 @@ def load(group: str, name: str):
                         f"entry point")
     if entry.obj is None:
         try:
-            module, _, attr = entry.value.partition(":")
-            obj = importlib.import_module(module)
-            for part in attr.split(".") if attr else ():
-                obj = getattr(obj, part)
+            obj = _resolve(entry.value)
         except Exception as exc:  # a plugin that fails to import must not take the CLI down with a traceback
             raise UserError(f"{entry.describe(kind)} failed to load: {type(exc).__name__}: {_first_line(exc)}") \
                 from None
@@ -190,12 +187,19 @@ def _import_plugin(spec: str) -> list[tuple[str, object]]:
     if not sep or not module or not attr:
         raise UserError(f"--plugin {spec}: expected module:attr or a path to a .py file")
     try:
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
+        obj = _resolve(spec)
     except Exception as exc:
         raise UserError(f"--plugin {spec}: failed to import: {type(exc).__name__}: {_first_line(exc)}") from None
     return [(spec, obj)]
+
+
+def _resolve(value: str):
+    """The object an entry-point value ``module:attr.path`` names (importing the module)."""
+    module, _, attr = value.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
 
 
 def plugin_of(exc: BaseException) -> str | None:
