@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ssbench import augment
 from ssbench.engine.data import Sampler, SlicePool
 from ssbench.engine.run import RunRequest, build_config, execute, resolve_schedule
-from ssbench.engine.train import iters_per_epoch, step_lr
+from ssbench.engine.train import step_lr
 from ssbench.errors import ConfigError
 from ssbench.methods.unet import UNet
 from ssbench.resize import scores_to_labels

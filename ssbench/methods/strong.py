@@ -60,7 +60,6 @@ def gaussian_blur(x: torch.Tensor, g: torch.Generator | None = None, sigma=(0.1,
     if not (sigmas > 0).any():
         return x.clone()
     radius = math.ceil(3 * max(sigma[1], MAX_SIGMA))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernels = torch.zeros(b, 2 * radius + 1, dtype=torch.float64)
     for i, s in enumerate(sigmas.tolist()):
         if s > 0:

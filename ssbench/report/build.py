@@ -126,7 +126,7 @@ def build(results: Path, out: Path, reference: str | None, checkpoint: str, form
             write_csv(out / f"significance_{stem}.csv", sig)
             written[f"significance_{stem}"] = [f"significance_{stem}.csv"]
             contents.add("data", [f"significance_{stem}.csv"],
-                         f"paired Wilcoxon tests against each split's reference (volume and patient level, Holm), "
+                         "paired Wilcoxon tests against each split's reference (volume and patient level, Holm), "
                          "mean differences with patient-cluster bootstrap CIs, scipy's method and how seeds entered.",
                          _runs_text(lay.main_rows))
         other = other_table(lay, checkpoint)
