@@ -10,6 +10,8 @@ from ssbench.errors import UserError
 from ssbench.methods.sss.dfe import DFE, DFEBlock
 from ssbench.methods.sss.pcsw import component, continuity, largest_slice, pcsw, slice_boxes, window_lengths
 
+pytestmark = pytest.mark.usefixtures("sam2_once")  # SAM-2 built once per session (conftest)
+
 
 # --- PCSW ---------------------------------------------------------------------------------------------------
 
@@ -49,7 +51,18 @@ def test_first_continuous_window_wins_with_its_largest_slice():
     assert prompt.window == (1, 4)
     assert prompt.slice_index in (2, 3)
     assert prompt.box == (6.0, 5.0, 11.0, 9.0)  # x_min, y_min, x_max, y_max of the component on that slice
-    assert prompt.point == (8.5, 7.0)
+    assert prompt.point == (8.0, 7.0)  # the structure's pixel nearest to the box centre (8.5, 7), first of a tie
+
+
+def test_pcsw_point_lies_on_a_ring():
+    """A myocardium-like ring: the box centre lies in the hole (the left ventricle); the point is on the ring."""
+    p = _stack(s=4)
+    yy, xx = np.mgrid[:20, :20]
+    ring = ((yy - 10) ** 2 + (xx - 10) ** 2 <= 36) & ((yy - 10) ** 2 + (xx - 10) ** 2 >= 9)
+    p[:, ring] = 0.9
+    for prompt in (pcsw(p), pcsw(p, threshold=1.01)):  # a window hit and the largest-slice fallback
+        x, y = prompt.point
+        assert ring[int(y), int(x)] and prompt.point != (10.0, 10.0), prompt
 
 
 def test_threshold_controls_the_hit():
@@ -72,7 +85,8 @@ def test_fallback_largest_slice_and_empty():
     assert prompt.source == "largest-slice" and prompt.slice_index == 4
     ys, xs = np.nonzero(p[4] > 0.5)
     assert prompt.box == (xs.min(), ys.min(), xs.max(), ys.max())
-    assert prompt.point == pytest.approx((xs.mean(), ys.mean()))
+    nearest = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2)  # the foreground pixel nearest the centroid
+    assert prompt.point == (xs[nearest], ys[nearest])
     empty = pcsw(_stack(h=20, w=30))
     assert empty.source == "empty" and empty.box == (0.0, 0.0, 29.0, 19.0) and empty.point == (14.5, 9.5)
 

@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
+pytestmark = pytest.mark.usefixtures("sam2_once")  # SAM-2 built once per session (conftest)
+
 
 def _steps(n=2):
     from ssbench.methods.api import StepInfo

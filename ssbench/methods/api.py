@@ -88,6 +88,14 @@ class Method(nn.Module):
         return config
 
     @classmethod
+    def effective_config(cls, config, synthetic_data: bool):
+        """The config as the run will really train, resolved from what is on disk after every ``--set``: e.g. a
+        missing pretrained checkpoint that falls back to random initialisation, or the checkpoint's hash. Recorded
+        in config.yaml, part of the config hash and (except the Config's ``resolved_fields``) of the folder name.
+        The engine calls it again once the method is built (a download may have completed). Must be idempotent."""
+        return config
+
+    @classmethod
     def short_recipe(cls, config, iters: int, published_iters: int = 30000):
         """Config for a run much shorter than the published one (the embedded CPU default). Methods whose
         schedules are in absolute iterations scale them here; the result is what the run's config records."""
