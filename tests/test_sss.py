@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_line
 from ssbench.errors import UserError
 from ssbench.methods.sss.dfe import DFE, DFEBlock
 from ssbench.methods.sss.pcsw import component, continuity, largest_slice, pcsw, slice_boxes, window_lengths
@@ -155,16 +156,16 @@ def test_dfe_shapes_at_every_scale(mode):
 
 # --- SAM-2 and the method -------------------------------------------------------------------------------------
 
-SMALL = dict(model="sam2.1_hiera_t", init="random", pcsw_refresh=2)
+SMALL = dict(model="sam2.1_hiera_t", init="random", pcsw_refresh=2, clip_length=3)  # short clips: cheap steps
 
 
-def _method(size=64, **kw):
+def _method(size=64, synthetic=False, **kw):
     from ssbench.methods.api import MethodContext
     from ssbench.methods.sss import SSS
     from ssbench.methods.sss.config import SSSConfig
 
     torch.manual_seed(0)
-    ctx = MethodContext(1, 4, size, 10, torch.device("cpu"), resize="bilinear")
+    ctx = MethodContext(1, 4, size, 10, torch.device("cpu"), synthetic, resize="bilinear")
     return SSS(SSSConfig(**{**SMALL, **kw}), ctx)
 
 
@@ -372,33 +373,38 @@ def test_unlabeled_volume_prompts_from_native_slices_of_any_shape():
 
 @pytest.mark.slow
 def test_sss_run_on_real_format_data_and_offline_reevaluation(tmp_path, bhsd_phantom, cli, monkeypatch):
-    """An SSS run on data given by --data-root (data.synthetic false: the published recipe and input protocol),
-    then `ssbench eval` with the network gone and no SAM-2 checkpoint anywhere: it rebuilds SSS from the run's own
+    """An SSS run on data given by --data-root (data.synthetic false: the published recipe and input protocol)
+    whose pretrained checkpoint is downloaded by the run: config.yaml records the downloaded file's SHA-256. Then
+    `ssbench eval` with the network gone and no SAM-2 checkpoint anywhere: it rebuilds SSS from the run's own
     checkpoint and reproduces the run's per-case metrics."""
-    import json
+    import shutil
 
     import pandas as pd
     import yaml
 
     from ssbench.engine.run import RunRequest, execute
+    from ssbench.methods.sss import sam2_net
 
-    def offline(url, dst, progress=True):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    sets = ("sss.init=random", "data.train_size=64", "train.batch_labeled=1", "train.batch_unlabeled=1",
-            "train.eval_batch=32")
+    official = tmp_path / "official.pt"
+    sam2_net.save_official(sam2_net.build("sam2.1_hiera_t", 64, torch.device("cpu")), official)
+    monkeypatch.setenv("SSBENCH_CACHE", str(tmp_path / "cache"))  # no checkpoint there: the run downloads it
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, progress=True: shutil.copy(official, dst))
+    sets = ("sss.model=sam2.1_hiera_t", "data.train_size=64", "train.batch_labeled=1", "train.batch_unlabeled=1",
+            "train.eval_batch=32", "sss.clip_length=3")
     run = execute(RunRequest(method="sss", dataset="bhsd", data_root=str(bhsd_phantom), split="10%", iters=1,
                              sets=sets, out=str(tmp_path), device="cpu", quiet=True))
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["data"]["synthetic"] is False and cfg["train"]["recipe"] == "published"
     assert cfg["data"]["train_resize"] == "bilinear" and cfg["data"]["inference_resize"] == "bilinear"
     assert "image_size" not in cfg["sss"] and cfg["sss"]["memory"] is True
-    info = json.loads((run / "run.json").read_text())
-    assert any("randomly initialised (sss.init=random)" in w for w in info["warnings"])
+    assert cfg["sss"]["init"] == "pretrained" and cfg["sss"]["checkpoint_sha256"] == sam2_net.checkpoint_sha256(official)
+    assert run.parent.parent.name == "sss@model=sam2.1_hiera_t,clip_length=3"  # the hash names no folder
     frame = pd.read_csv(run / "metrics_per_case.csv")
     assert len(frame) == 20 * 5 * 2  # test volumes x classes x checkpoints
-    assert run.parent.parent.name == "sss@init=random"  # set away from the recipe: its own folder
+    log = pd.read_csv(run / "train_log.csv")
+    assert {"conf_ratio", "u_slots_c1", "u_valid_c5", "u_fg_c3", "loss_iou"} <= set(log.columns)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    shutil.rmtree(tmp_path / "cache")
     code, _, err = cli("eval", run, "--hd-units", "voxel", "--device", "cpu")
     assert code == 0, err
     again = pd.read_csv(run / "evals" / "worst-voxel" / "metrics_per_case.csv")
@@ -407,6 +413,67 @@ def test_sss_run_on_real_format_data_and_offline_reevaluation(tmp_path, bhsd_pha
     merged = frame.merge(again, on=key, suffixes=("", "_eval"))
     bad = merged[merged["dice"].ne(merged["dice_eval"]) & ~(merged["dice"].isna() & merged["dice_eval"].isna())]
     assert bad.empty, bad.head(8).to_string()  # the same predictions, rebuilt offline
+
+
+def _sss_config(*sets):
+    from ssbench.engine.run import RunRequest, build_config, run_dir_for
+
+    cfg, _, _ = build_config(RunRequest(method="sss", sets=sets))
+    return cfg, run_dir_for(cfg, "results")
+
+
+def test_a_random_fallback_is_recorded_as_random(acdc_phantom, tmp_path, monkeypatch):
+    """On the embedded phantom a missing checkpoint falls back to random weights: the config says so, with its
+    own hash and folder; with the checkpoint in the cache the run is pretrained and records the file's SHA-256."""
+    import hashlib
+
+    monkeypatch.setenv("SSBENCH_CACHE", str(tmp_path))
+    (tmp_path / acdc_phantom.name).symlink_to(acdc_phantom)  # the same phantom, in a cache without SAM-2 weights
+    fallback, folder = _sss_config()
+    assert fallback.method_config.init == "random" and fallback.method_config.checkpoint_sha256 is None
+    assert folder.parent.parent.name == "sss@init=random"
+    assert fallback.to_dict()["sss"]["init"] == "random"
+    explicit, same = _sss_config("sss.init=random")  # the same training as asking for random weights
+    assert explicit.hash() == fallback.hash() and same == folder
+    ckpt = tmp_path / "sam2" / "sam2.1_hiera_tiny.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"stand-in for the official file")
+    pretrained, plain = _sss_config()
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert pretrained.method_config.init == "pretrained" and pretrained.method_config.checkpoint_sha256 == sha
+    assert plain.parent.parent.name == "sss" and pretrained.hash() != fallback.hash()
+    assert pretrained.to_dict()["sss"]["checkpoint_sha256"] == sha
+    with pytest.raises(UserError, match=f"sss.checkpoint_sha256 abc: the checkpoint .*has SHA-256 {sha}"):
+        _sss_config("sss.checkpoint_sha256=abc")
+    ckpt.write_bytes(b"another file")  # another checkpoint: another hash, the same folder
+    other, again = _sss_config()
+    assert other.hash() != pretrained.hash() and again == plain
+
+
+def test_fallback_warning_names_the_missing_checkpoint(tmp_path):
+    method = _method(cache_dir=str(tmp_path), synthetic=True)
+    assert "randomly initialised (sss.init=random)" in method.warnings[0]
+    assert str(tmp_path / "sam2.1_hiera_tiny.pt") in method.warnings[0]
+
+
+def test_settings_sss_does_not_use_are_not_recorded_and_refused(acdc_phantom, cli):
+    """SSS augments its own inputs and trains with AdamW: train.augment and train.momentum do not act, so its
+    config leaves them out (and --set refuses them); a method that uses them records them."""
+    from ssbench.engine.run import RunRequest, build_config
+
+    cfg, _ = _sss_config()
+    assert "augment" not in cfg.to_dict()["train"] and "momentum" not in cfg.to_dict()["train"]
+    sup, _, _ = build_config(RunRequest(method="supervised"))
+    assert {"augment", "momentum"} <= set(sup.to_dict()["train"])
+    code, _, err = cli("config", "--method", "sss", "--set", "train.momentum=0.5")
+    one_line(code, err, "--set train.momentum", "not used by method sss")
+    code, out, err = cli("config", "--method", "sss", "--set", "train.optimizer=sgd", "--set", "train.momentum=0.5")
+    assert code == 0 and "momentum: 0.5" in out and "augment" not in out, err
+
+
+def test_an_untrained_coarse_head_is_refused(acdc_phantom, cli):
+    code, _, err = cli("config", "--method", "sss", "--set", "sss.train_coarse_head=false")
+    one_line(code, err, "sss.train_coarse_head=false", "PCSW prompts from the coarse head")
 
 
 @pytest.mark.parametrize("flip", [False, True])

@@ -365,8 +365,7 @@ def trained_clip():
     read = _slots_with_gradient(sam)
     method.zero_grad(set_to_none=True)
     method.train()
-    batch = _clip_batch(method.config.clip_length)
-    assert batch.images.shape[1] == 8
+    batch = _clip_batch(method.config.clip_length)  # the default length (8)
     sum(clip_losses(method.student, batch, with_point=False, absent_prompts=True).values()).backward()
     return method, read
 
