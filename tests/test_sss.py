@@ -272,7 +272,9 @@ def test_one_training_step_changes_the_weights(variant):
     method.train()
     losses = method.training_step(lab, unl, StepInfo(0, 10))
     assert torch.isfinite(losses["loss"])
-    assert {"loss_x", "loss_mask", "loss_presence", "loss_coarse", "loss_s1", "loss_s2"} <= set(losses)
+    assert {"loss_x", "loss_mask", "loss_iou", "loss_presence", "loss_coarse", "loss_s1", "loss_s2"} <= set(losses)
+    assert {f"u_{what}_c{c}" for what in ("slots", "valid", "fg") for c in (1, 2, 3)} <= set(losses)
+    assert [float(losses[f"u_slots_c{c}"]) for c in (1, 2, 3)] == [2.0, 2.0, 2.0]  # 2 slices, every class prompted
     assert losses["loss_s1"] > 0 and losses["loss_mask"] > 0  # both branches are supervised
     opt.zero_grad()
     losses["loss"].backward()
@@ -305,6 +307,64 @@ def test_unlabeled_slices_without_the_structure_get_no_loss():
     method.train()
     losses = method.training_step(lab, unl, StepInfo(0, 10))
     assert losses["loss_s1"] == 0 and losses["loss_s2"] == 0 and losses["conf_ratio"] == 0
+    assert all(losses[f"u_slots_c{c}"] == 0 and losses[f"u_fg_c{c}"] == 0 for c in (1, 2, 3))  # inactive, visibly
+
+
+def test_activity_cannot_read_high_when_no_foreground_is_confident():
+    """The teacher confidently says background around an unconfident foreground: nothing of the structure is
+    taught, and conf_ratio says 0 (the fraction of all confident pixels, its old definition, read ~0.9 here)."""
+    from ssbench.methods.sss.consistency import activity
+
+    n, k, s = 2, 3, 16
+    probs = torch.full((n * k, s, s), 0.01)  # background, confident
+    probs[:, 4:8, 4:8] = 0.7  # foreground (pseudo-label 1), not confident at 0.95
+    pseudo, pixels = probs > 0.5, torch.maximum(probs, 1 - probs) >= 0.95
+    slots = torch.tensor([True, False, False, True, True, False])  # image 0: class 1; image 1: classes 1, 2
+    there, presences = torch.ones(n * k, dtype=torch.bool), slots.clone()
+    out = activity(pseudo, pixels, there, presences, slots, n, k)
+    assert pixels[slots].float().mean() > 0.9  # what conf_ratio used to report
+    assert float(out["conf_ratio"]) == 0 and all(float(out[f"u_fg_c{c}"]) == 0 for c in (1, 2, 3))
+    assert [float(out[f"u_slots_c{c}"]) for c in (1, 2, 3)] == [2.0, 1.0, 0.0]
+    assert [float(out[f"u_valid_c{c}"]) for c in (1, 2, 3)] == [1.0, 1.0, 0.0]
+    probs[:, 4:8, 4:8] = 0.99  # now confident: taught, and said so
+    pseudo, pixels = probs > 0.5, torch.maximum(probs, 1 - probs) >= 0.95
+    out = activity(pseudo, pixels, there, presences, slots, n, k)
+    assert float(out["conf_ratio"]) == 1 and float(out["u_fg_c1"]) == pytest.approx(16 / 256)
+    assert float(out["u_fg_c3"]) == 0
+
+
+def test_predict_treats_a_batch_as_separate_slices():
+    """The Method API's predict takes slices that need not be one volume: each is decoded as its own; a volume's
+    slices go through predict_volume."""
+    method = _method()
+    with torch.no_grad():
+        method.student.sam.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(20.0)
+        method.student.coarse.fuse[-1].bias.copy_(torch.tensor([-5.0, 5.0, -5.0, -5.0]))  # class 1 everywhere
+    method.eval()
+    x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    together = method.predict(x)
+    for i in range(3):
+        torch.testing.assert_close(together[i : i + 1], method.predict_volume(x[i : i + 1]))
+    assert not torch.equal(together, method.predict_volume(x))  # a volume is propagated through memory
+
+
+def test_video_predictor_postprocessing_is_a_recorded_option():
+    """sss.postprocess (on: SAM-2's video predictor, as MedSAM-2 builds it): the stability fallback in the mask
+    decoder and holes up to 8 low-resolution pixels filled (8-connected background components, as SAM-2's kernel)."""
+    from ssbench.methods.sss.sam2_net import fill_holes
+
+    on, off = _method(), _method(postprocess=False)
+    assert on.student.sam.sam_mask_decoder.dynamic_multimask_via_stability and on.fill_hole_area == 8
+    assert not off.student.sam.sam_mask_decoder.dynamic_multimask_via_stability and off.fill_hole_area == 0
+    logits = torch.full((1, 1, 12, 12), 5.0)
+    logits[0, 0, 6:8, 1:3] = -1.0  # a hole of 4 pixels: filled
+    logits[0, 0, 8:11, 6:9] = -1.0  # a hole of 9 pixels: kept
+    logits[0, 0, 0:3, 0:6] = -1.0  # a background region of 18 pixels ...
+    logits[0, 0, 3, 6] = -1.0  # ... and a pixel touching it diagonally: 8-connected to it, so not a hole
+    filled = fill_holes(logits, 8)
+    assert (filled[0, 0, 6:8, 1:3] == 0.1).all() and (filled[0, 0, 8:11, 6:9] == -1.0).all()
+    assert filled[0, 0, 3, 6] == -1.0 and (filled > 0).sum() == 144 - 9 - 18 - 1
+    assert torch.equal(fill_holes(torch.full((1, 1, 4, 4), -1024.0), 8), torch.full((1, 1, 4, 4), -1024.0))
 
 
 def test_point_prompts_in_training_lie_on_the_structure():
