@@ -185,19 +185,7 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
     start, best, log = 0, {"dice": -1.0, "iteration": -1}, []
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
-        state = checkpoint.load(last, device, cfg.hash())
-        if len(state.get("rng", ())) != runtime.world:
-            raise UserError(f"{last}: started with {len(state.get('rng', ()))} processes; resume it with as many")
-        checkpoint.load_weights(method, state, last)
-        optimizer.load_state_dict(state["optimizer"])
-        for name, s in samplers.items():
-            s.load_state_dict(state["samplers"][name])
-        cpu_rng, cuda_rng = state["rng"][runtime.rank]
-        torch.set_rng_state(cpu_rng)
-        if device.type == "cuda" and cuda_rng is not None:
-            torch.cuda.set_rng_state(cuda_rng, device)
-        start, best, log = state["iteration"], state["best"], state["log"]
-        _restore_best(ckpt_dir, state, last)
+        start, best, log = restore_training_state(last, cfg, method, optimizer, samplers, runtime)
     else:  # a fresh start inherits no file of an earlier attempt
         for stale in [ckpt_dir / "best.pt", ckpt_dir / "final.pt", *ckpt_dir.glob("best-at-*.pt")]:
             stale.unlink(missing_ok=True)
@@ -270,6 +258,27 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
                             "nothing to select a checkpoint with")
         torch_save(ckpt_dir / "final.pt", _weights(method, t.iters, val_dice, cfg))
     return best
+
+
+def restore_training_state(last: Path, cfg, method, optimizer, samplers, runtime) -> tuple[int, dict, list]:
+    """Continue from the resumable checkpoint ``last``, whatever device wrote it: the state is read to the CPU
+    (``checkpoint.load``); weights and optimizer state go to the device of the parameters they belong to, sampler
+    and RNG states stay on the CPU (the CUDA generator takes its state as a CPU ByteTensor); best.pt as it was
+    then (rank 0). Returns (iteration, best, log) as of the checkpoint."""
+    state = checkpoint.load(last, cfg.hash())
+    if len(state.get("rng", ())) != runtime.world:
+        raise UserError(f"{last}: started with {len(state.get('rng', ()))} processes; resume it with as many")
+    checkpoint.load_weights(method, state, last)
+    optimizer.load_state_dict(state["optimizer"])
+    for name, s in samplers.items():
+        s.load_state_dict(state["samplers"][name])
+    cpu_rng, cuda_rng = state["rng"][runtime.rank]
+    torch.set_rng_state(cpu_rng)
+    if runtime.device.type == "cuda" and cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, runtime.device)
+    if runtime.is_main:
+        _restore_best(last.parent, state, last)
+    return state["iteration"], state["best"], state["log"]
 
 
 def _restore_best(ckpt_dir: Path, state: dict, last: Path) -> None:
