@@ -64,41 +64,64 @@ def test_ddp_shares_of_a_global_batch_are_the_one_process_batch():
     assert all(s.state_dict()["pos"] == single.state_dict()["pos"] for s in ranks)
 
 
-def _reference_strong(x, g):
-    """The per-sample loop with torchvision's own functions (what the batched versions must equal)."""
+def _reference_strong(x, jitter, sigmas):
+    """The per-sample loop with torchvision's own functions on the same random draws (what the batched versions
+    must equal)."""
     out = x.clone()
     for i in range(x.shape[0]):
-        if torch.rand((), generator=g) >= 0.8:
+        if not jitter.applied[i]:
             continue
-        img, ops = out[i], [("b", 0.5), ("c", 0.5)]
-        if torch.rand((), generator=g) < 0.5:
+        img = out[i]
+        ops = [("b", float(jitter.brightness[i])), ("c", float(jitter.contrast[i]))]
+        if jitter.contrast_first[i]:
             ops.reverse()
-        for kind, amount in ops:
-            f = float(torch.empty(()).uniform_(1 - amount, 1 + amount, generator=g))
+        for kind, f in ops:
             img = TF.adjust_brightness(img, f) if kind == "b" else TF.adjust_contrast(img, f)
         out[i] = img.clamp(0, 1)
     for i in range(x.shape[0]):
-        if torch.rand((), generator=g) >= 0.5:
-            continue
-        s = float(torch.empty(()).uniform_(0.1, 2.0, generator=g))
-        k = 2 * math.ceil(3 * s) + 1
-        out[i] = TF.gaussian_blur(out[i], [k, k], [s, s])
+        s = float(sigmas[i])
+        if s > 0:
+            k = 2 * math.ceil(3 * s) + 1
+            out[i] = TF.gaussian_blur(out[i], [k, k], [s, s])
     return out
 
 
 def test_batched_strong_views_equal_torchvisions_per_sample_ops():
     x = torch.rand(24, 1, 48, 40)
     for seed in range(3):
-        expected = _reference_strong(x, torch.Generator().manual_seed(seed))
-        got = strong.strong_view(x, torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)
+        jitter, sigmas = strong.draw_jitter(24, "cpu", g), strong.draw_blur(24, "cpu", g)
+        assert 0 < int(jitter.applied.sum()) < 24 and 0 < int((sigmas > 0).sum()) < 24
+        expected = _reference_strong(x, jitter, sigmas)
+        got = strong.apply_blur(strong.apply_jitter(x, jitter), sigmas)
         torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
+        g = torch.Generator().manual_seed(seed)
+        assert torch.equal(strong.strong_view(x, g), got)  # strong_view is the two draws, then the two ops
 
 
-def test_cutmix_boxes_are_the_single_box_draws():
-    a = strong.cutmix_boxes(40, 64, torch.Generator().manual_seed(5))
+def test_cutmix_boxes_are_the_first_fitting_candidate_of_the_rejection_draw():
+    """Each box is the first (ratio, position) candidate that fits, with UniMatch's area and ratio: drawn as a
+    per-sample loop over the same random numbers would."""
+    n, size = 40, 64
+    a = strong.cutmix_boxes(n, size, torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
-    b = torch.stack([strong.cutmix_box(64, g) for _ in range(40)])
-    assert torch.equal(a, b) and 10 < int(a.flatten(1).any(1).sum()) < 30
+    u = torch.rand(n, 2, generator=g)
+    cand = torch.rand(n, strong.BOX_CANDIDATES, 3, generator=g)
+    for i in range(n):
+        if not u[i, 0] < 0.5:
+            assert not a[i].any()
+            continue
+        target = float(0.02 + 0.38 * u[i, 1]) * size * size
+        for r_u, x_u, y_u in cand[i].tolist():
+            r = 0.3 + (1 / 0.3 - 0.3) * r_u
+            w, h = int(math.sqrt(target / r)), int(math.sqrt(target * r))
+            x0, y0 = min(int(x_u * size), size - 1), min(int(y_u * size), size - 1)
+            if x0 + w <= size and y0 + h <= size:
+                break
+        expected = torch.zeros(size, size, dtype=torch.bool)
+        expected[y0:y0 + h, x0:x0 + w] = True
+        assert torch.equal(a[i], expected), i
+    assert 10 < int(a.flatten(1).any(1).sum()) < 30
 
 
 DDP_SETS = ["--set", "data.train_size=32", "--set", "train.batch_labeled=2", "--set", "train.batch_unlabeled=2",

@@ -9,6 +9,7 @@ DistributedDataParallel (NCCL on CUDA, gloo on CPU); rank 0 alone validates, eva
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from dataclasses import asdict, dataclass
@@ -39,7 +40,9 @@ class Runtime:
         return out
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
 
 def distributed_env() -> tuple[int, int, int]:

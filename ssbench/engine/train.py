@@ -167,6 +167,27 @@ def _channels_last(batch, runtime):
     return batch
 
 
+def train_step(method, step_fn, optimizer, samplers, runtime, step: StepInfo, t, sums: dict) -> float:
+    """One step: draw the batches, forward, backward, update, EMA; the losses are added to ``sums`` on the device.
+    Nothing here waits for the device (tests/test_gpu_paths.py proves it with ``engine.hostsync``); the host reads
+    the sums only at the loss rows. Returns the step's learning rate."""
+    method.train()
+    lr = step_lr(t.lr, step.iteration, t.iters, t.poly_power)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    labeled = _channels_last(samplers["labeled"].next(runtime.device), runtime)
+    unlabeled = _channels_last(_draw_unlabeled(samplers, runtime.device), runtime)
+    with runtime.autocast():
+        losses = step_fn(labeled, unlabeled, step)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    method.after_optimizer_step(step)
+    for k, v in losses.items():
+        sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
+    return lr
+
+
 def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, console) -> dict:
     """Train for cfg.train.iters steps; write best.pt, final.pt and train_log.csv (rank 0); return the best
     ``{"dice", "iteration"}`` on the selection set."""
@@ -195,21 +216,7 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
     val_dice = math.nan
     sums: dict[str, torch.Tensor] = {}
     for it in range(start, t.iters):
-        method.train()
-        lr = step_lr(t.lr, it, t.iters, t.poly_power)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        labeled = _channels_last(samplers["labeled"].next(device), runtime)
-        unlabeled = _channels_last(_draw_unlabeled(samplers, device), runtime)
-        step = StepInfo(it, t.iters)
-        with runtime.autocast():
-            losses = step_fn(labeled, unlabeled, step)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        method.after_optimizer_step(step)
-        for k, v in losses.items():  # accumulated on the device: no host synchronisation in the step
-            sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
+        lr = train_step(method, step_fn, optimizer, samplers, runtime, StepInfo(it, t.iters), t, sums)
         done = it + 1
         validate = done % val_every == 0 or done == t.iters
         save_state = done % t.checkpoint_every == 0 and done < t.iters
