@@ -553,3 +553,25 @@ def test_prompt_boxes_follow_the_weak_crop(flip):
     p = crop.point(point, size).round().long()
     assert moved[p[1], p[0]]
     assert crop.box(torch.tensor([0.0, 0.0, 5.0, 5.0]), size) is None  # cropped away: the structure is not there
+
+
+def test_sss_training_step_waits_for_the_device_only_where_listed(tiny_nnunet, tmp_path):
+    """SSS's step on the stand-in device (tests/test_gpu_paths.py): labeled clips resized, cropped and prompted on
+    the device, the unlabeled prompts cached there, losses as weighted means. What remains is SAM-2's own memory
+    read, which builds the object pointers' temporal positions on the host (sam2_base.py ``torch.tensor(pos_list)
+    .to(device, non_blocking=True)``) once per propagated slice of a labeled clip: clip length - 1 per step. The
+    prompts' re-propagation (every sss.pcsw_refresh iterations per unlabeled volume) is outside this record: the
+    cache is filled first."""
+    from ssbench.methods.sss.sequence import SlicePrompts
+    from test_gpu_paths import _step_on_stand_in_device
+
+    def fill_cache(method):
+        for cid, vol in method.unlabeled.items():
+            d, device = vol.shape[0], method.student.sam.maskmem_tpos_enc.device
+            boxes = torch.tensor([[4.0, 4, 20, 20], [8, 8, 24, 24], [2, 12, 14, 28]]).expand(d, 3, 4).to(device)
+            method.cache[cid] = (SlicePrompts(boxes, boxes[..., :2], torch.ones(d, 3, dtype=torch.bool).to(device)), 0)
+
+    sets = ("sss.model=sam2.1_hiera_t", "sss.init=random", "sss.clip_length=3", "sss.pcsw_refresh=1000")
+    rec = _step_on_stand_in_device("sss", tiny_nnunet, tmp_path, steps=2, sets=sets, setup=fill_cache)
+    expected = "host-to-device copy (aten._to_copy.default, non_blocking)"
+    assert [str(e).split(" at ")[0] for e in rec.events] == [expected] * 2 * (3 - 1), "\n" + rec.report()

@@ -96,6 +96,13 @@ class Method(nn.Module):
         return config
 
     @classmethod
+    def prepare(cls, config, synthetic_data: bool = False) -> list[str]:
+        """Fetch what runs of ``config`` load from outside (pretrained weights into a cache), once, before a sweep
+        submits its jobs, so that no job downloads on its own. Returns lines to show the user. A failure that the
+        run itself would report (e.g. offline) is left to the run."""
+        return []
+
+    @classmethod
     def short_recipe(cls, config, iters: int, published_iters: int = 30000):
         """Config for a run much shorter than the published one (the embedded CPU default). Methods whose
         schedules are in absolute iterations scale them here; the result is what the run's config records."""

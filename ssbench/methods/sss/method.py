@@ -73,6 +73,16 @@ class SSS(Method):
                 "inference_resize": "bilinear"}
 
     @classmethod
+    def prepare(cls, config, synthetic_data=False):
+        # A sweep fetches the official weights once, before its jobs start (on the embedded phantom a missing
+        # checkpoint means random initialisation, so nothing is fetched there; a file already in the cache is not
+        # fetched again, and the configs of the sweep's other runs then record its SHA-256).
+        if config.checkpoint or config.init != "pretrained" or synthetic_data or cls._cached_file(config).is_file():
+            return []
+        file = sam2_net.fetch_official(config.model, _weights_cache(config))
+        return [f"sss: pretrained {config.model} at {file}"]
+
+    @classmethod
     def for_evaluation(cls, config):
         return replace(config, init="random", checkpoint=None)  # the run's checkpoint holds every weight
 
@@ -103,9 +113,7 @@ class SSS(Method):
 
     @staticmethod
     def _cached_file(config: SSSConfig) -> Path:
-        from ssbench.datasets.synthetic import cache_root
-
-        cache = Path(config.cache_dir) if config.cache_dir else cache_root() / "sam2"
+        cache = _weights_cache(config)
         return cache / sam2_net.MODELS[config.model][1] if config.model in sam2_net.MODELS else cache / config.model
 
     def __init__(self, config: SSSConfig, ctx: MethodContext):
@@ -169,15 +177,27 @@ class SSS(Method):
         for i, c in enumerate(state["cases"]):
             a, b = int(bounds[i]), int(bounds[i + 1])
             entry = SlicePrompts(state["boxes"][a:b], state["points"][a:b], state["present"][a:b])
-            self.cache[c] = (entry.to(self.ctx.device), int(state["stamps"][i]))
+            self.cache[c] = (entry.to(self.student.sam.maskmem_tpos_enc.device), int(state["stamps"][i]))
+
+    def _apply(self, fn, *args, **kwargs):
+        """``.to(device)`` and the like also move what SSS keeps beside its weights: the labeled volumes and the
+        cached prompts live with the model (state for the step, not weights: not in the state dict)."""
+        super()._apply(fn, *args, **kwargs)
+        device = self.student.sam.maskmem_tpos_enc.device
+        for net in filter(None, (getattr(self, "student", None), getattr(self, "teacher", None))):
+            sam2_net.move_rope_tables(net.sam, device)
+        for v in getattr(self, "labeled", {}).values():
+            v.image, v.label = v.image.to(device), v.label.to(device)
+        self.cache = {c: (e.to(device), stamp) for c, (e, stamp) in getattr(self, "cache", {}).items()}
+        return self
 
     def attach_unlabeled_volumes(self, volumes: dict) -> None:
         self.unlabeled = volumes
 
     def attach_labeled_volumes(self, volumes: dict) -> None:
         # native volumes on the run's device, once: each clip is resized and cropped there, outside the host
-        self.labeled = {cid: clips.LabeledVolume.of(img, lab, self.k, self.ctx.device)
-                        for cid, (img, lab) in volumes.items()}
+        device = self.student.sam.maskmem_tpos_enc.device
+        self.labeled = {cid: clips.LabeledVolume.of(img, lab, self.k, device) for cid, (img, lab) in volumes.items()}
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -289,3 +309,10 @@ class SSS(Method):
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 1, S', S') slices that need not form a volume (the Method API): each is its own one-slice volume."""
         return torch.cat([self.predict_volume(image[i : i + 1]) for i in range(len(image))])
+
+
+def _weights_cache(cfg) -> Path:
+    """Where official SAM-2 checkpoints are looked for and downloaded to (``sss.cache_dir`` or the ssbench cache)."""
+    from ssbench.datasets.synthetic import cache_root
+
+    return Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "sam2"

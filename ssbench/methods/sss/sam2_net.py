@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,15 @@ def build(model: str, image_size: int, device: torch.device, multimask_tracking:
                       apply_postprocessing=postprocess)
 
 
+def move_rope_tables(sam, device: torch.device) -> None:
+    """SAM-2's memory attention keeps its rotary tables (``freqs_cis``) outside the module state and copies them to
+    the input's device on first use; moved with the model instead, no step copies them."""
+    for module in sam.modules():
+        table = getattr(module, "freqs_cis", None)
+        if isinstance(table, torch.Tensor):
+            module.freqs_cis = table.to(device)
+
+
 def save_official(sam, path: str | Path) -> None:
     """Write a checkpoint in the official format: a dict whose key ``model`` holds the state dict."""
     torch.save({"model": sam.state_dict()}, path)
@@ -109,7 +119,7 @@ def fetch_official(model: str, cache: Path) -> Path:
         return target
     url = DOWNLOAD.format(release=release, file=file)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.part")  # per process: concurrent jobs never share one
     try:
         torch.hub.download_url_to_file(url, str(tmp), progress=True)
     except Exception as exc:
@@ -152,9 +162,8 @@ class Features:
 def _normalisation(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM-2's mean and std as (1, 3, 1, 1) tensors, built once per device and dtype (not on every encode: each
     build is a host-to-device copy)."""
-    mean = torch.tensor(MEAN, dtype=dtype).view(1, 3, 1, 1).to(device)
-    std = torch.tensor(STD, dtype=dtype).view(1, 3, 1, 1).to(device)
-    return mean, std
+    made = lambda values: torch.stack([torch.full((), v, dtype=dtype, device=device) for v in values])  # noqa: E731
+    return made(MEAN).view(1, 3, 1, 1), made(STD).view(1, 3, 1, 1)  # filled on the device: no host data copied
 
 
 def encode(sam, x: torch.Tensor) -> Features:
