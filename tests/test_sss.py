@@ -215,7 +215,7 @@ def test_input_protocol_is_sams_own():
 
     assert SSS.data_overrides("published") == {"train_size": 1024, "train_resize": "bilinear",
                                                "inference_resize": "bilinear"}
-    assert SSS.data_overrides("cpu-small")["train_size"] == 128
+    assert SSS.data_overrides("cpu-small")["train_size"] == 96
     from ssbench.methods.supervised import Supervised
 
     assert Supervised.data_overrides("published") == {}  # the UNet methods keep 256 / order 0
@@ -327,10 +327,11 @@ def test_activity_cannot_read_high_when_no_foreground_is_confident():
     assert [float(out[f"u_slots_c{c}"]) for c in (1, 2, 3)] == [2.0, 1.0, 0.0]
     assert [float(out[f"u_valid_c{c}"]) for c in (1, 2, 3)] == [1.0, 1.0, 0.0]
     probs[:, 4:8, 4:8] = 0.99  # now confident: taught, and said so
+    probs[4, 8:12, 4:8] = 0.99  # image 1, class 2: twice the foreground
     pseudo, pixels = probs > 0.5, torch.maximum(probs, 1 - probs) >= 0.95
     out = activity(pseudo, pixels, there, presences, slots, n, k)
     assert float(out["conf_ratio"]) == 1 and float(out["u_fg_c1"]) == pytest.approx(16 / 256)
-    assert float(out["u_fg_c3"]) == 0
+    assert float(out["u_fg_c2"]) == pytest.approx(32 / 256) and float(out["u_fg_c3"]) == 0  # per class
 
 
 def test_predict_treats_a_batch_as_separate_slices():

@@ -78,6 +78,9 @@ class SSSConfig:
     crop_scale: tuple[float, float] = (0.7, 1.0)  # paper: weak = crop, resize, flip; the crop's area range: ssbench
     # V2 unimatch_v2.py:255: the best checkpoint is chosen by the student's score (the EMA model is only logged)
     evaluate: Literal["student", "teacher"] = "student"
+    # the unlabeled losses' weight: 1 = the paper; 0 = SSS's labeled-only ablation (the unlabeled branch still runs
+    # and is logged, but teaches nothing: benchmarks/sss_ssl_effect.py)
+    unlabeled_weight: Annotated[float, Field(ge=0)] = 1.0
 
     # recorded and hashed, but not part of the run folder's name (the engine's variant tag)
     resolved_fields: ClassVar[tuple[str, ...]] = ("checkpoint_sha256",)
