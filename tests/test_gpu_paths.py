@@ -1,8 +1,6 @@
 """GPU paths proved on CPU: checkpoints that resume on another device than the one that wrote them (a stand-in
 device, ``meta``, plays the accelerator)."""
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -15,7 +13,7 @@ def test_a_checkpoint_resumes_on_another_device_than_the_one_that_wrote_it(tiny_
     """A run checkpointed on the CPU resumes in a process whose model lives on another device. ``meta`` stands in
     for the accelerator: any state read onto it (the sampler's order, the RNG states) is unusable there, exactly
     as a CUDA tensor is for numpy and ``torch.set_rng_state``, so only a device-agnostic restore passes."""
-    from ssbench.engine.run import build_config, build_method, load_inputs, resolve_hd_units
+    from ssbench.engine.run import build_config, build_method, load_inputs, resolve_where_it_runs
     from ssbench.engine.runtime import make_runtime
     from ssbench.engine.train import make_optimizer, make_samplers, restore_training_state
 
@@ -25,8 +23,7 @@ def test_a_checkpoint_resumes_on_another_device_than_the_one_that_wrote_it(tiny_
     saved = torch.load(last, weights_only=True)
 
     cfg, method_cls, dataset = build_config(tiny_request(tiny_nnunet, out, resume=True))
-    cfg = resolve_hd_units(cfg, dataset)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp="off"))  # as the run resolved them
+    cfg = resolve_where_it_runs(cfg, dataset, torch.device("cpu"))  # as the interrupted run resolved it
     inputs = load_inputs(cfg, method_cls, dataset, dataset.split(cfg.data.split, cfg.data.split_seed), print)
     stand_in = torch.device("meta")
     runtime = make_runtime(stand_in, "off", False, augment_on_device=False)

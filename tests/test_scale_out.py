@@ -2,6 +2,7 @@
 the batched strong augmentations equal torchvision's per-sample ones, and a 2-process DDP run (gloo, CPU)
 through ``ssbench run --gpus 2`` publishes one normal results folder."""
 
+import dataclasses
 import json
 import math
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 import torchvision.transforms.v2.functional as TF
 
 from ssbench import augment
@@ -124,31 +126,6 @@ def test_cutmix_boxes_are_the_first_fitting_candidate_of_the_rejection_draw():
     assert 10 < int(a.flatten(1).any(1).sum()) < 30
 
 
-DDP_SETS = ["--set", "data.train_size=32", "--set", "train.batch_labeled=2", "--set", "train.batch_unlabeled=2",
-            "--set", "train.val_every=2", "--set", "train.checkpoint_every=2"]
-
-
-@pytest.mark.slow
-def test_two_process_ddp_run_on_cpu_publishes_one_results_folder(tmp_path, acdc_phantom):
-    exe = Path(sys.executable).parent / "ssbench"
-    sets = DDP_SETS
-    common = ["run", "--method", "mean-teacher", "--split", "1", "--iters", "4", "--device", "cpu", "--quiet", *sets]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(exe), *common, "--gpus", "2", "--out", str(tmp_path / "ddp")], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "ddp" / "acdc-phantom" / "mean-teacher" / "1" / "seed1337"
-    info = json.loads((run / "run.json").read_text())
-    assert info["status"] == "complete" and info["world_size"] == 2 and info["execution"]["world"] == 2
-    assert (run / "metrics_per_case.csv").is_file() and not (run / "checkpoints" / "last.pt").exists()
-    assert [p.name for p in run.parent.iterdir()] == ["seed1337"]  # one folder, written once, by rank 0
-    proc = subprocess.run([str(exe), *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    single = json.loads((tmp_path / "one" / run.relative_to(tmp_path / "ddp") / "run.json").read_text())
-    assert single["config_hash"] == info["config_hash"]  # the world size is not part of what was trained
-
-
 DRIVER = """
 import sys
 from ssbench.methods.mean_teacher import MeanTeacher
@@ -165,10 +142,16 @@ main()
 
 
 @pytest.mark.slow
-def test_ddp_run_resumes_from_its_per_rank_state_and_matches_an_uninterrupted_one(tmp_path, acdc_phantom):
+def test_a_ddp_run_is_its_own_run_and_resumes_from_its_per_rank_state(tmp_path, tiny_nnunet):
+    """Two processes (gloo, CPU) through ``ssbench run --gpus 2``: one results folder written by rank 0, named and
+    hashed apart from the one-process run; stopped after a checkpoint, it resumes from every rank's state to the
+    metrics of an uninterrupted 2-process run."""
+    from conftest import TINY_SETS, tiny_request
+    from ssbench.engine.run import build_config, resolve_where_it_runs, run_dir_for
+
     exe = Path(sys.executable).parent / "ssbench"
-    sets = DDP_SETS
-    common = ["run", "--method", "mean-teacher", "--split", "1", "--iters", "5", "--device", "cpu", "--quiet", *sets]
+    common = ["run", "--method", "mean-teacher", "--dataset", "nnunet", "--data-root", str(tiny_nnunet), "--split",
+              "2", "--iters", "6", "--device", "cpu", "--quiet", *[x for t in TINY_SETS for x in ("--set", t)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     driver = tmp_path / "driver.py"
@@ -176,17 +159,28 @@ def test_ddp_run_resumes_from_its_per_rank_state_and_matches_an_uninterrupted_on
     stopped = subprocess.run([*torchrun, str(driver), *common, "--out", str(tmp_path / "r")], env=env,
                              capture_output=True, text=True, timeout=900)
     assert stopped.returncode != 0
-    staging = tmp_path / "r" / "acdc-phantom" / "mean-teacher" / "1" / ".seed1337.incomplete"
-    assert (staging / "checkpoints" / "last.pt").is_file() and not staging.with_name("seed1337").exists()
-    one = subprocess.run([str(exe), *common, "--resume", "--out", str(tmp_path / "r")], env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert one.returncode == 2 and "resume it with as many" in one.stderr
+    folder = Path("nnunet") / "mean-teacher" / "2" / "seed1337-ddp2"
+    staging = tmp_path / "r" / folder.with_name(".seed1337-ddp2.incomplete")
+    assert (staging / "checkpoints" / "last.pt").is_file() and not (tmp_path / "r" / folder).exists()
     resumed = subprocess.run([str(exe), *common, "--resume", "--gpus", "2", "--out", str(tmp_path / "r")], env=env,
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     clean = subprocess.run([str(exe), *common, "--gpus", "2", "--out", str(tmp_path / "c")], env=env,
                            capture_output=True, text=True, timeout=900)
     assert clean.returncode == 0, clean.stderr[-3000:]
-    a = (tmp_path / "r" / "acdc-phantom" / "mean-teacher" / "1" / "seed1337" / "metrics_per_case.csv").read_text()
-    b = (tmp_path / "c" / "acdc-phantom" / "mean-teacher" / "1" / "seed1337" / "metrics_per_case.csv").read_text()
+    a, b = ((tmp_path / d / folder / "metrics_per_case.csv").read_text() for d in ("r", "c"))
     assert a == b
+
+    run = tmp_path / "c" / folder
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["world_size"] == 2 and info["execution"]["world"] == 2
+    assert not (run / "checkpoints" / "last.pt").exists()
+    assert [p.name for p in run.parent.iterdir()] == ["seed1337-ddp2"]  # one folder, written once, by rank 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["train"]["world_size"] == 2 and config["train"]["sync_bn"] == "off"  # gloo: no SyncBatchNorm
+    one, _, dataset = build_config(tiny_request(tiny_nnunet, tmp_path / "c", method="mean-teacher"))
+    one = resolve_where_it_runs(one, dataset, torch.device("cpu"))
+    assert one.train.world_size == 1 and one.hash() != info["config_hash"]  # never pooled with a 1-process run
+    assert run_dir_for(one, str(tmp_path / "c")).name == "seed1337"
+    two = dataclasses.replace(one, train=dataclasses.replace(one.train, world_size=2))
+    assert two.hash() == info["config_hash"]  # ... and the process count is all that differs

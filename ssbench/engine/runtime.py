@@ -71,6 +71,15 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device | None]:
     return rank, world, torch.device("cuda", local) if use_cuda else torch.device("cpu")
 
 
+def resolve_sync_bn(setting: str, device: torch.device, world: int) -> str:
+    """'auto' -> 'on' under DDP on CUDA, 'off' otherwise; 'on' needs CUDA (torch's SyncBatchNorm)."""
+    if setting == "auto":
+        return "on" if world > 1 and device.type == "cuda" else "off"
+    if setting == "on" and world > 1 and device.type != "cuda":
+        raise UserError("train.sync_bn=on: SyncBatchNorm needs CUDA devices (use train.sync_bn=off on CPU)")
+    return setting
+
+
 def resolve_amp(setting: str, device: torch.device) -> str:
     """'auto' -> 'bf16' on CUDA, 'off' elsewhere."""
     if setting == "auto":

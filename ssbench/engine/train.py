@@ -231,13 +231,20 @@ def _step_function(method, runtime, sync_bn: bool):
         return method.training_step
     from torch.nn.parallel import DistributedDataParallel
 
-    if sync_bn:
-        if runtime.device.type != "cuda":
-            raise UserError("train.sync_bn=true: SyncBatchNorm needs CUDA devices")
+    if sync_bn:  # resolved by runtime.resolve_sync_bn (CUDA only); the BN statistics of the global batch
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    # broadcast_buffers=False as UniMatch's official runs: each rank keeps its own BatchNorm statistics.
+    # broadcast_buffers=False as UniMatch's official runs: with sync_bn off, each rank keeps its own statistics.
     return DistributedDataParallel(_Step(method), device_ids=[runtime.device.index] if runtime.device.type == "cuda"
                                    else None, broadcast_buffers=False, find_unused_parameters=True)
+
+
+def _mean_over_ranks(sums: dict, runtime) -> dict:
+    import torch.distributed as dist
+
+    keys = sorted(sums)  # a method may log host scalars (a ramp weight): all go to the device for the collective
+    stacked = torch.stack([sums[k].float().to(runtime.device) for k in keys])
+    dist.all_reduce(stacked)
+    return dict(zip(keys, stacked / runtime.world))
 
 
 def _rng_states(runtime) -> list:
@@ -305,7 +312,7 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
     if runtime.channels_last:
         method.to(memory_format=torch.channels_last)
     torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
-    step_fn = _step_function(method, runtime, getattr(t, "sync_bn", False))
+    step_fn = _step_function(method, runtime, t.sync_bn == "on")
     optimizer = make_optimizer(method, t, runtime)
     stages = run_stages(method)
     ends = [sum(s.iters for s in stages[: i + 1]) for i in range(len(stages))]
@@ -343,6 +350,8 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
         if not (validate or save_state or done % runtime.log_every == 0):
             continue
         n = done - (log[-1]["iteration"] if log else start)  # steps in this row's means
+        if runtime.world > 1:  # every rank reaches the same rows: the logged losses are those of the global batch
+            sums = _mean_over_ranks(sums, runtime)
         row = {"iteration": done, **({"stage": stage.name} if len(stages) > 1 else {}), "lr": lr,
                **{k_: float(v) / n for k_, v in sums.items()}}
         sums = {}
