@@ -113,6 +113,11 @@ class Method(nn.Module):
     def attach_labeled_volumes(self, volumes: dict) -> None:
         """case id -> (image (D, H, W) float32, label (D, H, W) uint8) of each labeled volume, at native size."""
 
+    def compile_targets(self) -> list[nn.Module]:
+        """The networks ``train.compile=on`` compiles (``nn.Module.compile``, in place: state-dict keys and
+        checkpoints unchanged). Default: every direct child module that holds parameters."""
+        return [m for m in self.children() if next(m.parameters(), None) is not None]
+
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters the optimizer updates (override to leave out a teacher)."""
         return [p for p in self.parameters() if p.requires_grad]
