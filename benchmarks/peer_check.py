@@ -810,8 +810,8 @@ def check_admt(root: Path, draws: int) -> list[Item]:
 
     # Defaults of the config and the loop.
     t = TrainConfig(**{**vars(TrainConfig()), **ours.ADMT.recipe_overrides("published")})
-    rampup = [literal(n.right) for n in ast.walk(train_fn) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.FloorDiv)
-              and getattr(n.left, "id", "") == "iter_num"]
+    rampup = [literal(n.right) for n in ast.walk(train_fn)
+              if isinstance(n, ast.BinOp) and isinstance(n.op, ast.FloorDiv) and getattr(n.left, "id", "") == "iter_num"]
     strong = kwargs_of(calls(function_source(code / "dataloaders" / "dataset_2d.py", "WeakStrongAugment"),
                              "func_strong_augs")[0])
     jitter = calls(function_source(code / "dataloaders" / "dataset_2d.py", "color_jitter"), "ColorJitter")[0]

@@ -72,11 +72,14 @@ def test_eval_and_table_show_the_methods_under_their_published_names(zoo_runs, c
     assert code == 0, err
     pd.testing.assert_frame_equal(pd.read_csv(run / "evals" / "legacy-zero-voxel" / "metrics_per_case.csv"), auto)
     out = tmp_path / "paper"
-    code, stdout, err = cli("table", "--results", zoo_runs, "--out", out, "--format", "csv")
+    code, stdout, err = cli("table", "--results", zoo_runs, "--out", out, "--format", "csv,md")
     assert code == 0, err
     rows = set(pd.read_csv(out / "main_nnunet.csv")["row"])
     for name in ("BCP", "ABD", "AD-MT"):
         assert any(r == name or r.startswith(name + " ") for r in rows), rows
+    notes = (out / "main_nnunet-notes.tex").read_text() if (out / "main_nnunet-notes.tex").exists() else ""
+    md = (out / "main_nnunet.md").read_text() if (out / "main_nnunet.md").exists() else notes
+    assert "2 pretrain + 4 train iterations" in md + notes  # a staged method's length is both stages
 
 
 def test_the_zoo_grid_is_every_builtin_method_on_acdc_at_5_and_10_percent_with_3_seeds(tmp_path):
@@ -89,24 +92,29 @@ def test_the_zoo_grid_is_every_builtin_method_on_acdc_at_5_and_10_percent_with_3
     assert (g.datasets, g.splits, g.seeds) == (("acdc",), ("5%", "10%"), (0, 1, 2))
 
 
-@pytest.mark.slow
-def test_bcp_abd_and_ad_mt_run_on_real_format_acdc_folders(tmp_path, cli):
+@pytest.fixture(scope="module")
+def acdc_raw(tmp_path_factory):
     """The raw challenge archive written with nibabel (every patient: the SSL methods read the unlabeled ones)."""
     from formats import write_acdc_raw
     from ssbench.datasets.acdc import ACDC
 
     split = ACDC.frozen_split("1")
-    raw = write_acdc_raw(tmp_path / "raw", sorted(split.labeled + split.unlabeled + split.val + split.test),
-                         shape_xyz=(32, 32, 3))
+    return write_acdc_raw(tmp_path_factory.mktemp("acdc") / "raw",
+                          sorted(split.labeled + split.unlabeled + split.val + split.test), shape_xyz=(32, 32, 3))
+
+
+@pytest.mark.parametrize("method", [pytest.param("bcp", marks=pytest.mark.slow), "abd",
+                                    pytest.param("admt", marks=pytest.mark.slow)])
+def test_the_methods_run_on_real_format_acdc_folders(acdc_raw, tmp_path, cli, method):
     out = tmp_path / "results"
-    for method, sets in SETS.items():
-        code, _, err = cli("run", "--method", method, "--data-root", raw, "--split", "1", "--out", out, "--iters",
-                           "2", "--device", "cpu", "--quiet", "--set", "data.train_size=32", "--set",
-                           "train.batch_labeled=2", "--set", "train.batch_unlabeled=2", "--set", "train.val_every=2",
-                           *sets)
-        assert code == 0, (method, err)
-        run = next((out / "acdc").glob(f"{method}*/1/seed*"))
-        frame = pd.read_csv(run / "metrics_per_case.csv")
-        assert len(frame) == 40 * 3 * 2 and (frame["hd_units"] == "mm").all()
-        legacy = pd.read_csv(run / "evals" / "legacy-zero-voxel" / "metrics_per_case.csv")
-        assert (legacy["hd_units"] == "voxel").all() and (legacy["empty_policy"] == "legacy-zero").all()
+    code, _, err = cli("run", "--method", method, "--data-root", acdc_raw, "--split", "1", "--out", out, "--iters",
+                       "2", "--device", "cpu", "--quiet", "--set", "data.train_size=32", "--set",
+                       "train.batch_labeled=2", "--set", "train.batch_unlabeled=2", "--set", "train.val_every=2",
+                       *SETS[method])
+    assert code == 0, err
+    run = next((out / "acdc").glob(f"{method}*/1/seed*"))
+    frame = pd.read_csv(run / "metrics_per_case.csv")
+    assert len(frame) == 40 * 3 * 2 and (frame["hd_units"] == "mm").all()  # 40 test volumes, 3 classes, 2 checkpoints
+    legacy = pd.read_csv(run / "evals" / "legacy-zero-voxel" / "metrics_per_case.csv")
+    assert (legacy["hd_units"] == "voxel").all() and (legacy["empty_policy"] == "legacy-zero").all()
+    assert len(legacy) == len(frame)

@@ -127,8 +127,8 @@ def abd_r(conf1: torch.Tensor, conf2: torch.Tensor, image1: torch.Tensor, image2
     rows = torch.arange(b_, device=image1.device)
     mean1, mean2 = _patches(conf1.detach(), grid).mean(-1), _patches(conf2.detach(), grid).mean(-1)  # (B, N)
     img1, img2 = _patches(image1[:, 0], grid), _patches(image2[:, 0], grid)  # (B, N, P)
-    out1 = _patches(logits1.detach(), grid).mean(-1).transpose(1, 2)  # (B, N, K)
-    out2 = _patches(logits2.detach(), grid).mean(-1).transpose(1, 2)
+    out1 = _patches(logits1.detach().float(), grid).mean(-1).transpose(1, 2)  # (B, N, K); float32 under bf16 autocast
+    out2 = _patches(logits2.detach().float(), grid).mean(-1).transpose(1, 2)
     top1, top2 = mean1.topk(top_num, dim=1).indices, mean2.topk(top_num, dim=1).indices  # (B, T)
     low1, low2 = mean1.argmin(1), mean2.argmin(1)  # b, d
 

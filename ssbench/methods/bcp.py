@@ -42,7 +42,8 @@ MASKED_DICE_SMOOTH = 1e-10  # BCP's and ABD's _dice_mask_loss
 @dataclass(frozen=True)
 class BCPConfig(UNetConfig):
     pretrain_iters: Annotated[int, Field(ge=1, description=(
-        "steps of the labeled-only pre-train stage (--pre_iterations); train.iters is the self-training stage"))] = 10000
+        "steps of the labeled-only pre-train stage (--pre_iterations); train.iters: the self-training stage's"))
+    ] = 10000
     box_fraction: Annotated[float, Field(gt=0, lt=1, description=(
         "side of the pasted box as a fraction of the image side (int(size * 2/3): 170 at 256)"))] = 2 / 3
     u_weight: Annotated[float, Field(ge=0, description="weight of the pseudo-labelled region (ground truth: 1)")] = 0.5
