@@ -527,7 +527,9 @@ def test_settings_sss_does_not_use_are_not_recorded_and_refused(acdc_phantom, cl
     sup, _, _ = build_config(RunRequest(method="supervised"))
     assert {"augment", "momentum"} <= set(sup.to_dict()["train"])
     code, _, err = cli("config", "--method", "sss", "--set", "train.momentum=0.5")
-    one_line(code, err, "--set train.momentum", "not used by method sss")
+    one_line(code, err, "--set train.momentum", "does not act in a sss run")
+    code, _, err = cli("config", "--method", "sss", "--set", "train.augment=none")
+    one_line(code, err, "--set train.augment", "does not act in a sss run")
     code, out, err = cli("config", "--method", "sss", "--set", "train.optimizer=sgd", "--set", "train.momentum=0.5")
     assert code == 0 and "momentum: 0.5" in out and "augment" not in out, err
 

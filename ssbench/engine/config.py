@@ -66,9 +66,15 @@ class TrainConfig:
     lr: Annotated[float, Field(gt=0, description="initial learning rate")] = 0.01
     momentum: Annotated[float, Field(ge=0, lt=1, description="SGD momentum")] = 0.9
     weight_decay: Annotated[float, Field(ge=0, description="weight decay of the optimizer")] = 1e-4
+    # 'poly': lr = lr0 (1 - k/iters)^poly_power, set after each step as SSL4MIS and UniMatch do; 'constant': lr0
+    # throughout (BCP and ABD never touch the learning rate). A method with stages restarts it in each stage.
+    lr_schedule: Annotated[Literal["poly", "constant"], Field(
+        description="poly decay of the learning rate, or constant (BCP, ABD)")] = "poly"
     poly_power: Annotated[float, Field(ge=0, description="lr = lr0 * (1 - it / iters) ** poly_power")] = 0.9
     val_every: Annotated[Count | Literal["epoch"], Field(
         description="iterations between validations, or 'epoch' for once per epoch (UniMatch)")] = 200
+    val_epochs: Annotated[Count, Field(description=(
+        "with val_every=epoch: validate after the first epoch and then every val_epochs-th (AD-MT: 2)"))] = 1
     checkpoint_every: Annotated[Count, Field(
         description="iterations between resumable checkpoints (model, optimizer, RNG, sampler position)")] = 1000
     seed: Annotated[Seed, Field(description="training seed (the literature's 1337)")] = 1337
@@ -87,6 +93,11 @@ class TrainConfig:
     sync_bn: Annotated[Literal["auto", "on", "off"], Field(
         description="synchronise BatchNorm across DDP ranks (auto: on under DDP on CUDA; resolved and recorded)")
     ] = "auto"
+    # torch.compile of the method's networks (nn.Module.compile: parameters and checkpoints unchanged). Off by
+    # default: benchmarks/train_step.py measures what it gains against eager in the same call, per device.
+    compile: Annotated[Literal["off", "on"], Field(
+        description="torch.compile the method's networks (Method.compile_targets); recorded, since kernels differ")
+    ] = "off"
     world_size: Annotated[Count, Field(
         description="training processes (set by the engine from torchrun / --gpus; part of the hash)")] = 1
     # Model selection set. 'legacy-val+test' reproduces UniMatch's own protocol (best epoch on val+test: test

@@ -82,7 +82,7 @@ def status_cmd(
     results: Path = typer.Argument(..., help="The results root a sweep wrote to."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Sweep id (default: the newest)."),
 ):
-    """Done / running / failed / queued / missing for every run of a sweep."""
+    """Done / running / requeued / failed / queued / missing for every run of a sweep."""
     from ssbench.sweep.status import STATES, status
 
     rows = status(results, sweep)
