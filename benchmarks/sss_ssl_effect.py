@@ -11,23 +11,24 @@ same split, seeds and schedule, and for each run and class:
                  same with the default single validation)
 
 The point is to show that the branch acts for every class and what it changes, not to claim a gain: phantom data,
-random SAM-2 weights (no pretrained checkpoint on a CPU machine) and 80 iterations cannot show one.
+random SAM-2 weights (no pretrained checkpoint on a CPU machine) and 72 iterations cannot show one.
 
 Settings (beyond the embedded cpu-small recipe: Hiera-T 2.1 at 96^2, batch 1 + 2 with one 8-slice clip, the EMA
 teacher's horizon scaled to the run), and why:
-  --iters 80             the branch prompts a class only once the teacher's coarse head finds it (PCSW reads it):
-                         in a trial run (seed 1337, sss.pcsw_refresh=15, conf_thresh 0.8) the LV was first prompted at
-                         iteration 21, the Myo at 49, the RV at 57; 80 iterations leave every
-                         class a stretch of activity and keep a run near 5 minutes on 2 cores
+  --iters 72             the branch prompts a class only once the teacher's coarse head finds it (PCSW reads it):
+                         in two trial runs (96^2, conf_thresh 0.8; seed 1337 with pcsw_refresh 15, seed 1 with 10)
+                         the LV was first prompted at iteration 19 / 22, the RV at 57 / 36, the Myo at 48 / 55;
+                         72 iterations leave every class a stretch of activity and keep a run under 5 minutes
   sss.pcsw_refresh=10    an unlabeled volume first drawn before the teacher found a class is prompted again soon
-                         (the recipe's 20 would leave most volumes with their first, empty, prompts)
+                         (the recipe's 18 would leave most volumes with their first, empty, prompts)
   sss.conf_thresh=0.8    a teacher with random-initialised SAM-2 is rarely 95 % sure of a foreground pixel within
-                         80 iterations; at 0.8 the mask loss receives confident foreground (u_fg > 0)
-  train.val_every=80, checkpoint_every=1000   one validation (the best checkpoint is the final one), no resumable
+                         72 iterations; at 0.8 the mask loss receives confident foreground (u_fg > 0)
+  train.val_every=72, checkpoint_every=1000   one validation (the best checkpoint is the final one), no resumable
                          checkpoints: less time outside training
-Six runs (2 variants x 3 seeds) are sized for 30 minutes on 2 quiet CPU cores.
+Six runs (2 variants x 3 seeds) are sized for 30 minutes on 2 quiet CPU cores (an estimate from single-thread CPU
+time on a shared machine: ~350 CPU-s per run).
 
-    python benchmarks/sss_ssl_effect.py [--iters 80] [--seeds 1 2 3] [--split 10%] [--out results-ssl-effect]
+    python benchmarks/sss_ssl_effect.py [--iters 72] [--seeds 1 2 3] [--split 10%] [--out results-ssl-effect]
     python benchmarks/sss_ssl_effect.py --smoke     # 1 seed, 4 iterations at 64^2: the script's own check
 
 Runs that already exist in --out are reused, so an interrupted benchmark continues where it stopped; the tables are
@@ -75,13 +76,13 @@ def activity(log: pd.DataFrame, k: int) -> dict[str, float]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=None, help="default 80 (4 with --smoke)")
+    parser.add_argument("--iters", type=int, default=None, help="default 72 (4 with --smoke)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 1 2 3 (1 with --smoke)")
     parser.add_argument("--split", default="10%")
     parser.add_argument("--out", default="results-ssl-effect")
     parser.add_argument("--smoke", action="store_true", help="tiny settings that check the script, not SSS")
     args = parser.parse_args()
-    args.iters = args.iters or (4 if args.smoke else 80)
+    args.iters = args.iters or (4 if args.smoke else 72)
     args.seeds = args.seeds or ([1] if args.smoke else [1, 2, 3])
 
     rows = []
