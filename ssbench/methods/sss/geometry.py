@@ -44,15 +44,6 @@ def interior_points(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([k % w, torch.div(k, w, rounding_mode="floor")], -1).float()
 
 
-def interior_point(mask: torch.Tensor) -> torch.Tensor:
-    """(H, W) bool -> [x, y], ``interior_points`` of one mask."""
-    return interior_points(mask)
-
-
-def whole_image_box(size: int, device=None) -> torch.Tensor:
-    return torch.tensor([0.0, 0.0, size - 1.0, size - 1.0], device=device)
-
-
 def random_boxes(shape: tuple[int, ...], size: int, device=None, side=(0.1, 0.5)) -> torch.Tensor:
     """(*shape, 4) boxes of random position and sides in ``side`` x size, drawn on ``device`` (no host copy): the
     decoy prompt of a class absent from a slice and from its whole volume (ssbench's choice)."""

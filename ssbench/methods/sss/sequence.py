@@ -9,7 +9,10 @@ model's own coarse prediction, carried through the volume by SAM-2's memory, for
 Classes are tracked together as a batch of objects, each prompted on its own slice; memory is per object, as in
 SAM-2's video predictor (which runs one object at a time). Forward and backward are two passes from the prompted
 slice; unlike SAM-2's predictor asked for both directions in one state, the backward pass does not read the forward
-pass's memories (ssbench's choice: it lets the classes run as one batch).
+pass's memories (ssbench's choice: it lets the classes run as one batch). Each pass is tracked as SAM-2 tracks
+forward, its frame index counting slices from the prompt: a labeled clip that runs down the volume trains exactly
+what the backward pass reads (``clips.py``). A propagated slice keeps the candidate mask with the highest predicted
+IoU (SAM-2's multimask tracking); ``sss.postprocess`` adds the video predictor's post-processing.
 """
 
 from __future__ import annotations
