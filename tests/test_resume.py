@@ -1,0 +1,265 @@
+"""What ``--resume`` does, told apart from what would give the same numbers on CPU: retraining from iteration 0
+(CPU runs are bit-deterministic, so equal results alone cannot show that ``last.pt`` was used), retraining a run
+that had finished, keeping a ``best.pt`` written after the checkpoint. Each test counts the training steps a resume
+runs, or makes the resumed attempt differ on purpose. In-process and on the tiny dataset; checkpoint files are
+also checked on their own (``ssbench.engine.checkpoint``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import one_line, tiny_args, tiny_request
+from test_crash import RUN, _interrupted, same_results
+
+
+@pytest.fixture
+def steps(monkeypatch):
+    """The 0-based iterations of the training steps the supervised method runs from here on."""
+    from ssbench.methods.supervised import Supervised
+
+    seen, original = [], Supervised.training_step
+
+    def step(self, labeled, unlabeled, info):
+        seen.append(info.iteration)
+        return original(self, labeled, unlabeled, info)
+
+    monkeypatch.setattr(Supervised, "training_step", step)
+    return seen
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_runs_only_the_steps_after_the_checkpoint(cli, tiny_nnunet, tiny_run, tmp_path, monkeypatch, steps):
+    out = tmp_path / "results"
+    staging = _interrupted(tiny_nnunet, out, monkeypatch, at=3)  # checkpoints at 2 and 4: last.pt is iteration 2
+    assert torch.load(staging / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 2
+    steps.clear()
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, out, "--resume"))
+    assert code == 0, err
+    assert steps == [2, 3, 4, 5]  # not [0, ..., 5]: the state of iteration 2 was restored
+    same_results(out / RUN, tiny_run)
+
+
+def test_without_a_checkpoint_resume_starts_over_and_drops_the_old_attempts_files(tiny_nnunet, tiny_run, tmp_path,
+                                                                                    monkeypatch, steps):
+    from ssbench.engine.run import execute
+
+    out = tmp_path / "results"
+    staging = _interrupted(tiny_nnunet, out, monkeypatch, at=1)  # before the first checkpoint (2)
+    ckpt = staging / "checkpoints"
+    assert not (ckpt / "last.pt").exists()
+    planted = {name: {"method": {}, "config_hash": "x", "iteration": 99} for name in ("best.pt", "final.pt",
+                                                                                        "best-at-9.pt")}
+    for name, state in planted.items():
+        torch.save(state, ckpt / name)
+    steps.clear()
+    execute(tiny_request(tiny_nnunet, out, resume=True))
+    assert steps == [0, 1, 2, 3, 4, 5]
+    same_results(out / RUN, tiny_run)  # best.pt is this attempt's (its iteration is the selected one)
+
+
+def test_best_pt_is_put_back_as_it_was_at_the_checkpoint(tiny_nnunet, tmp_path, monkeypatch, steps):
+    """A validation after the last checkpoint wrote a new best.pt, then the run died. The resumed attempt validates
+    worse this time (a stand-in for a GPU's non-deterministic kernels): the selected checkpoint must be the one of
+    iteration 4, restored from best-at-4.pt, not the file the dead attempt left."""
+    from ssbench.engine import train as train_mod
+    from ssbench.engine.run import execute
+    from ssbench.methods.supervised import Supervised
+
+    out = tmp_path / "results"
+    sets = ("train.val_every=1",)  # validations at 1..6, checkpoints at 2 and 4
+    calls = []
+    monkeypatch.setattr(train_mod, "mean_val_dice", lambda *a: (calls.append(1), len(calls) / 10)[1])  # rising
+    recorded = Supervised.training_step
+
+    def dies_at_5(self, labeled, unlabeled, info):
+        if info.iteration == 5:  # after the validation at 5, which followed the checkpoint at 4
+            raise KeyboardInterrupt
+        return recorded(self, labeled, unlabeled, info)
+
+    monkeypatch.setattr(Supervised, "training_step", dies_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        execute(tiny_request(tiny_nnunet, out, sets=sets))
+    ckpt = out / RUN.with_name(".seed1337.incomplete") / "checkpoints"
+    assert torch.load(ckpt / "best.pt", weights_only=True)["iteration"] == 5
+    assert torch.load(ckpt / "best-at-4.pt", weights_only=True)["iteration"] == 4
+    assert torch.load(ckpt / "last.pt", weights_only=True)["best_file"] == "best-at-4.pt"
+
+    monkeypatch.setattr(Supervised, "training_step", recorded)
+    monkeypatch.setattr(train_mod, "mean_val_dice", lambda *a: 0.0)  # every later validation is worse
+    steps.clear()
+    run = execute(tiny_request(tiny_nnunet, out, sets=sets, resume=True))
+    assert steps == [4, 5]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["selection"]["best_iteration"] == 4 and summary["selection"]["best_score"] == pytest.approx(0.4)
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["iteration"] == 4 and best["val_dice"] == pytest.approx(0.4)
+
+
+def test_a_finished_staging_folder_is_published_as_it_is(tiny_nnunet, tiny_run, tmp_path, monkeypatch, steps):
+    """Killed between its last write and its publication: --resume trains nothing, evaluates nothing and publishes
+    the files written before the interruption, run.json (its times) included."""
+    from ssbench.engine import evaluate, run as run_mod
+
+    out = tmp_path / "results"
+
+    def interrupted(staging, final_dir):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(run_mod, "publish", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_mod.execute(tiny_request(tiny_nnunet, out))
+    staging = out / RUN.with_name(".seed1337.incomplete")
+    before = _files(staging)
+    assert json.loads(before["run.json"])["status"] == "complete" and "checkpoints/last.pt" in before
+    steps.clear()
+    evaluations = []
+    monkeypatch.setattr(evaluate, "evaluate_cases", lambda *a, **k: evaluations.append(a) or 1 / 0)
+    run = run_mod.execute(tiny_request(tiny_nnunet, out, resume=True))
+    assert steps == [] and evaluations == []
+    after = _files(run)
+    resume_state = {"checkpoints/last.pt", "checkpoints/best-at-4.pt", "LOCK"}
+    assert after == {k: v for k, v in before.items() if k not in resume_state}
+    same_results(run, tiny_run)
+
+
+def test_a_partial_test_evaluation_is_done_again(tiny_nnunet, tiny_run, tmp_path, monkeypatch, steps):
+    """Killed while evaluating the final checkpoint (best's predictions written): the resumed run trains from the
+    last checkpoint (4) and evaluates both checkpoints again."""
+    from ssbench.engine import evaluate
+    from ssbench.engine.run import execute
+
+    out = tmp_path / "results"
+    original = evaluate.evaluate_cases
+
+    def dies_at_final(method, cases, dataset, cfg, device, checkpoint, predictions=None):
+        if checkpoint == "final":
+            raise KeyboardInterrupt
+        return original(method, cases, dataset, cfg, device, checkpoint, predictions)
+
+    with monkeypatch.context() as m:
+        m.setattr(evaluate, "evaluate_cases", dies_at_final)
+        with pytest.raises(KeyboardInterrupt):
+            execute(tiny_request(tiny_nnunet, out))
+    staging = out / RUN.with_name(".seed1337.incomplete")
+    assert (staging / "predictions" / "best.npz").is_file() and not (staging / "predictions" / "final.npz").exists()
+    (staging / "predictions" / "best.npz").write_bytes(b"left by the dead attempt")
+    steps.clear()
+    evaluated = []
+    monkeypatch.setattr(evaluate, "evaluate_cases",
+                        lambda method, cases, dataset, cfg, device, checkpoint, predictions=None:
+                        (evaluated.append(checkpoint),
+                         original(method, cases, dataset, cfg, device, checkpoint, predictions))[1])
+    run = execute(tiny_request(tiny_nnunet, out, resume=True))
+    assert steps == [4, 5] and evaluated == ["best", "final"]
+    same_results(run, tiny_run)
+    assert (run / "predictions" / "best.npz").read_bytes() == (tiny_run / "predictions" / "best.npz").read_bytes()
+
+
+@pytest.mark.parametrize("damage,needles", [
+    ("truncate", ["checkpoints/last.pt: not a readable checkpoint"]),
+    ("garbage", ["checkpoints/last.pt: not a readable checkpoint"]),
+    ("not-ssbench", ["checkpoints/last.pt: not an ssbench checkpoint (no method weights and config hash)"]),
+    ("other-run", ["checkpoints/last.pt: belongs to another run (its config hash is 0123abcd, this run's is "]),
+    ("other-world", ["checkpoints/last.pt: started with 2 processes; resume it with as many"]),
+    ("other-weights", ["checkpoints/last.pt: its weights do not fit method 'supervised' (RuntimeError: "]),
+    ("no-best-snapshot", ["checkpoints/best-at-2.pt: missing (the best checkpoint as of last.pt); cannot resume"]),
+])
+def test_a_damaged_last_pt_is_one_line_and_the_staging_folder_stays(cli, tiny_nnunet, tmp_path, monkeypatch, damage,
+                                                                     needles):
+    out = tmp_path / "results"
+    staging = _interrupted(tiny_nnunet, out, monkeypatch, at=3)
+    last = staging / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    if damage == "truncate":
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    elif damage == "garbage":
+        last.write_bytes(b"\x00not a checkpoint" * 50)
+    elif damage == "not-ssbench":
+        torch.save({"iteration": 2}, last)
+    elif damage == "other-run":
+        torch.save({**state, "config_hash": "0123abcd"}, last)
+    elif damage == "other-world":
+        torch.save({**state, "rng": state["rng"] * 2}, last)
+    elif damage == "other-weights":
+        weights = dict(state["method"])
+        weights["net.head.weight"] = torch.zeros(1)
+        torch.save({**state, "method": weights}, last)
+    else:
+        (staging / "checkpoints" / "best-at-2.pt").unlink()
+    before = _files(staging)
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, out, "--resume"))
+    one_line(code, err, *needles)
+    assert _files(staging).keys() - {"LOCK"} == before.keys() - {"LOCK"}
+    assert {k: v for k, v in _files(staging).items() if k not in ("LOCK", "run.json")} == \
+        {k: v for k, v in before.items() if k not in ("LOCK", "run.json")}
+    assert not (out / RUN).exists()
+
+
+# --- checkpoint files on their own -------------------------------------------------------------------------------
+
+def test_checkpoint_load_reads_to_the_cpu_and_checks_the_run(tmp_path):
+    from ssbench.engine import checkpoint
+    from ssbench.errors import UserError
+
+    path = tmp_path / "c.pt"
+    state = {"method": {"w": torch.arange(3.0)}, "config_hash": "abc", "iteration": 7}
+    torch.save(state, path)
+    got = checkpoint.load(path, "abc")
+    assert got["iteration"] == 7 and torch.equal(got["method"]["w"], torch.arange(3.0))
+    assert checkpoint.load(str(path))["config_hash"] == "abc"  # no hash given: any run's checkpoint
+    with pytest.raises(UserError) as err:
+        checkpoint.load(path, "xyz")
+    assert str(err.value) == f"{path}: belongs to another run (its config hash is abc, this run's is xyz)"
+    with pytest.raises(UserError) as err:
+        checkpoint.load(tmp_path / "none.pt")
+    assert str(err.value) == f"{tmp_path / 'none.pt'}: missing checkpoint"
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(UserError, match="missing checkpoint"):
+        checkpoint.load(tmp_path / "dir.pt")
+    for bad in ([1, 2], {"config_hash": "abc"}, {"method": [1], "config_hash": "abc"}, {"method": {}}):
+        torch.save(bad, path)
+        with pytest.raises(UserError) as err:
+            checkpoint.load(path)
+        assert str(err.value) == f"{path}: not an ssbench checkpoint (no method weights and config hash)"
+    path.write_bytes(b"")
+    with pytest.raises(UserError) as err:
+        checkpoint.load(path)
+    assert str(err.value).startswith(f"{path}: not a readable checkpoint (") and "\n" not in str(err.value)
+    torch.save({"method": {}, "config_hash": "abc", "obj": __import__("fractions").Fraction(1, 3)}, path)  # not weights-only
+    with pytest.raises(UserError, match="not a readable checkpoint .*UnpicklingError"):
+        checkpoint.load(path)
+
+
+def test_checkpoint_errors_are_one_line_of_at_most_200_characters_of_detail():
+    from ssbench.engine.checkpoint import _first_line
+
+    assert _first_line(ValueError("first\nsecond")) == "first"
+    assert _first_line(ValueError("  padded  ")) == "padded"
+    assert _first_line(ValueError("")) == "no detail"
+    assert _first_line(ValueError("x" * 300)) == "x" * 200
+
+
+def test_load_weights_names_the_file_and_the_method():
+    from ssbench.engine import checkpoint
+    from ssbench.errors import UserError
+    from ssbench.methods.api import MethodContext
+    from ssbench.methods.supervised import Supervised, SupervisedConfig
+
+    method = Supervised(SupervisedConfig(), MethodContext(1, 3, 32, 10, torch.device("cpu")))
+    state = {"method": {k: v.clone() + 1 for k, v in method.state_dict().items()}}
+    checkpoint.load_weights(method, state, "x.pt")
+    assert all(torch.equal(v, state["method"][k]) for k, v in method.state_dict().items())
+    for weights, kind in (({"nope": torch.zeros(1)}, "RuntimeError"),
+                          ({**state["method"], "net.head.weight": torch.zeros(2)}, "RuntimeError")):
+        with pytest.raises(UserError) as err:
+            checkpoint.load_weights(method, {"method": weights}, "x.pt")
+        assert str(err.value).startswith(f"x.pt: its weights do not fit method 'supervised' ({kind}: ")
+    with pytest.raises(UserError, match=r"x.pt: its weights do not fit method 'supervised' \(KeyError: "):
+        checkpoint.load_weights(method, {}, "x.pt")
