@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_RUN, one_line, tiny_args
+from conftest import one_line, tiny_args
 from formats import nifti, write_acdc_h5
 
 
@@ -384,6 +384,3 @@ def _fsync_full(real_write_text, path, text):
     finally:
         ssbench.atomic.os.fsync = real_fsync
 
-
-def test_tiny_run_options_are_the_ones_tested():
-    assert "--iters" in TINY_RUN

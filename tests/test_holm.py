@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from report_runs import build_tables, case_ids, write_run
+from report_runs import build_tables, write_run
 from ssbench.report.stats import holm
 
 # 10 patients, one per rank of |difference| (rank k: 0.01 k); the ranks whose difference is negative. Exact
@@ -19,7 +19,7 @@ ADJUSTED = {"unimatch": 3 * RAW["unimatch"], "fixmatch": 2 * RAW["fixmatch"], "s
 @pytest.fixture(scope="module")
 def paper(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("holm")
-    cases = case_ids()  # patient p's two volumes at 2(p-1) and 2(p-1)+1
+    # case_ids(): patient p's two volumes at 2(p-1) and 2(p-1)+1
     base = np.repeat(np.random.default_rng(0).uniform(0.6, 0.8, 10), 2)
     root = tmp / "results"
     write_run(root, "mean-teacher", "3", 1, dice=base)
@@ -28,7 +28,6 @@ def paper(tmp_path_factory):
         write_run(root, method, "3", 1, dice=base + np.repeat(delta, 2))
     out = tmp / "paper"
     build_tables(root, out, reference="mean-teacher")
-    assert len(cases) == 20
     return out
 
 
