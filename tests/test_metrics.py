@@ -158,6 +158,8 @@ def test_the_connectivity_reaches_every_surface_metric(connectivity):
         got = ours(a, b, (2.0, 1.0, 1.0), connectivity)
         assert abs(got - theirs(a, b, (2.0, 1.0, 1.0), connectivity)) <= TOL
         assert got != ours(a, b, (2.0, 1.0, 1.0), 1)  # the neighbourhood changes the surfaces here
+    default = M.surface_distances(a, b, (2.0, 1.0, 1.0))  # medpy's default: connectivity 1
+    assert M.hd95_from(default) == M.hd95(a, b, (2.0, 1.0, 1.0), 1) != M.hd95(a, b, (2.0, 1.0, 1.0), connectivity)
     rows = evaluate_case(a.astype(np.uint8), b.astype(np.uint8), [1], (2.0, 1.0, 1.0),
                          MetricPolicy(connectivity=connectivity), "mm")
     assert rows[0]["hd95"] == pytest.approx(mb.hd95(a, b, (2.0, 1.0, 1.0), connectivity), abs=TOL)
@@ -208,3 +210,40 @@ def test_every_row_holds_every_metric_under_each_policy(policy):
     _same_row(rows[2], {"class_id": 3, "status": "false_positive", "dice": 0.0, "jaccard": 0.0, "hd95": d, "asd": d})
     nan = float("nan")
     _same_row(rows[3], {"class_id": 4, "status": "absent", "dice": nan, "jaccard": nan, "hd95": nan, "asd": nan})
+
+
+def test_scalar_spacing_1d_masks_and_the_surface_errors():
+    a, b = _ball((8, 12, 12), (3, 6, 5), 3), _ball((8, 12, 12), (4, 6, 7), 3)
+    assert M.hd95(a, b, 2.5) == pytest.approx(mb.hd95(a, b, 2.5), abs=TOL) == M.hd95(a, b, (2.5, 2.5, 2.5))
+    line_a, line_b = np.zeros(30, bool), np.zeros(30, bool)
+    line_a[3:9], line_a[20:22], line_b[5:12] = True, True, True
+    _check(line_a, line_b, (0.7,))
+    _check(line_b, line_a, None)
+    with pytest.raises(ValueError) as err:
+        M.hd95(a, b, (1.0, 2.0))
+    assert str(err.value) == "spacing has 2 values for a 3-D mask"
+    with pytest.raises(ValueError) as err:
+        M.surface_distances(a, np.zeros_like(a))
+    assert str(err.value) == "surface distances need two non-empty masks (apply an empty-mask policy first)"
+    with pytest.raises(ValueError) as err:
+        M.surface_distances(a, b[:, :, :-1])
+    assert str(err.value) == "shape mismatch: prediction (8, 12, 12) vs reference (8, 12, 11)"
+
+
+@pytest.mark.parametrize("connectivity", [2, 3])
+def test_stray_predictions_under_every_connectivity_match_medpy(connectivity):
+    """Stray false positives far from the reference are tested for surface by neighbour look-up: with diagonal
+    neighbours (connectivity 2, 3) too. Clusters whose only background neighbours are diagonal ones tell the
+    neighbourhoods apart."""
+    rng = np.random.default_rng(connectivity)
+    shape = (14, 40, 40)
+    ref = _ball(shape, (7, 8, 8), 4)
+    pred = np.roll(ref, 1, axis=2)
+    pred[3:8, 25:31, 25:31] = True  # a stray block: interior voxels, faces, edges and corners
+    pred[10:13, 33:36, 2:5] = True
+    pred[10:13, 33:36, 2:5] &= rng.random((3, 3, 3)) < 0.8
+    pred[0, 39, 39] = pred[13, 0, 20] = True  # on the array border
+    for spacing in (None, (3.0, 0.8, 1.1)):
+        for f, g in ((M.hd95, mb.hd95), (M.asd, mb.asd), (M.assd, mb.assd)):
+            assert abs(f(pred, ref, spacing, connectivity) - g(pred, ref, spacing, connectivity)) <= TOL
+            assert abs(f(ref, pred, spacing, connectivity) - g(ref, pred, spacing, connectivity)) <= TOL
