@@ -140,13 +140,20 @@ def _step_function(method, runtime, sync_bn: bool):
         return method.training_step
     from torch.nn.parallel import DistributedDataParallel
 
-    if sync_bn:
-        if runtime.device.type != "cuda":
-            raise UserError("train.sync_bn=true: SyncBatchNorm needs CUDA devices")
+    if sync_bn:  # resolved by runtime.resolve_sync_bn (CUDA only); the BN statistics of the global batch
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    # broadcast_buffers=False as UniMatch's official runs: each rank keeps its own BatchNorm statistics.
+    # broadcast_buffers=False as UniMatch's official runs: with sync_bn off, each rank keeps its own statistics.
     return DistributedDataParallel(_Step(method), device_ids=[runtime.device.index] if runtime.device.type == "cuda"
                                    else None, broadcast_buffers=False, find_unused_parameters=True)
+
+
+def _mean_over_ranks(sums: dict, runtime) -> dict:
+    import torch.distributed as dist
+
+    keys = sorted(sums)  # a method may log host scalars (a ramp weight): all go to the device for the collective
+    stacked = torch.stack([sums[k].float().to(runtime.device) for k in keys])
+    dist.all_reduce(stacked)
+    return dict(zip(keys, stacked / runtime.world))
 
 
 def _rng_states(runtime) -> list:
@@ -161,10 +168,40 @@ def _rng_states(runtime) -> list:
     return states
 
 
+def compile_networks(method) -> list:
+    """``train.compile=on``: torch.compile each of the method's networks in place (their forward; weights, state
+    dict and checkpoints stay as they are). Returns the compiled modules."""
+    targets = method.compile_targets()
+    for module in targets:
+        module.compile()
+    return targets
+
+
 def _channels_last(batch, runtime):
     if batch is not None and runtime.channels_last:
         batch.image = batch.image.contiguous(memory_format=torch.channels_last)
     return batch
+
+
+def train_step(method, step_fn, optimizer, samplers, runtime, step: StepInfo, t, sums: dict) -> float:
+    """One step: draw the batches, forward, backward, update, EMA; the losses are added to ``sums`` on the device.
+    Nothing here waits for the device (tests/test_gpu_paths.py proves it with ``engine.hostsync``); the host reads
+    the sums only at the loss rows. Returns the step's learning rate."""
+    method.train()
+    lr = step_lr(t.lr, step.iteration, t.iters, t.poly_power)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    labeled = _channels_last(samplers["labeled"].next(runtime.device), runtime)
+    unlabeled = _channels_last(_draw_unlabeled(samplers, runtime.device), runtime)
+    with runtime.autocast():
+        losses = step_fn(labeled, unlabeled, step)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    method.after_optimizer_step(step)
+    for k, v in losses.items():
+        sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
+    return lr
 
 
 def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, console) -> dict:
@@ -177,8 +214,10 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
         ckpt_dir.mkdir(exist_ok=True)
     if runtime.channels_last:
         method.to(memory_format=torch.channels_last)
+    if t.compile == "on":
+        compile_networks(method)
     torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
-    step_fn = _step_function(method, runtime, getattr(t, "sync_bn", False))
+    step_fn = _step_function(method, runtime, t.sync_bn == "on")
     optimizer = make_optimizer(method, t, runtime)
     samplers = make_samplers(type(method), cfg, pools, runtime)
     val_every = iters_per_epoch(type(method), cfg, pools) if t.val_every == "epoch" else t.val_every
@@ -195,27 +234,15 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
     val_dice = math.nan
     sums: dict[str, torch.Tensor] = {}
     for it in range(start, t.iters):
-        method.train()
-        lr = step_lr(t.lr, it, t.iters, t.poly_power)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        labeled = _channels_last(samplers["labeled"].next(device), runtime)
-        unlabeled = _channels_last(_draw_unlabeled(samplers, device), runtime)
-        step = StepInfo(it, t.iters)
-        with runtime.autocast():
-            losses = step_fn(labeled, unlabeled, step)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        method.after_optimizer_step(step)
-        for k, v in losses.items():  # accumulated on the device: no host synchronisation in the step
-            sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
+        lr = train_step(method, step_fn, optimizer, samplers, runtime, StepInfo(it, t.iters), t, sums)
         done = it + 1
         validate = done % val_every == 0 or done == t.iters
         save_state = done % t.checkpoint_every == 0 and done < t.iters
         if not (validate or save_state or done % runtime.log_every == 0):
             continue
         n = done - (log[-1]["iteration"] if log else start)  # steps in this row's means
+        if runtime.world > 1:  # every rank reaches the same rows: the logged losses are those of the global batch
+            sums = _mean_over_ranks(sums, runtime)
         row = {"iteration": done, "lr": lr, **{k: float(v) / n for k, v in sums.items()}}
         sums = {}
         if not math.isfinite(row["loss"]):  # checked on the logged rows: no host synchronisation in the step
