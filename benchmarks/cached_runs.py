@@ -9,7 +9,6 @@ benchmark with the difference, unless ``rerun_stale`` replaces it.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -22,18 +21,12 @@ from ssbench.errors import UserError
 
 
 def machine() -> str:
-    """The hardware and software a figure was measured on, in one line."""
+    """The hardware and software a figure was measured on, in one line (benchmarks/hardware.py)."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with {torch.get_num_threads()} "
-            f"threads{gpu}, {platform.node()}")
+    from hardware import describe as hardware
+
+    return f"{hardware(torch.device('cuda' if torch.cuda.is_available() else 'cpu'))}, host {platform.node()}"
 
 
 def recorded(run_dir: Path) -> dict:

@@ -20,7 +20,7 @@ def test_cached_runs_are_reused_only_with_the_requested_config(tiny_nnunet, tmp_
     monkeypatch.setattr(cached_runs, "execute", lambda req: (calls.append(req.iters), original(req))[1])
     lines = []
     first = cached_runs.cached_or_run(tiny_request(tiny_nnunet, tmp_path, iters=2), say=lines.append)
-    assert calls == [2] and "(2 iterations)" in lines[0] and "logical CPUs" in lines[0]
+    assert calls == [2] and "(2 iterations)" in lines[0] and "threads of" in lines[0]
     assert cached_runs.cached_or_run(tiny_request(tiny_nnunet, tmp_path, iters=2)) == first and calls == [2]
     with pytest.raises(SystemExit) as stop:  # the same folder, another length: never counted as the requested one
         cached_runs.cached_or_run(tiny_request(tiny_nnunet, tmp_path, iters=3))
