@@ -224,13 +224,14 @@ def test_autoload_off_keeps_builtins_and_plugin_options(tmp_path, monkeypatch):
     assert code == 0 and f"--plugin {plugin}" in _listing(out)["echo"], err
 
 
-def test_a_plugin_config_refusing_a_value_is_one_line_naming_the_key(tmp_path, tiny_nnunet):
+def test_a_plugin_config_refusing_a_value_is_one_line_naming_the_key(tmp_path, tiny_nnunet, cli, own_registry):
+    # in-process (the console script's error path is test_cli_usage's)
     plugin = tmp_path / "echo_file.py"
     plugin.write_text(METHOD)
     data = ("--dataset", "nnunet", "--data-root", tiny_nnunet)
-    code, _, err = ssbench_cli("config", "--plugin", plugin, "--method", "echo", *data, "--set", "echo.weight=3")
+    code, _, err = cli("config", "--plugin", plugin, "--method", "echo", *data, "--set", "echo.weight=3")
     one_line(code, err, "--set echo.weight=3: weight must be in [0, 1], got 3")
-    code, out, err = ssbench_cli("config", "--plugin", plugin, "--method", "echo", *data, "--help-fields")
+    code, out, err = cli("config", "--plugin", plugin, "--method", "echo", *data, "--help-fields")
     assert code == 0 and "echo.weight: 0.5" in out and "a weight that must be in [0, 1]" in out, err
 
 
