@@ -61,7 +61,7 @@ def test_bad_options_exit_2_and_write_nothing(cli, tmp_path, acdc_phantom):
         (["--method", "sss", "--set", "sss.model=sam3"], ["sss.model sam3", "unknown"]),
     ]
     for args, needles in cases:
-        code, _, err = cli("run", *args, "--out", out, "--quiet")
+        code, _, err = cli("run", *args, "--out", out, "--quiet", "--iters", "1")  # bounded if the error regressed
         _one_line_error(code, err, *needles)
         _nothing_written(out)
 
@@ -76,11 +76,13 @@ def test_bad_data_files_exit_2_naming_the_file(cli, tmp_path):
     lab = np.zeros((48, 40, 6))
     lab[1, 1, 1] = 9
     nifti(gt, lab, (1.5, 1.6, 8.0), np.uint8)
-    code, _, err = cli("run", "--method", "supervised", "--data-root", root, "--split", "1", "--out", out, "--quiet")
+    code, _, err = cli("run", "--method", "supervised", "--data-root", root, "--split", "1", "--out", out, "--quiet",
+                       "--iters", "1")
     _one_line_error(code, err, "patient001_frame01_gt.nii.gz", "outside the dataset's classes")
     _nothing_written(out)
     (root / "training" / "patient099" / "Info.cfg").unlink()
-    code, _, err = cli("run", "--method", "supervised", "--data-root", root, "--split", "1", "--out", out, "--quiet")
+    code, _, err = cli("run", "--method", "supervised", "--data-root", root, "--split", "1", "--out", out, "--quiet",
+                       "--iters", "1")
     _one_line_error(code, err, "patient099/Info.cfg", "missing")
     _nothing_written(out)
 
