@@ -27,7 +27,7 @@ declare -A MODULES=(
   [metrics.evaluation]="ssbench/metrics/evaluation.py|tests/test_metrics.py"
   [splits]="ssbench/splits.py|tests/test_splits.py tests/test_datasets.py"
   [report.stats]="ssbench/report/stats.py|tests/test_report_stats.py tests/test_holm.py"
-  [report.pooling]="ssbench/report/pooling.py|tests/test_report_pooling.py"
+  [report.pooling]="ssbench/report/pooling.py|tests/test_pooling_units.py"
   [engine.checkpoint]="ssbench/engine/checkpoint.py|tests/test_resume.py"
   [engine.train-resume]="ssbench/engine/train.py|tests/test_resume.py"
 )
