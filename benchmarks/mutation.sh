@@ -28,7 +28,7 @@ declare -A MODULES=(
   [splits]="ssbench/splits.py|tests/test_splits.py tests/test_datasets.py"
   [report.stats]="ssbench/report/stats.py|tests/test_report_stats.py tests/test_holm.py"
   [report.pooling]="ssbench/report/pooling.py|tests/test_pooling_units.py"
-  [engine.checkpoint]="ssbench/engine/checkpoint.py|tests/test_resume.py"
+  [engine.checkpoint]="ssbench/engine/checkpoint.py|tests/test_resume.py tests/test_gpu_paths.py::test_a_checkpoint_resumes_on_another_device_than_the_one_that_wrote_it"
   [engine.train-resume]="ssbench/engine/train.py|tests/test_resume.py"
 )
 ORDER=(metrics metrics.surface metrics.evaluation splits report.stats report.pooling engine.checkpoint
