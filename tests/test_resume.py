@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -30,6 +32,18 @@ def steps(monkeypatch):
     return seen
 
 
+def finished(run):
+    """A published run whose best.pt is the selected checkpoint (the equality with an uninterrupted run is
+    test_resume_runs_only_the_steps_after_the_checkpoint's and tests/test_crash.py's)."""
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "final.pt"]
+    assert not list(run.rglob("*.tmp")) and not (run / "LOCK").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["iteration"] == summary["selection"]["best_iteration"]
+    assert best["val_dice"] == pytest.approx(summary["selection"]["best_score"])
+
+
 def _files(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -45,8 +59,8 @@ def test_resume_runs_only_the_steps_after_the_checkpoint(cli, tiny_nnunet, tiny_
     same_results(out / RUN, tiny_run)
 
 
-def test_without_a_checkpoint_resume_starts_over_and_drops_the_old_attempts_files(tiny_nnunet, tiny_run, tmp_path,
-                                                                                    monkeypatch, steps):
+def test_without_a_checkpoint_resume_starts_over_and_drops_the_old_attempts_files(tiny_nnunet, tmp_path, monkeypatch,
+                                                                                    steps):
     from ssbench.engine.run import execute
 
     out = tmp_path / "results"
@@ -60,7 +74,7 @@ def test_without_a_checkpoint_resume_starts_over_and_drops_the_old_attempts_file
     steps.clear()
     execute(tiny_request(tiny_nnunet, out, resume=True))
     assert steps == [0, 1, 2, 3, 4, 5]
-    same_results(out / RUN, tiny_run)  # best.pt is this attempt's (its iteration is the selected one)
+    finished(out / RUN)  # best.pt is this attempt's (its iteration is the selected one)
 
 
 def test_best_pt_is_put_back_as_it_was_at_the_checkpoint(tiny_nnunet, tmp_path, monkeypatch, steps):
@@ -101,7 +115,7 @@ def test_best_pt_is_put_back_as_it_was_at_the_checkpoint(tiny_nnunet, tmp_path, 
     assert best["iteration"] == 4 and best["val_dice"] == pytest.approx(0.4)
 
 
-def test_a_finished_staging_folder_is_published_as_it_is(tiny_nnunet, tiny_run, tmp_path, monkeypatch, steps):
+def test_a_finished_staging_folder_is_published_as_it_is(tiny_nnunet, tmp_path, monkeypatch, steps):
     """Killed between its last write and its publication: --resume trains nothing, evaluates nothing and publishes
     the files written before the interruption, run.json (its times) included."""
     from ssbench.engine import evaluate, run as run_mod
@@ -126,10 +140,10 @@ def test_a_finished_staging_folder_is_published_as_it_is(tiny_nnunet, tiny_run, 
     after = _files(run)
     resume_state = {"checkpoints/last.pt", "checkpoints/best-at-4.pt", "LOCK"}
     assert after == {k: v for k, v in before.items() if k not in resume_state}
-    same_results(run, tiny_run)
+    finished(run)
 
 
-def test_a_partial_test_evaluation_is_done_again(tiny_nnunet, tiny_run, tmp_path, monkeypatch, steps):
+def test_a_partial_test_evaluation_is_done_again(tiny_nnunet, tmp_path, monkeypatch, steps):
     """Killed while evaluating the final checkpoint (best's predictions written): the resumed run trains from the
     last checkpoint (4) and evaluates both checkpoints again."""
     from ssbench.engine import evaluate
@@ -158,8 +172,9 @@ def test_a_partial_test_evaluation_is_done_again(tiny_nnunet, tiny_run, tmp_path
                          original(method, cases, dataset, cfg, device, checkpoint, predictions))[1])
     run = execute(tiny_request(tiny_nnunet, out, resume=True))
     assert steps == [4, 5] and evaluated == ["best", "final"]
-    same_results(run, tiny_run)
-    assert (run / "predictions" / "best.npz").read_bytes() == (tiny_run / "predictions" / "best.npz").read_bytes()
+    finished(run)
+    best = dict(np.load(run / "predictions" / "best.npz"))  # written again, for every test case
+    assert sorted(best) == sorted(pd.read_csv(run / "metrics_per_case.csv")["case_id"].unique())
 
 
 @pytest.mark.parametrize("damage,needles", [
