@@ -6,7 +6,7 @@
 # scratch copy of this working tree (the checkout is never touched). Prints killed / mutants per module and lists
 # every surviving mutant; `mutmut show NAME` in the module's scratch folder shows its diff.
 #
-#   .venv/bin/pip install 'mutmut>=3.8,<4'              # a tool, not a dependency of ssbench
+#   .venv/bin/pip install -e '.[test,mutation]'         # mutmut 3: a tool, not a dependency of ssbench
 #   OMP_NUM_THREADS=1 benchmarks/mutation.sh [MODULE ...]  # default: every module below, one after the other
 #
 # MODULE: metrics, metrics.surface, metrics.evaluation, splits, report.stats, report.pooling, engine.checkpoint,
@@ -17,7 +17,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${WORK:-/tmp/ssbench-mutation}
 python=${PYTHON:-$repo/.venv/bin/python}
 mutmut="$(dirname "$python")/mutmut"
-[ -x "$mutmut" ] || { echo "mutation.sh: $mutmut not found: $(dirname "$python")/pip install 'mutmut>=3.8,<4'" >&2; exit 2; }
+[ -x "$mutmut" ] || { echo "mutation.sh: $mutmut not found: $(dirname "$python")/pip install -e '.[test,mutation]'" >&2; exit 2; }
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 # module -> "file|pytest arguments" (the narrow selection whose tests can kill its mutants)
