@@ -103,7 +103,7 @@ def test_kill_9_while_replacing_a_run_keeps_the_old_one_until_the_new_one_is_com
     assert not (out / RUN / "OLD").exists() and sorted(p.name for p in (out / RUN.parent).iterdir()) == ["seed1337"]
 
 
-def _interrupted(tiny_nnunet, out, monkeypatch, at=3):
+def _interrupted(tiny_nnunet, out, monkeypatch, at=3, sets=()):
     """An interrupted run in-process: the method raises at step ``at`` (the staging folder stays, as after a kill)."""
     from conftest import tiny_request
     from ssbench.engine.run import execute
@@ -119,7 +119,7 @@ def _interrupted(tiny_nnunet, out, monkeypatch, at=3):
     with monkeypatch.context() as m:
         m.setattr(Supervised, "training_step", step)
         with pytest.raises(KeyboardInterrupt):
-            execute(tiny_request(tiny_nnunet, out))
+            execute(tiny_request(tiny_nnunet, out, sets=sets))
     return out / RUN.with_name(".seed1337.incomplete")
 
 

@@ -284,3 +284,39 @@ def test_load_weights_names_the_file_and_the_method():
                                          "loading state_dict for Supervised")
     with pytest.raises(UserError, match=r"x.pt: its weights do not fit method 'supervised' \(KeyError: "):
         checkpoint.load_weights(method, {}, "x.pt")
+
+
+def test_a_best_checkpoint_older_than_the_checkpoint_is_kept_across_a_resume(tiny_nnunet, tmp_path, monkeypatch,
+                                                                              steps):
+    """The best validation was at iteration 1, before the checkpoint at 2: its snapshot travels with last.pt."""
+    from ssbench.engine import train as train_mod
+    from ssbench.engine.run import execute
+
+    out = tmp_path / "results"
+    sets = ("train.val_every=1",)
+    scores = iter([0.5, 0.1, 0.2])
+    monkeypatch.setattr(train_mod, "mean_val_dice", lambda *a: next(scores, 0.0))
+    staging = _interrupted(tiny_nnunet, out, monkeypatch, at=3, sets=sets)
+    assert torch.load(staging / "checkpoints" / "last.pt", weights_only=True)["best_file"] == "best-at-2.pt"
+    steps.clear()
+    run = execute(tiny_request(tiny_nnunet, out, sets=sets, resume=True))
+    assert steps == [2, 3, 4, 5]
+    assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["iteration"] == 1
+    finished(run)
+
+
+def test_a_last_pt_from_before_best_snapshots_still_resumes(tiny_nnunet, tmp_path, monkeypatch, steps):
+    """Checkpoints written before ``best_file`` was recorded: resumed, best.pt left as the folder holds it."""
+    from ssbench.engine.run import execute
+
+    out = tmp_path / "results"
+    staging = _interrupted(tiny_nnunet, out, monkeypatch, at=3)
+    last = staging / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["best_file"]
+    torch.save(state, last)
+    (staging / "checkpoints" / "best-at-2.pt").unlink()
+    steps.clear()
+    run = execute(tiny_request(tiny_nnunet, out, resume=True))
+    assert steps == [2, 3, 4, 5]
+    finished(run)
