@@ -320,3 +320,30 @@ def test_a_last_pt_from_before_best_snapshots_still_resumes(tiny_nnunet, tmp_pat
     run = execute(tiny_request(tiny_nnunet, out, resume=True))
     assert steps == [2, 3, 4, 5]
     finished(run)
+
+
+@pytest.mark.parametrize("dies_at", [3, 2])
+def test_a_checkpoint_taken_before_any_validation_restores_no_best_pt(dies_at, tiny_nnunet, tmp_path, monkeypatch):
+    """Checkpoint at 2, first validation at 3. Died after it (its best.pt is the dead attempt's) or before it (no
+    best.pt): either way the resumed attempt starts from iteration 2 with no best.pt."""
+    from ssbench.engine.run import execute
+    from ssbench.methods.supervised import Supervised
+
+    out = tmp_path / "results"
+    sets = ("train.val_every=3", "train.checkpoint_every=2")
+    staging = _interrupted(tiny_nnunet, out, monkeypatch, at=dies_at, sets=sets)
+    ckpt = staging / "checkpoints"
+    assert torch.load(ckpt / "last.pt", weights_only=True)["best_file"] is None
+    assert (ckpt / "best.pt").exists() == (dies_at == 3)
+    seen = {}
+    original = Supervised.training_step
+
+    def first_step(self, labeled, unlabeled, info):  # the state as restored, before anything is trained
+        seen.update(iteration=info.iteration, best=(ckpt / "best.pt").exists())
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Supervised, "training_step", first_step)
+        with pytest.raises(KeyboardInterrupt):
+            execute(tiny_request(tiny_nnunet, out, sets=sets, resume=True))
+    assert seen == {"iteration": 2, "best": False} and Supervised.training_step is original
