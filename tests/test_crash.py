@@ -62,7 +62,8 @@ KILLS = {
 }
 
 
-@pytest.mark.parametrize("point", [p if p == "train:3" else pytest.param(p, marks=pytest.mark.slow) for p in KILLS])
+@pytest.mark.slow  # subprocesses killed with SIGKILL; the everyday loop resumes in-process (tests/test_resume.py)
+@pytest.mark.parametrize("point", KILLS)
 def test_kill_9_then_resume_matches_an_uninterrupted_run(cli, tiny_nnunet, tiny_run, tmp_path, point, monkeypatch):
     from ssbench.methods.supervised import Supervised
 

@@ -59,6 +59,7 @@ def test_resume_runs_only_the_steps_after_the_checkpoint(cli, tiny_nnunet, tiny_
     same_results(out / RUN, tiny_run)
 
 
+@pytest.mark.slow
 def test_without_a_checkpoint_resume_starts_over_and_drops_the_old_attempts_files(tiny_nnunet, tmp_path, monkeypatch,
                                                                                     steps):
     from ssbench.engine.run import execute
@@ -143,6 +144,7 @@ def test_a_finished_staging_folder_is_published_as_it_is(tiny_nnunet, tmp_path, 
     finished(run)
 
 
+@pytest.mark.slow
 def test_a_partial_test_evaluation_is_done_again(tiny_nnunet, tmp_path, monkeypatch, steps):
     """Killed while evaluating the final checkpoint (best's predictions written): the resumed run trains from the
     last checkpoint (4) and evaluates both checkpoints again."""
@@ -179,11 +181,12 @@ def test_a_partial_test_evaluation_is_done_again(tiny_nnunet, tmp_path, monkeypa
 
 @pytest.mark.parametrize("damage,needles", [
     ("truncate", ["checkpoints/last.pt: not a readable checkpoint"]),
-    ("garbage", ["checkpoints/last.pt: not a readable checkpoint"]),
-    ("not-ssbench", ["checkpoints/last.pt: not an ssbench checkpoint (no method weights and config hash)"]),
-    ("other-run", ["checkpoints/last.pt: belongs to another run (its config hash is 0123abcd, this run's is "]),
-    ("other-world", ["checkpoints/last.pt: started with 2 processes; resume it with as many"]),
-    ("other-weights", ["checkpoints/last.pt: its weights do not fit method 'supervised' (RuntimeError: "]),
+    *[pytest.param(*case, marks=pytest.mark.slow) for case in [
+        ("garbage", ["checkpoints/last.pt: not a readable checkpoint"]),
+        ("not-ssbench", ["checkpoints/last.pt: not an ssbench checkpoint (no method weights and config hash)"]),
+        ("other-run", ["checkpoints/last.pt: belongs to another run (its config hash is 0123abcd, this run's is "]),
+        ("other-world", ["checkpoints/last.pt: started with 2 processes; resume it with as many"]),
+        ("other-weights", ["checkpoints/last.pt: its weights do not fit method 'supervised' (RuntimeError: "])]],
     ("no-best-snapshot", ["checkpoints/best-at-2.pt: missing (the best checkpoint as of last.pt); cannot resume"]),
 ])
 def test_a_damaged_last_pt_is_one_line_and_the_staging_folder_stays(cli, tiny_nnunet, tmp_path, monkeypatch, damage,
@@ -286,6 +289,7 @@ def test_load_weights_names_the_file_and_the_method():
         checkpoint.load_weights(method, {}, "x.pt")
 
 
+@pytest.mark.slow
 def test_a_best_checkpoint_older_than_the_checkpoint_is_kept_across_a_resume(tiny_nnunet, tmp_path, monkeypatch,
                                                                               steps):
     """The best validation was at iteration 1, before the checkpoint at 2: its snapshot travels with last.pt."""
@@ -305,6 +309,7 @@ def test_a_best_checkpoint_older_than_the_checkpoint_is_kept_across_a_resume(tin
     finished(run)
 
 
+@pytest.mark.slow
 def test_a_last_pt_from_before_best_snapshots_still_resumes(tiny_nnunet, tmp_path, monkeypatch, steps):
     """Checkpoints written before ``best_file`` was recorded: resumed, best.pt left as the folder holds it."""
     from ssbench.engine.run import execute
@@ -322,6 +327,7 @@ def test_a_last_pt_from_before_best_snapshots_still_resumes(tiny_nnunet, tmp_pat
     finished(run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dies_at", [3, 2])
 def test_a_checkpoint_taken_before_any_validation_restores_no_best_pt(dies_at, tiny_nnunet, tmp_path, monkeypatch):
     """Checkpoint at 2, first validation at 3. Died after it (its best.pt is the dead attempt's) or before it (no
