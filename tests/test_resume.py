@@ -353,3 +353,30 @@ def test_a_checkpoint_taken_before_any_validation_restores_no_best_pt(dies_at, t
         with pytest.raises(KeyboardInterrupt):
             execute(tiny_request(tiny_nnunet, out, sets=sets, resume=True))
     assert seen == {"iteration": 2, "best": False} and Supervised.training_step is original
+
+
+def _as_if_saved_on(path, location: str) -> None:
+    """Rewrite a torch checkpoint's storage locations from 'cpu' to ``location`` (e.g. 'cuda:0'), as a GPU run
+    writes them: the tensors' bytes are the same, only the device torch would restore them to differs."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        items = [(name, z.read(name)) for name in z.namelist()]
+    cpu, there = b"X\x03\x00\x00\x00cpu", b"X" + len(location).to_bytes(4, "little") + location.encode()
+    assert any(name.endswith("data.pkl") and cpu in data for name, data in items)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, data in items:
+            z.writestr(name, data.replace(cpu, there) if name.endswith("data.pkl") else data)
+
+
+def test_a_checkpoint_written_on_a_gpu_is_read_on_a_machine_without_one(tmp_path):
+    from ssbench.engine import checkpoint
+
+    path = tmp_path / "gpu.pt"
+    torch.save({"method": {"w": torch.arange(3.0)}, "config_hash": "h"}, path)
+    _as_if_saved_on(path, "cuda:0")
+    if not torch.cuda.is_available():  # the file really names a GPU: torch alone would refuse it here
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    state = checkpoint.load(path, "h")
+    assert state["method"]["w"].device.type == "cpu" and torch.equal(state["method"]["w"], torch.arange(3.0))
