@@ -68,9 +68,10 @@ def test_a_methods_main_row_is_its_largest_group_on_the_main_protocol():
     others = {r.label: r for r in lay.other_rows}
     assert set(others) == {"UniMatch (legacy val+test selection, train.iters=600)", "UniMatch (train.iters=600)"}
     assert others["UniMatch (train.iters=600)"].differs == {"train.iters": (600, 200)}
-    # a tie in size: the longer training wins
-    lay = only([run(seed=1), run(seed=2, train__iters=900, iters=900)])
-    assert lay.main_rows[0].settings["train.iters"] == 900
+    # a tie in size: the longer training wins (1000 > 600, though "1000" < "600" as text)
+    lay = only([run(seed=1), run(seed=2, train__iters=1000, iters=1000)])
+    assert lay.main_rows[0].settings["train.iters"] == 1000
+    assert [(r.method, r.display) for r in lay.rows] == [("unimatch", "UniMatch")] * 2
 
 
 def test_roles_order_and_the_upper_bound():
