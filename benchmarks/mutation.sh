@@ -78,14 +78,19 @@ EOF
   (cd "$dir" && "$mutmut" results --all true > results.txt 2>&1) || true
   # train.py: only the resume path's functions count (mutmut also mutates other functions' signatures)
   only=$([ "$module" = engine.train-resume ] && echo 'x_train__|x_restore_training_state__|x__restore_best__' || echo .)
-  "$python" - "$module" "$dir/results.txt" "$only" <<'EOF' | tee -a "$work/summary.txt"
-import collections, re, sys
-module, path, only = sys.argv[1:]
+  (cd "$dir" && "$python" - "$module" "$dir/results.txt" "$only" "$mutmut" <<'EOF') | tee -a "$work/summary.txt"
+import collections, re, subprocess, sys
+module, path, only, mutmut = sys.argv[1:]
 status = {}
 for line in open(path):
     name, sep, verdict = line.strip().rpartition(": ")
     if sep and "__mutmut_" in name and re.search(only, name):
         status[name] = verdict
+if only != ".":  # a line-limited module: a mutant on a line that carries the no-mutate pragma is outside it
+    for name in list(status):
+        diff = subprocess.run([mutmut, "show", name], capture_output=True, text=True).stdout.splitlines()
+        if any(l.startswith("+ ") and "pragma: no mutate" in l for l in diff):
+            del status[name]
 counts = collections.Counter(status.values())
 killed = counts["killed"] + counts["timeout"]
 total = len(status)

@@ -380,3 +380,42 @@ def test_a_checkpoint_written_on_a_gpu_is_read_on_a_machine_without_one(tmp_path
             torch.load(path, weights_only=True)
     state = checkpoint.load(path, "h")
     assert state["method"]["w"].device.type == "cpu" and torch.equal(state["method"]["w"], torch.arange(3.0))
+
+
+def test_a_fresh_start_drops_the_old_attempts_files_before_its_first_step(tiny_nnunet, tmp_path, monkeypatch):
+    from ssbench.engine.run import execute
+    from ssbench.methods.supervised import Supervised
+
+    out = tmp_path / "results"
+    staging = _interrupted(tiny_nnunet, out, monkeypatch, at=1)  # before the first checkpoint: no last.pt
+    ckpt = staging / "checkpoints"
+    for name in ("best.pt", "final.pt", "best-at-9.pt"):
+        torch.save({"method": {}, "config_hash": "x"}, ckpt / name)
+    seen = []
+
+    def first_step(self, labeled, unlabeled, info):
+        seen.append((info.iteration, sorted(p.name for p in ckpt.iterdir())))
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Supervised, "training_step", first_step)
+        with pytest.raises(KeyboardInterrupt):
+            execute(tiny_request(tiny_nnunet, out, resume=True))
+    assert seen == [(0, [])]
+
+
+def test_a_cpu_resume_leaves_a_recorded_cuda_generator_state_alone(tiny_nnunet, tmp_path, monkeypatch, steps):
+    """A last.pt that carries a CUDA generator state (written on a GPU) resumes on the CPU: the CPU state is
+    restored, the CUDA one is not touched (there may be no CUDA at all)."""
+    from ssbench.engine.run import execute
+
+    out = tmp_path / "results"
+    staging = _interrupted(tiny_nnunet, out, monkeypatch, at=3)
+    last = staging / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    ((cpu_rng, cuda_rng),) = state["rng"]
+    assert cuda_rng is None
+    torch.save({**state, "rng": [(cpu_rng, torch.zeros(16, dtype=torch.uint8))]}, last)
+    steps.clear()
+    finished(execute(tiny_request(tiny_nnunet, out, resume=True)))
+    assert steps == [2, 3, 4, 5]
