@@ -1,5 +1,5 @@
 """End-to-end runs on the embedded phantom with a tiny recipe: results layout, numbers traceable to the per-case
-file, validation-only selection, atomic publication and bit-identical --resume on CPU."""
+file, validation-only selection and atomic publication (--resume: tests/test_resume.py, tests/test_crash.py)."""
 
 import json
 
