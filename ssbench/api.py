@@ -12,6 +12,8 @@ Methods (``ssbench.methods`` entry points)
     cutmix_box, cutmix_boxes
     ema_update, ema_alpha, freeze                            an EMA teacher (Mean Teacher, UniMatch V2)
     sigmoid_rampup                                           the consistency ramp-up of the recipes
+    HostSyncRecorder                                         proves a training step free of host synchronisations
+                                                             on CPU (run it on the ``meta`` device)
 Datasets (``ssbench.datasets`` entry points)
     Dataset, Case, Split, NoOptions, minmax                  the dataset contract (see ssbench/datasets/base.py)
     labeled_count, seeded_order, holdout, draw_labeled      split helpers: "P%" / "N" / "all", a fixed val/test
@@ -23,6 +25,7 @@ Errors
 
 from ssbench.datasets.base import Case, Dataset, NoOptions, Split, minmax
 from ssbench.datasets.nifti import read_nifti, write_nifti
+from ssbench.engine.hostsync import HostSyncRecorder
 from ssbench.errors import ConfigError, DataError, UserError
 from ssbench.methods.api import API_VERSION, Batch, Method, MethodContext, StepInfo
 from ssbench.methods.ema import ema_alpha, ema_update, freeze
@@ -37,7 +40,7 @@ __all__ = [
     "API_VERSION", "Method", "MethodContext", "Batch", "StepInfo",
     "UNet", "UNetConfig", "decode_with_fp", "ce_dice_loss", "dice_loss",
     "strong_view", "color_jitter", "gaussian_blur", "cutmix_box", "cutmix_boxes",
-    "ema_update", "ema_alpha", "freeze", "sigmoid_rampup",
+    "ema_update", "ema_alpha", "freeze", "sigmoid_rampup", "HostSyncRecorder",
     "Dataset", "Case", "Split", "NoOptions", "minmax", "labeled_count", "seeded_order", "holdout",
     "draw_labeled", "read_nifti", "write_nifti",
     "UserError", "ConfigError", "DataError",

@@ -56,27 +56,28 @@ def weak(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator):
     return apply_weak(image, label, draw_weak(rng))
 
 
-@lru_cache(maxsize=512)
-def _rotation_map(h: int, w: int, angle: int, device: str):
+@lru_cache(maxsize=64)
+def _rotation_map(h: int, w: int, angle: int, device: torch.device):
     """Source pixel of every output pixel of scipy's ``rotate(order=0, reshape=False)``, and which ones fall
-    outside the input (scipy's constant border, value 0)."""
+    outside the input (scipy's constant border, value 0). Built on ``device`` from host scalars (float64, as scipy
+    computes): a cache miss costs a few small kernels, never a host-to-device copy."""
     c, s = float(special.cosdg(angle)), float(special.sindg(angle))
-    centre = np.array([(h - 1) / 2, (w - 1) / 2])
-    m = np.array([[c, s], [-s, c]])
-    offset = centre - m @ centre
-    oy, ox = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    cy = m[0, 0] * oy + m[0, 1] * ox + offset[0]
-    cx = m[1, 0] * oy + m[1, 1] * ox + offset[1]
+    cy0, cx0 = (h - 1) / 2, (w - 1) / 2
+    off_y, off_x = cy0 - (c * cy0 + s * cx0), cx0 - (-s * cy0 + c * cx0)
+    oy = torch.arange(h, dtype=torch.float64, device=device).view(h, 1)
+    ox = torch.arange(w, dtype=torch.float64, device=device).view(1, w)
+    cy = c * oy + s * ox + off_y
+    cx = -s * oy + c * ox + off_x
     inside = (cy >= 0) & (cy <= h - 1) & (cx >= 0) & (cx <= w - 1)
     iy = torch.floor(cy + 0.5).long().clamp(0, h - 1)
     ix = torch.floor(cx + 0.5).long().clamp(0, w - 1)
-    return (iy * w + ix).to(device), inside.to(device)
+    return iy * w + ix, inside
 
 
 def _rotate_torch(t: torch.Tensor, angle: int) -> torch.Tensor:
     h, w = t.shape
-    index, inside = _rotation_map(h, w, angle, str(t.device))
-    return torch.where(inside, t.reshape(-1)[index], torch.zeros((), dtype=t.dtype, device=t.device))
+    index, inside = _rotation_map(h, w, angle, t.device)
+    return torch.where(inside, t.reshape(-1)[index], t.new_zeros(()))
 
 
 def apply_weak_torch(image: torch.Tensor, label: torch.Tensor | None, p: WeakParams):

@@ -37,12 +37,14 @@ def zoom_order0(array: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def _zoom_index(n_in: int, n_out: int, device: str):
+def _zoom_index(n_in: int, n_out: int, device: torch.device):
     """scipy ``zoom(order=0)``'s source index along one axis (coordinate o * (n_in - 1) / (n_out - 1), rounded
-    half up) and which outputs fall outside the input by round-off (scipy then writes its constant 0)."""
-    c = torch.arange(n_out, dtype=torch.float64) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else torch.zeros(1, dtype=torch.float64)
+    half up) and which outputs fall outside the input by round-off (scipy then writes its constant 0). Built on
+    ``device``: no host-to-device copy."""
+    step = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    c = torch.arange(n_out, dtype=torch.float64, device=device) * step
     inside = (c >= 0) & (c <= n_in - 1)
-    return torch.floor(c + 0.5).long().clamp(0, n_in - 1).to(device), inside.to(device)
+    return torch.floor(c + 0.5).long().clamp(0, n_in - 1), inside
 
 
 def zoom_order0_torch(t: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
@@ -50,10 +52,10 @@ def zoom_order0_torch(t: torch.Tensor, size: int | tuple[int, int]) -> torch.Ten
     (h, w), (th, tw) = t.shape, _hw(size)
     if (h, w) == (th, tw):
         return t
-    iy, oky = _zoom_index(h, th, str(t.device))
-    ix, okx = _zoom_index(w, tw, str(t.device))
+    iy, oky = _zoom_index(h, th, t.device)
+    ix, okx = _zoom_index(w, tw, t.device)
     out = t[iy][:, ix]
-    return torch.where(oky[:, None] & okx[None, :], out, torch.zeros((), dtype=t.dtype, device=t.device))
+    return torch.where(oky[:, None] & okx[None, :], out, t.new_zeros(()))
 
 
 def resize_image_torch(image: torch.Tensor, size: int, mode: ResizeMode) -> torch.Tensor:

@@ -2,6 +2,7 @@
 the batched strong augmentations equal torchvision's per-sample ones, and a 2-process DDP run (gloo, CPU)
 through ``ssbench run --gpus 2`` publishes one normal results folder."""
 
+import dataclasses
 import json
 import math
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 import torchvision.transforms.v2.functional as TF
 
 from ssbench import augment
@@ -64,66 +66,64 @@ def test_ddp_shares_of_a_global_batch_are_the_one_process_batch():
     assert all(s.state_dict()["pos"] == single.state_dict()["pos"] for s in ranks)
 
 
-def _reference_strong(x, g):
-    """The per-sample loop with torchvision's own functions (what the batched versions must equal)."""
+def _reference_strong(x, jitter, sigmas):
+    """The per-sample loop with torchvision's own functions on the same random draws (what the batched versions
+    must equal)."""
     out = x.clone()
     for i in range(x.shape[0]):
-        if torch.rand((), generator=g) >= 0.8:
+        if not jitter.applied[i]:
             continue
-        img, ops = out[i], [("b", 0.5), ("c", 0.5)]
-        if torch.rand((), generator=g) < 0.5:
+        img = out[i]
+        ops = [("b", float(jitter.brightness[i])), ("c", float(jitter.contrast[i]))]
+        if jitter.contrast_first[i]:
             ops.reverse()
-        for kind, amount in ops:
-            f = float(torch.empty(()).uniform_(1 - amount, 1 + amount, generator=g))
+        for kind, f in ops:
             img = TF.adjust_brightness(img, f) if kind == "b" else TF.adjust_contrast(img, f)
         out[i] = img.clamp(0, 1)
     for i in range(x.shape[0]):
-        if torch.rand((), generator=g) >= 0.5:
-            continue
-        s = float(torch.empty(()).uniform_(0.1, 2.0, generator=g))
-        k = 2 * math.ceil(3 * s) + 1
-        out[i] = TF.gaussian_blur(out[i], [k, k], [s, s])
+        s = float(sigmas[i])
+        if s > 0:
+            k = 2 * math.ceil(3 * s) + 1
+            out[i] = TF.gaussian_blur(out[i], [k, k], [s, s])
     return out
 
 
 def test_batched_strong_views_equal_torchvisions_per_sample_ops():
     x = torch.rand(24, 1, 48, 40)
     for seed in range(3):
-        expected = _reference_strong(x, torch.Generator().manual_seed(seed))
-        got = strong.strong_view(x, torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)
+        jitter, sigmas = strong.draw_jitter(24, "cpu", g), strong.draw_blur(24, "cpu", g)
+        assert 0 < int(jitter.applied.sum()) < 24 and 0 < int((sigmas > 0).sum()) < 24
+        expected = _reference_strong(x, jitter, sigmas)
+        got = strong.apply_blur(strong.apply_jitter(x, jitter), sigmas)
         torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
+        g = torch.Generator().manual_seed(seed)
+        assert torch.equal(strong.strong_view(x, g), got)  # strong_view is the two draws, then the two ops
 
 
-def test_cutmix_boxes_are_the_single_box_draws():
-    a = strong.cutmix_boxes(40, 64, torch.Generator().manual_seed(5))
+def test_cutmix_boxes_are_the_first_fitting_candidate_of_the_rejection_draw():
+    """Each box is the first (ratio, position) candidate that fits, with UniMatch's area and ratio: drawn as a
+    per-sample loop over the same random numbers would."""
+    n, size = 40, 64
+    a = strong.cutmix_boxes(n, size, torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
-    b = torch.stack([strong.cutmix_box(64, g) for _ in range(40)])
-    assert torch.equal(a, b) and 10 < int(a.flatten(1).any(1).sum()) < 30
-
-
-DDP_SETS = ["--set", "data.train_size=32", "--set", "train.batch_labeled=2", "--set", "train.batch_unlabeled=2",
-            "--set", "train.val_every=2", "--set", "train.checkpoint_every=2"]
-
-
-@pytest.mark.slow
-def test_two_process_ddp_run_on_cpu_publishes_one_results_folder(tmp_path, acdc_phantom):
-    exe = Path(sys.executable).parent / "ssbench"
-    sets = DDP_SETS
-    common = ["run", "--method", "mean-teacher", "--split", "1", "--iters", "4", "--device", "cpu", "--quiet", *sets]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(exe), *common, "--gpus", "2", "--out", str(tmp_path / "ddp")], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "ddp" / "acdc-phantom" / "mean-teacher" / "1" / "seed1337"
-    info = json.loads((run / "run.json").read_text())
-    assert info["status"] == "complete" and info["world_size"] == 2 and info["execution"]["world"] == 2
-    assert (run / "metrics_per_case.csv").is_file() and not (run / "checkpoints" / "last.pt").exists()
-    assert [p.name for p in run.parent.iterdir()] == ["seed1337"]  # one folder, written once, by rank 0
-    proc = subprocess.run([str(exe), *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    single = json.loads((tmp_path / "one" / run.relative_to(tmp_path / "ddp") / "run.json").read_text())
-    assert single["config_hash"] == info["config_hash"]  # the world size is not part of what was trained
+    u = torch.rand(n, 2, generator=g)
+    cand = torch.rand(n, strong.BOX_CANDIDATES, 3, generator=g)
+    for i in range(n):
+        if not u[i, 0] < 0.5:
+            assert not a[i].any()
+            continue
+        target = float(0.02 + 0.38 * u[i, 1]) * size * size
+        for r_u, x_u, y_u in cand[i].tolist():
+            r = 0.3 + (1 / 0.3 - 0.3) * r_u
+            w, h = int(math.sqrt(target / r)), int(math.sqrt(target * r))
+            x0, y0 = min(int(x_u * size), size - 1), min(int(y_u * size), size - 1)
+            if x0 + w <= size and y0 + h <= size:
+                break
+        expected = torch.zeros(size, size, dtype=torch.bool)
+        expected[y0:y0 + h, x0:x0 + w] = True
+        assert torch.equal(a[i], expected), i
+    assert 10 < int(a.flatten(1).any(1).sum()) < 30
 
 
 DRIVER = """
@@ -142,10 +142,16 @@ main()
 
 
 @pytest.mark.slow
-def test_ddp_run_resumes_from_its_per_rank_state_and_matches_an_uninterrupted_one(tmp_path, acdc_phantom):
+def test_a_ddp_run_is_its_own_run_and_resumes_from_its_per_rank_state(tmp_path, tiny_nnunet):
+    """Two processes (gloo, CPU) through ``ssbench run --gpus 2``: one results folder written by rank 0, named and
+    hashed apart from the one-process run; stopped after a checkpoint, it resumes from every rank's state to the
+    metrics of an uninterrupted 2-process run."""
+    from conftest import TINY_SETS, tiny_request
+    from ssbench.engine.run import build_config, resolve_where_it_runs, run_dir_for
+
     exe = Path(sys.executable).parent / "ssbench"
-    sets = DDP_SETS
-    common = ["run", "--method", "mean-teacher", "--split", "1", "--iters", "5", "--device", "cpu", "--quiet", *sets]
+    common = ["run", "--method", "mean-teacher", "--dataset", "nnunet", "--data-root", str(tiny_nnunet), "--split",
+              "2", "--iters", "6", "--device", "cpu", "--quiet", *[x for t in TINY_SETS for x in ("--set", t)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     driver = tmp_path / "driver.py"
@@ -153,17 +159,28 @@ def test_ddp_run_resumes_from_its_per_rank_state_and_matches_an_uninterrupted_on
     stopped = subprocess.run([*torchrun, str(driver), *common, "--out", str(tmp_path / "r")], env=env,
                              capture_output=True, text=True, timeout=900)
     assert stopped.returncode != 0
-    staging = tmp_path / "r" / "acdc-phantom" / "mean-teacher" / "1" / ".seed1337.incomplete"
-    assert (staging / "checkpoints" / "last.pt").is_file() and not staging.with_name("seed1337").exists()
-    one = subprocess.run([str(exe), *common, "--resume", "--out", str(tmp_path / "r")], env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert one.returncode == 2 and "resume it with as many" in one.stderr
+    folder = Path("nnunet") / "mean-teacher" / "2" / "seed1337-ddp2"
+    staging = tmp_path / "r" / folder.with_name(".seed1337-ddp2.incomplete")
+    assert (staging / "checkpoints" / "last.pt").is_file() and not (tmp_path / "r" / folder).exists()
     resumed = subprocess.run([str(exe), *common, "--resume", "--gpus", "2", "--out", str(tmp_path / "r")], env=env,
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     clean = subprocess.run([str(exe), *common, "--gpus", "2", "--out", str(tmp_path / "c")], env=env,
                            capture_output=True, text=True, timeout=900)
     assert clean.returncode == 0, clean.stderr[-3000:]
-    a = (tmp_path / "r" / "acdc-phantom" / "mean-teacher" / "1" / "seed1337" / "metrics_per_case.csv").read_text()
-    b = (tmp_path / "c" / "acdc-phantom" / "mean-teacher" / "1" / "seed1337" / "metrics_per_case.csv").read_text()
+    a, b = ((tmp_path / d / folder / "metrics_per_case.csv").read_text() for d in ("r", "c"))
     assert a == b
+
+    run = tmp_path / "c" / folder
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["world_size"] == 2 and info["execution"]["world"] == 2
+    assert not (run / "checkpoints" / "last.pt").exists()
+    assert [p.name for p in run.parent.iterdir()] == ["seed1337-ddp2"]  # one folder, written once, by rank 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["train"]["world_size"] == 2 and config["train"]["sync_bn"] == "off"  # gloo: no SyncBatchNorm
+    one, _, dataset = build_config(tiny_request(tiny_nnunet, tmp_path / "c", method="mean-teacher"))
+    one = resolve_where_it_runs(one, dataset, torch.device("cpu"))
+    assert one.train.world_size == 1 and one.hash() != info["config_hash"]  # never pooled with a 1-process run
+    assert run_dir_for(one, str(tmp_path / "c")).name == "seed1337"
+    two = dataclasses.replace(one, train=dataclasses.replace(one.train, world_size=2))
+    assert two.hash() == info["config_hash"]  # ... and the process count is all that differs

@@ -1,4 +1,10 @@
-"""Checkpoint files: read with ``weights_only``, checked to belong to the run, errors that name the file."""
+"""Checkpoint files: read with ``weights_only``, checked to belong to the run, errors that name the file.
+
+A checkpoint is device-agnostic: it is always read to the CPU. The weights and the optimizer state are then placed
+by the model and the optimizer themselves (``load_state_dict`` copies into parameters wherever they live, and casts
+optimizer state to its parameter's device); sampler and RNG states stay on the CPU, where numpy and
+``torch.set_rng_state`` / ``torch.cuda.set_rng_state`` need them. So a run written on one device resumes on any.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,15 @@ from pathlib import Path
 from ssbench.errors import UserError
 
 
-def load(path: Path, device, config_hash: str | None = None) -> dict:
-    """The state saved by the engine at ``path``; ``config_hash``: the run it must belong to."""
+def load(path: Path, config_hash: str | None = None) -> dict:
+    """The state saved by the engine at ``path``, on the CPU; ``config_hash``: the run it must belong to."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: missing checkpoint")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types (unpickling, zip, EOF, runtime) for a file that is not one
         raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
     if not isinstance(state, dict) or not isinstance(state.get("method"), dict) or "config_hash" not in state:

@@ -80,7 +80,15 @@ class TrainConfig:
     # can change numbers). DistributedDataParallel runs may synchronise BatchNorm across ranks (UniMatch's runs).
     amp: Annotated[Literal["auto", "bf16", "off"], Field(
         description="bf16 autocast of the training step (auto: on CUDA only; resolved and recorded)")] = "auto"
-    sync_bn: Annotated[bool, Field(description="synchronise BatchNorm across DDP ranks (UniMatch's runs)")] = False
+    # Several processes (DDP) train like one only where they can: BatchNorm synchronised across ranks ('auto': on
+    # under DDP on CUDA, as UniMatch's official runs; gloo on CPU has no SyncBatchNorm), losses averaged over the
+    # ranks before they are logged. The process count is recorded and hashed: runs on different counts of
+    # processes never share a folder or a table row (docs/guarantees.md says what differs).
+    sync_bn: Annotated[Literal["auto", "on", "off"], Field(
+        description="synchronise BatchNorm across DDP ranks (auto: on under DDP on CUDA; resolved and recorded)")
+    ] = "auto"
+    world_size: Annotated[Count, Field(
+        description="training processes (set by the engine from torchrun / --gpus; part of the hash)")] = 1
     # Model selection set. 'legacy-val+test' reproduces UniMatch's own protocol (best epoch on val+test: test
     # leakage); it is never a default, and its runs carry the name in their folder and a warning.
     selection: Annotated[Literal["val", "legacy-val+test"], Field(
@@ -103,6 +111,7 @@ SET_BY_ENGINE = {
     "data.root": "--data-root",
     "data.synthetic": "--data-root (omitted: the embedded phantom)",
     "train.recipe": "--data-root (real data: published; the embedded phantom: cpu-small)",
+    "train.world_size": "the process count (--gpus N, torchrun)",
 }
 
 

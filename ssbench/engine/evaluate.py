@@ -63,7 +63,7 @@ def evaluate_checkpoints(method, cases, dataset, cfg, device, checkpoints: Path,
     rows = []
     for ckpt in ("best", "final"):
         path = checkpoints / f"{ckpt}.pt"
-        state = checkpoint.load(path, device, config_hash or cfg.hash())
+        state = checkpoint.load(path, config_hash or cfg.hash())
         checkpoint.load_weights(method, state, path)
         predictions: dict[str, np.ndarray] | None = {} if predictions_dir is not None else None
         rows += evaluate_cases(method, cases, dataset, cfg, device, ckpt, predictions)

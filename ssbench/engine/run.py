@@ -48,6 +48,7 @@ class RunRequest:
     amp: str | None = None  # 'bf16' or 'off' (--amp / --no-amp); None: the config's train.amp ('auto')
     execution: dict | None = None  # Runtime overrides (channels_last, augment_on_device, log_every): benchmarks
     deterministic: bool = False
+    world: int | None = None  # training processes; None: this process's (torchrun's WORLD_SIZE, else 1)
 
 
 def resolve_device(name: str):
@@ -65,6 +66,7 @@ def resolve_device(name: str):
 def build_config(req: RunRequest):
     """Resolve the full config (defaults, recipe, CLI options, --set) and open the dataset. No files written."""
     from ssbench.datasets import synthetic
+    from ssbench.engine.runtime import distributed_env
 
     method_cls = registry.method(req.method)
     dataset_cls = registry.dataset(req.dataset)
@@ -84,6 +86,10 @@ def build_config(req: RunRequest):
     data_overrides = method_cls.data_overrides(train.recipe)
     if data_overrides:
         data = from_dict(DataConfig, {**to_dict(data), **data_overrides}, "data")
+    if req.world is not None and req.world < 1:
+        raise UserError(f"--gpus {req.world}: must be at least 1")
+    world = req.world if req.world is not None else distributed_env()[1]
+    train = dataclasses.replace(train, world_size=world)
     cfg = RunConfig(data, train, MetricPolicy(), dataset_cls.Options(), method_cls.Config(), method_cls.name)
     if req.seed is not None:
         cfg = cfg.override("train.seed", str(req.seed))
@@ -131,13 +137,16 @@ def variant_tag(recipe_config, config) -> str:
 
 
 def protocol_tag(recipe: RunConfig, cfg: RunConfig) -> str:
-    """'legacy-valtest', 'infer-bilinear', ...: evaluation-protocol choices away from the method's recipe. They
-    name the seed folder, so that such a run never shares a folder (or a table cell) with a recipe run."""
+    """'legacy-valtest', 'infer-bilinear', 'ddp2', ...: protocol choices away from the method's recipe (how it is
+    selected, evaluated, and by how many processes trained). They name the seed folder, so that such a run never
+    shares a folder (or a table cell) with a recipe run."""
     parts = []
     if cfg.train.selection != "val":
         parts.append(cfg.train.selection.replace("+", ""))
     if cfg.data.inference_resize != recipe.data.inference_resize:
         parts.append(f"infer-{cfg.data.inference_resize}")
+    if cfg.train.world_size > 1:  # trained by several processes (DDP): not the same run as one process's
+        parts.append(f"ddp{cfg.train.world_size}")
     return "-".join(parts)
 
 
@@ -169,6 +178,17 @@ def resolve_hd_units(cfg: RunConfig, dataset) -> RunConfig:
         raise UserError(f"eval.hd_units=mm: the {dataset.describe().get('layout', '')} data at {dataset.root} keep no "
                         "voxel spacing; use --hd-units voxel")
     return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, hd_units=units))
+
+
+def resolve_where_it_runs(cfg: RunConfig, dataset, device) -> RunConfig:
+    """The 'auto' settings, resolved and then recorded: HD units from the data (mm where spacing is known), bf16
+    autocast and SyncBatchNorm from the device and the process count."""
+    from ssbench.engine.runtime import resolve_amp, resolve_sync_bn
+
+    cfg = resolve_hd_units(cfg, dataset)
+    t = cfg.train
+    return dataclasses.replace(cfg, train=dataclasses.replace(
+        t, amp=resolve_amp(t.amp, device), sync_bn=resolve_sync_bn(t.sync_bn, device, t.world_size)))
 
 
 def load_cases(dataset, patients, with_label: bool):
@@ -288,15 +308,14 @@ def execute(req: RunRequest, console=None) -> Path:
     import torch
 
     from ssbench.engine.evaluate import evaluate_checkpoints, summary_of
-    from ssbench.engine.runtime import init_distributed, make_runtime, resolve_amp
+    from ssbench.engine.runtime import init_distributed, make_runtime
     from ssbench.engine.train import deterministic_algorithms, train
 
     rank, world, rank_device = init_distributed(req.device)
     say = console.print if console is not None and not req.quiet and rank == 0 else (lambda *a, **k: None)
     cfg, method_cls, dataset = build_config(req)
-    cfg = resolve_hd_units(cfg, dataset)
     device = rank_device or resolve_device(req.device)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=resolve_amp(cfg.train.amp, device)))
+    cfg = resolve_where_it_runs(cfg, dataset, device)
     runtime = make_runtime(device, cfg.train.amp, cfg.train.deterministic, rank, world,
                            **(req.execution or {}))
     split = dataset.split(cfg.data.split, cfg.data.split_seed)

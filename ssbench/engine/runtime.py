@@ -9,6 +9,7 @@ DistributedDataParallel (NCCL on CUDA, gloo on CPU); rank 0 alone validates, eva
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from dataclasses import asdict, dataclass
@@ -39,7 +40,9 @@ class Runtime:
         return out
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
 
 def distributed_env() -> tuple[int, int, int]:
@@ -66,6 +69,15 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device | None]:
         # Evaluation runs on rank 0 while the others wait at a barrier: allow it hours.
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=dt.timedelta(hours=6))
     return rank, world, torch.device("cuda", local) if use_cuda else torch.device("cpu")
+
+
+def resolve_sync_bn(setting: str, device: torch.device, world: int) -> str:
+    """'auto' -> 'on' under DDP on CUDA, 'off' otherwise; 'on' needs CUDA (torch's SyncBatchNorm)."""
+    if setting == "auto":
+        return "on" if world > 1 and device.type == "cuda" else "off"
+    if setting == "on" and world > 1 and device.type != "cuda":
+        raise UserError("train.sync_bn=on: SyncBatchNorm needs CUDA devices (use train.sync_bn=off on CPU)")
+    return setting
 
 
 def resolve_amp(setting: str, device: torch.device) -> str:

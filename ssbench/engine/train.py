@@ -140,13 +140,20 @@ def _step_function(method, runtime, sync_bn: bool):
         return method.training_step
     from torch.nn.parallel import DistributedDataParallel
 
-    if sync_bn:
-        if runtime.device.type != "cuda":
-            raise UserError("train.sync_bn=true: SyncBatchNorm needs CUDA devices")
+    if sync_bn:  # resolved by runtime.resolve_sync_bn (CUDA only); the BN statistics of the global batch
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    # broadcast_buffers=False as UniMatch's official runs: each rank keeps its own BatchNorm statistics.
+    # broadcast_buffers=False as UniMatch's official runs: with sync_bn off, each rank keeps its own statistics.
     return DistributedDataParallel(_Step(method), device_ids=[runtime.device.index] if runtime.device.type == "cuda"
                                    else None, broadcast_buffers=False, find_unused_parameters=True)
+
+
+def _mean_over_ranks(sums: dict, runtime) -> dict:
+    import torch.distributed as dist
+
+    keys = sorted(sums)  # a method may log host scalars (a ramp weight): all go to the device for the collective
+    stacked = torch.stack([sums[k].float().to(runtime.device) for k in keys])
+    dist.all_reduce(stacked)
+    return dict(zip(keys, stacked / runtime.world))
 
 
 def _rng_states(runtime) -> list:
@@ -167,6 +174,27 @@ def _channels_last(batch, runtime):
     return batch
 
 
+def train_step(method, step_fn, optimizer, samplers, runtime, step: StepInfo, t, sums: dict) -> float:
+    """One step: draw the batches, forward, backward, update, EMA; the losses are added to ``sums`` on the device.
+    Nothing here waits for the device (tests/test_gpu_paths.py proves it with ``engine.hostsync``); the host reads
+    the sums only at the loss rows. Returns the step's learning rate."""
+    method.train()
+    lr = step_lr(t.lr, step.iteration, t.iters, t.poly_power)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    labeled = _channels_last(samplers["labeled"].next(runtime.device), runtime)
+    unlabeled = _channels_last(_draw_unlabeled(samplers, runtime.device), runtime)
+    with runtime.autocast():
+        losses = step_fn(labeled, unlabeled, step)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    method.after_optimizer_step(step)
+    for k, v in losses.items():
+        sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
+    return lr
+
+
 def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, console) -> dict:
     """Train for cfg.train.iters steps; write best.pt, final.pt and train_log.csv (rank 0); return the best
     ``{"dice", "iteration"}`` on the selection set."""
@@ -178,26 +206,14 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
     if runtime.channels_last:
         method.to(memory_format=torch.channels_last)
     torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
-    step_fn = _step_function(method, runtime, getattr(t, "sync_bn", False))
+    step_fn = _step_function(method, runtime, t.sync_bn == "on")
     optimizer = make_optimizer(method, t, runtime)
     samplers = make_samplers(type(method), cfg, pools, runtime)
     val_every = iters_per_epoch(type(method), cfg, pools) if t.val_every == "epoch" else t.val_every
     start, best, log = 0, {"dice": -1.0, "iteration": -1}, []
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
-        state = checkpoint.load(last, device, cfg.hash())
-        if len(state.get("rng", ())) != runtime.world:
-            raise UserError(f"{last}: started with {len(state.get('rng', ()))} processes; resume it with as many")
-        checkpoint.load_weights(method, state, last)
-        optimizer.load_state_dict(state["optimizer"])
-        for name, s in samplers.items():
-            s.load_state_dict(state["samplers"][name])
-        cpu_rng, cuda_rng = state["rng"][runtime.rank]
-        torch.set_rng_state(cpu_rng)
-        if device.type == "cuda" and cuda_rng is not None:
-            torch.cuda.set_rng_state(cuda_rng, device)
-        start, best, log = state["iteration"], state["best"], state["log"]
-        _restore_best(ckpt_dir, state, last)
+        start, best, log = restore_training_state(last, cfg, method, optimizer, samplers, runtime)
     else:  # a fresh start inherits no file of an earlier attempt
         for stale in [ckpt_dir / "best.pt", ckpt_dir / "final.pt", *ckpt_dir.glob("best-at-*.pt")]:
             stale.unlink(missing_ok=True)
@@ -207,27 +223,15 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
     val_dice = math.nan
     sums: dict[str, torch.Tensor] = {}
     for it in range(start, t.iters):
-        method.train()
-        lr = step_lr(t.lr, it, t.iters, t.poly_power)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        labeled = _channels_last(samplers["labeled"].next(device), runtime)
-        unlabeled = _channels_last(_draw_unlabeled(samplers, device), runtime)
-        step = StepInfo(it, t.iters)
-        with runtime.autocast():
-            losses = step_fn(labeled, unlabeled, step)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        method.after_optimizer_step(step)
-        for k, v in losses.items():  # accumulated on the device: no host synchronisation in the step
-            sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
+        lr = train_step(method, step_fn, optimizer, samplers, runtime, StepInfo(it, t.iters), t, sums)
         done = it + 1
         validate = done % val_every == 0 or done == t.iters
         save_state = done % t.checkpoint_every == 0 and done < t.iters
         if not (validate or save_state or done % runtime.log_every == 0):
             continue
         n = done - (log[-1]["iteration"] if log else start)  # steps in this row's means
+        if runtime.world > 1:  # every rank reaches the same rows: the logged losses are those of the global batch
+            sums = _mean_over_ranks(sums, runtime)
         row = {"iteration": done, "lr": lr, **{k: float(v) / n for k, v in sums.items()}}
         sums = {}
         if not math.isfinite(row["loss"]):  # checked on the logged rows: no host synchronisation in the step
@@ -270,6 +274,27 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
                             "nothing to select a checkpoint with")
         torch_save(ckpt_dir / "final.pt", _weights(method, t.iters, val_dice, cfg))
     return best
+
+
+def restore_training_state(last: Path, cfg, method, optimizer, samplers, runtime) -> tuple[int, dict, list]:
+    """Continue from the resumable checkpoint ``last``, whatever device wrote it: the state is read to the CPU
+    (``checkpoint.load``); weights and optimizer state go to the device of the parameters they belong to, sampler
+    and RNG states stay on the CPU (the CUDA generator takes its state as a CPU ByteTensor); best.pt as it was
+    then (rank 0). Returns (iteration, best, log) as of the checkpoint."""
+    state = checkpoint.load(last, cfg.hash())
+    if len(state.get("rng", ())) != runtime.world:
+        raise UserError(f"{last}: started with {len(state.get('rng', ()))} processes; resume it with as many")
+    checkpoint.load_weights(method, state, last)
+    optimizer.load_state_dict(state["optimizer"])
+    for name, s in samplers.items():
+        s.load_state_dict(state["samplers"][name])
+    cpu_rng, cuda_rng = state["rng"][runtime.rank]
+    torch.set_rng_state(cpu_rng)
+    if runtime.device.type == "cuda" and cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, runtime.device)
+    if runtime.is_main:
+        _restore_best(last.parent, state, last)
+    return state["iteration"], state["best"], state["log"]
 
 
 def _restore_best(ckpt_dir: Path, state: dict, last: Path) -> None:
