@@ -70,7 +70,7 @@ def _step_on_stand_in_device(method_name, tiny_nnunet, tmp_path, steps=2):
     return rec
 
 
-UNET_METHODS = ["supervised", "mean-teacher", "unimatch", "fixmatch"]
+UNET_METHODS = ["supervised", "mean-teacher", "unimatch", "fixmatch", "ua-mt", "urpc", "cct", "ict"]
 
 
 @pytest.mark.parametrize("method", UNET_METHODS)

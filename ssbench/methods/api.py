@@ -82,6 +82,15 @@ class Method(nn.Module):
         return {}
 
     @classmethod
+    def resolve_config(cls, config, synthetic: bool):
+        """The config as it will run, after every ``--set``: a field whose effective value depends on this machine
+        (e.g. whether pretrained weights are there) set to that value, so that config.yaml, its hash and the run's
+        folder say what ran (UniMatch V2 without DINOv2 weights on the embedded phantom: ``init: random``).
+        ``synthetic``: the run is on the embedded phantom. Raise ``UserError`` for a run that cannot start.
+        Not called again by ``ssbench eval``. Default: the config unchanged."""
+        return config
+
+    @classmethod
     def for_evaluation(cls, config):
         """Config to rebuild the method when its weights come from a run's checkpoint (``ssbench eval``): e.g.
         skip loading pretrained weights that the checkpoint replaces anyway."""

@@ -34,9 +34,12 @@ class ICTConfig(MeanTeacherConfig):
 
 
 def mix_factors(n: int, alpha: float, device) -> torch.Tensor:
-    """(n, 1, 1, 1) coefficients lam ~ Beta(alpha, alpha), one per pair of unlabeled slices."""
-    a = torch.full((n, 1, 1, 1), float(alpha), device=device)
-    return torch.distributions.Beta(a, a).sample()
+    """(n, 1, 1, 1) coefficients lam ~ Beta(alpha, alpha), one per pair of unlabeled slices: lam = X / (X + Y) with
+    X, Y ~ Gamma(alpha, 1), drawn on the device (torch's Beta sampler has no kernel for every device)."""
+    gamma = torch.distributions.Gamma(torch.full((2, n, 1, 1, 1), float(alpha), device=device),
+                                      torch.ones((), device=device), validate_args=False)
+    x, y = gamma.sample()  # validation would read device values
+    return x / (x + y)
 
 
 def mix(a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
