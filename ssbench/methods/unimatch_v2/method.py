@@ -107,6 +107,25 @@ def mix_targets(pseudo: torch.Tensor, conf: torch.Tensor, box: torch.Tensor):
     return torch.where(box, pseudo.flip(0), pseudo), torch.where(box, conf.flip(0), conf)
 
 
+def mix_view(s: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """A strong view with each image's CutMix box pasted from the reversed batch (V2: ``img_u_s1.flip(0)``)."""
+    return torch.where(box.unsqueeze(1), s.flip(0), s)
+
+
+def v2_loss(logits_x: torch.Tensor, label: torch.Tensor, logits_s: list[torch.Tensor], targets: list[tuple],
+            thresh: float, supervised: str = "ce") -> dict[str, torch.Tensor]:
+    """(loss_x + (loss_s1 + loss_s2) / 2) / 2 (unimatch_v2.py:202-204); ``targets``: the (pseudo-label,
+    confidence) of each view, CutMix applied."""
+    if supervised == "ce":
+        loss_x = F.cross_entropy(logits_x.float(), label)
+    else:
+        loss_x = ce_dice_loss(logits_x.float(), label)
+    loss_s = [unlabeled_ce(logits, *target, thresh) for logits, target in zip(logits_s, targets)]
+    out = {"loss": (loss_x + sum(loss_s) / len(loss_s)) / 2.0, "loss_x": loss_x}
+    out.update({f"loss_s{i}": v for i, v in enumerate(loss_s, start=1)})
+    return out
+
+
 class UniMatchV2(Method):
     """UniMatch V2 (a port to 2-D slices): DINOv2 + DPT, EMA teacher, two CutMix strong views with complementary
     channel dropout."""
@@ -190,24 +209,18 @@ class UniMatchV2(Method):
             conf, pseudo = probs.max(1)
         views, targets = [], []
         for _ in range(2):
-            s = strong_view(u_w)
+            s = strong_view(u_w)  # V2's dataset: each view's augmentation, then its box
             box = cutmix_boxes(b, size, p=cfg.cutmix_p, device=u_w.device)
-            views.append(torch.where(box.unsqueeze(1), s.flip(0), s))
+            views.append(mix_view(s, box))
             targets.append(mix_targets(pseudo, conf, box))
         logits_x = self.student(labeled.image)
         drop = None
         if cfg.complementary_dropout:
             first, second = perturb.complementary_masks(b, (self.student.dpt.backbone.embed_dim,), u_w.device)
             drop = torch.cat([first[0], second[0]])
-        logits_s1, logits_s2 = self.student(torch.cat(views), drop).chunk(2)
-        if cfg.supervised_loss == "ce":
-            loss_x = F.cross_entropy(logits_x.float(), labeled.label)
-        else:
-            loss_x = ce_dice_loss(logits_x.float(), labeled.label)
-        loss_s1 = unlabeled_ce(logits_s1, *targets[0], cfg.conf_thresh)
-        loss_s2 = unlabeled_ce(logits_s2, *targets[1], cfg.conf_thresh)
-        loss = (loss_x + (loss_s1 + loss_s2) / 2.0) / 2.0
-        return {"loss": loss, "loss_x": loss_x.detach(), "loss_s1": loss_s1.detach(), "loss_s2": loss_s2.detach(),
+        logits_s = self.student(torch.cat(views), drop).chunk(2)
+        out = v2_loss(logits_x, labeled.label, list(logits_s), targets, cfg.conf_thresh, cfg.supervised_loss)
+        return {**{k: v if k == "loss" else v.detach() for k, v in out.items()},
                 "conf_ratio": (conf >= cfg.conf_thresh).float().mean()}
 
     def after_optimizer_step(self, step: StepInfo) -> None:
