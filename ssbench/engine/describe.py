@@ -11,13 +11,10 @@ from ssbench.config import field_docs
 def resolved_config(req):
     """The config ``execute(req)`` would save in config.yaml: defaults, recipe, options and --set, the HD units
     resolved for the data and the device, and (with an epoch schedule) the length in iterations the data give."""
-    from ssbench.engine.run import build_config, load_inputs, resolve_device, resolve_hd_units, resolve_schedule
-    from ssbench.engine.runtime import resolve_amp
+    from ssbench.engine.run import build_config, load_inputs, resolve_device, resolve_schedule, resolve_where_it_runs
 
     cfg, method_cls, dataset = build_config(req)
-    cfg = resolve_hd_units(cfg, dataset)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, amp=resolve_amp(cfg.train.amp, resolve_device(req.device))))  # as execute() records it
+    cfg = resolve_where_it_runs(cfg, dataset, resolve_device(req.device))  # as execute() records it
     if cfg.train.schedule == "epochs":  # only then does the recorded config depend on the data's slice counts
         split = dataset.split(cfg.data.split, cfg.data.split_seed)
         inputs = load_inputs(cfg, method_cls, dataset, split, lambda *a, **k: None)

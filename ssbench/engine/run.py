@@ -90,7 +90,11 @@ def build_config(req: RunRequest):
         raise UserError(f"--gpus {req.world}: must be at least 1")
     world = req.world if req.world is not None else distributed_env()[1]
     train = dataclasses.replace(train, world_size=world)
-    cfg = RunConfig(data, train, MetricPolicy(), dataset_cls.Options(), method_cls.Config(), method_cls.name)
+    policy = MetricPolicy()
+    eval_overrides = method_cls.eval_overrides(train.recipe)
+    if eval_overrides:
+        policy = from_dict(MetricPolicy, {**to_dict(policy), **eval_overrides}, "eval")
+    cfg = RunConfig(data, train, policy, dataset_cls.Options(), method_cls.Config(), method_cls.name)
     if req.seed is not None:
         cfg = cfg.override("train.seed", str(req.seed))
     if req.split_seed is not None:
@@ -310,7 +314,7 @@ def execute(req: RunRequest, console=None) -> Path:
     share of each batch and wait for it at the end."""
     import torch
 
-    from ssbench.engine.evaluate import evaluate_checkpoints, summary_of
+    from ssbench.engine.evaluate import evaluate_checkpoints, rescore_under_protocol, summary_of
     from ssbench.engine.runtime import init_distributed, make_runtime
     from ssbench.engine.train import deterministic_algorithms, train
 
@@ -362,6 +366,7 @@ def execute(req: RunRequest, console=None) -> Path:
         "data": dataset.describe(),
         "split_protocol": split.protocol,
         "schedule": schedule,
+        **method_layout(method),
         "warnings": list(method.warnings),
         "start": _now(),
         **provenance(),
@@ -404,8 +409,11 @@ def execute(req: RunRequest, console=None) -> Path:
         if runtime.is_main:
             write_csv(staging / "metrics_per_case.csv", frame)
             selection = {"set": cfg.train.selection, "metric": "mean foreground Dice",
-                         "best_iteration": best["iteration"], "best_score": best["dice"], "cases": len(selection_cases)}
+                         "best_iteration": best["iteration"], "best_score": best["dice"], "cases": len(selection_cases),
+                         **({"stages": best["stages"]} if "stages" in best else {})}
             write_json(staging / "summary.json", summary_of(frame, cfg, selection=selection))
+            for name in cfg.eval.also_protocols:  # the published numbers' protocol, from the same predictions
+                rescore_under_protocol(staging, test, dataset, cfg, name)
             if cfg.train.deterministic:
                 run_info["deterministic_ops_warned"] = nondeterministic_ops  # ops without a deterministic kernel
             run_info.update(status="complete", end=_now(), wall_time_s=round(time.time() - t0, 1))
@@ -418,6 +426,18 @@ def execute(req: RunRequest, console=None) -> Path:
         if runtime.is_main:
             _release_lock(staging)
     return final_dir
+
+
+def method_layout(method) -> dict:
+    """What run.json records of a method's networks: the evaluated one, its optimizers and (several) stages."""
+    stages = method.stages()
+    out = {"evaluated_model": method.evaluated_model(), "optimizers": list(method.optimizer_params())}
+    if len(stages) > 1:
+        out["stages"] = [{"name": s.name, "iters": s.iters, "uses_unlabeled": s.uses_unlabeled,
+                          "optimizers": list(s.optimizers) if s.optimizers is not None else out["optimizers"],
+                          **({"optimizer_from": dict(s.optimizer_from)} if s.optimizer_from else {})}
+                         for s in stages]
+    return out
 
 
 def _barrier(world: int) -> None:

@@ -26,10 +26,11 @@ REQUIRED = ("method", "data.dataset", "data.split", "train.seed", "train.selecti
 # Fields added to the engine after the first runs were written: older runs used the value given here, so they
 # pool with newer runs that record it explicitly.
 LEGACY_DEFAULTS = {"eval.connectivity": 1, "data.inference_resize": "order0", "data.train_resize": "order0",
-                   "train.schedule": "iterations"}
+                   "train.schedule": "iterations", "train.lr_schedule": "poly", "train.val_epochs": 1}
 # Never part of the comparison: the pooled dimension (seed), where the data live, how the split was spelled
 # (the labeled count is compared instead) and the hash (it covers the seed).
-NOT_COMPARED = ("train.seed", "data.root", "data.split", "config_hash")
+NOT_COMPARED = ("train.seed", "data.root", "data.split", "config_hash",
+                "eval.also_protocols")  # extra scorings in evals/ never change the run's own numbers
 
 
 @dataclass
