@@ -429,6 +429,7 @@ def check_ssl4mis_steps(code: Path) -> list[Item]:
     from ssbench.methods import perturb
     from ssbench.methods.api import MethodContext
     from ssbench.methods.cct import CCT, CCTConfig
+    from ssbench.methods.cps import CPS, CPSConfig
     from ssbench.methods.ict import ICT, ICTConfig
     from ssbench.methods.uamt import UAMT, UAMTConfig
     from ssbench.methods.urpc import URPC, URPCConfig
@@ -489,12 +490,25 @@ def check_ssl4mis_steps(code: Path) -> list[Item]:
                          {"model": student, "ema_model": teacher}, image, label, n_lab, it)
         out = _our_step(method, image, label, n_lab, it, 30000)
     compare("ICT", out, ns, [(student, method.student)], f"consistency {float(out['loss_cons']):.4g}")
+
+    # CPS (two networks, each against the other's argmax)
+    torch.manual_seed(0)
+    method = CPS(CPSConfig(), ctx)
+    model1, model2 = unet.UNet(1, 4), unet.UNet(1, 4)
+    copy_weights(model1, method.model1), copy_weights(model2, method.model2)
+    ns = _their_step(code, "train_cross_pseudo_supervision_2D.py", {"model1": model1, "model2": model2},
+                     image, label, n_lab, it)
+    out = _our_step(method, image, label, n_lab, it, 30000)
+    agree = float((ns["pseudo_outputs1"] == ns["pseudo_outputs2"]).float().mean())
+    compare("CPS", out, ns, [(model1, method.model1), (model2, method.model2)],
+            f"both networks' gradients; the two pseudo-labels agree on {agree:.1%} of pixels")
     return items
 
 
 def check_ssl4mis_schedules(code: Path, draws: int) -> list[Item]:
     """Every iteration of 30k: the unlabeled weight of each script and UA-MT's uncertainty threshold; ICT's Beta
     draws against NumPy's (two-sample KS)."""
+    from ssbench.methods.cps import CPSConfig
     from ssbench.methods.ict import ICTConfig, mix_factors
     from ssbench.methods.mean_teacher import consistency_weight
     from ssbench.methods.uamt import UAMTConfig, uncertainty_threshold
@@ -507,7 +521,8 @@ def check_ssl4mis_schedules(code: Path, draws: int) -> list[Item]:
             ("UA-MT", "train_uncertainty_aware_mean_teacher_2D.py", lambda i: consistency_weight(i, UAMTConfig())),
             ("URPC", "train_uncertainty_rectified_pyramid_consistency_2D.py", URPCConfig().weight),
             ("CCT", "train_cross_consistency_training_2D.py", URPCConfig().weight),
-            ("ICT", "train_interpolation_consistency_training_2D.py", lambda i: consistency_weight(i, ICTConfig()))):
+            ("ICT", "train_interpolation_consistency_training_2D.py", lambda i: consistency_weight(i, ICTConfig())),
+            ("CPS", "train_cross_pseudo_supervision_2D.py", CPSConfig().weight)):
         path = code / script
         defaults = script_defaults(path)
         ns = {"args": argparse.Namespace(**defaults), "ramps": ramps}
@@ -804,6 +819,7 @@ def check_zoo_recipes(ssl4mis: Path) -> list[Item]:
     """Each SSL4MIS script's argparse defaults against the method's published config and recipe."""
     from ssbench.engine.config import TrainConfig
     from ssbench.methods.cct import CCT, CCTConfig
+    from ssbench.methods.cps import CPS, CPSConfig
     from ssbench.methods.ict import ICT, ICTConfig
     from ssbench.methods.uamt import UAMT, UAMTConfig
     from ssbench.methods.urpc import URPC, URPCConfig
@@ -812,7 +828,7 @@ def check_zoo_recipes(ssl4mis: Path) -> list[Item]:
 
     def network(method_cls, cfg) -> str:  # SSL4MIS's net_factory name of the network the method builds
         net = method_cls(cfg, MethodContext(1, 4, 64, 100, torch.device("cpu")))
-        net = getattr(net, "net", None) or getattr(net, "student")
+        net = getattr(net, "net", None) or getattr(net, "student", None) or net.model1
         return "unet_urpc" if net.aux_heads is not None else "unet_cct" if net.aux_decoders is not None else "unet"
 
     items = []
@@ -820,7 +836,8 @@ def check_zoo_recipes(ssl4mis: Path) -> list[Item]:
             ("UA-MT", "train_uncertainty_aware_mean_teacher_2D.py", UAMT, UAMTConfig()),
             ("URPC", "train_uncertainty_rectified_pyramid_consistency_2D.py", URPC, URPCConfig()),
             ("CCT", "train_cross_consistency_training_2D.py", CCT, CCTConfig()),
-            ("ICT", "train_interpolation_consistency_training_2D.py", ICT, ICTConfig())):
+            ("ICT", "train_interpolation_consistency_training_2D.py", ICT, ICTConfig()),
+            ("CPS", "train_cross_pseudo_supervision_2D.py", CPS, CPSConfig())):
         d = script_defaults(ssl4mis / script)
         t = {**vars(TrainConfig()), **cls.recipe_overrides("published")}
         pairs = [("lr", t["lr"], d["base_lr"]), ("batch", t["batch_labeled"] + t["batch_unlabeled"], d["batch_size"]),
@@ -829,7 +846,7 @@ def check_zoo_recipes(ssl4mis: Path) -> list[Item]:
                  ("consistency", cfg.consistency, d["consistency"]),
                  ("consistency_rampup", cfg.consistency_rampup, d["consistency_rampup"]),
                  ("network", network(cls, cfg), d["model"])]
-        if "ema_decay" in d:
+        if "ema_decay" in d and hasattr(cfg, "ema_decay"):  # the CPS script declares one and never uses it
             pairs.append(("ema_decay", cfg.ema_decay, d["ema_decay"]))
         if "ict_alpha" in d:
             pairs.append(("ict_alpha", cfg.alpha, d["ict_alpha"]))

@@ -157,7 +157,8 @@ class Method(nn.Module):
 
     def optimizer_params(self) -> dict[str, Iterable]:
         """One optimizer per entry: name -> its parameters (or torch param-group dicts, which may set their own
-        ``lr``). Each is built from ``train.*`` (SGD or AdamW, momentum, weight decay) and follows
+        ``lr``, or ``lr_scale``: that group's rate = ``train.lr`` x the scale, e.g. UniMatch V2's head at x40).
+        Each is built from ``train.*`` (SGD or AdamW, momentum, weight decay) and follows
         ``train.lr_schedule``. Default: one optimizer, ``main``, over ``trainable_parameters()``. All of them are
         stepped after the same ``backward`` of ``"loss"``, as the co-training codes do."""
         return {"main": list(self.trainable_parameters())}
