@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from hardware import describe
 from ssbench import registry
 from ssbench.config import apply_override
 from ssbench.methods.api import Batch, MethodContext, StepInfo
@@ -96,7 +97,7 @@ def time_method(name, size, batch, device, sets, steps, warmup, amp, pool=64):
     return float(np.median(times)), peak
 
 
-def main():
+def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=["supervised", "mean-teacher", "unimatch"])
     p.add_argument("--size", type=int, nargs="+", default=[256])
@@ -107,18 +108,26 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--volume-pool", type=int, default=64, help="distinct volumes the steps cycle through")
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="one step at 32x32, batch 2 (CI: the script runs)")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.size, args.batch, args.steps, args.warmup = [32], 2, 1, 1
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; batch {args.batch} labeled + {args.batch} unlabeled; amp {args.amp}; torch {torch.__version__}")
+    print(f"hardware: {describe(device)}")
+    print(f"settings: batch {args.batch} labeled + {args.batch} unlabeled; amp {args.amp}"
+          + ("; --tiny: a check that the script runs, not a speed figure" if args.tiny else ""))
     print(f"{'method':14s} {'size':>5s} {'s/step':>8s} {'it/s':>7s} {'peak GiB':>9s}  settings")
+    rows = []
     for method in args.methods:
         for size in args.size:
             sets = list(args.sets)  # SSS reads its input size from the context (data.train_size): --size
             sec, peak = time_method(method, size, args.batch, device, sets, args.steps, args.warmup, args.amp,
                                     args.volume_pool)
             print(f"{method:14s} {size:5d} {sec:8.3f} {1 / sec:7.2f} {peak:9.2f}  {' '.join(sets)}", flush=True)
+            rows.append({"method": method, "size": size, "s_per_step": sec, "peak_gib": peak, "sets": sets})
+    return rows
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    sys.exit(0)

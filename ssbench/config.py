@@ -97,6 +97,11 @@ def _is(atom, kind) -> bool:
     return _strip(atom)[0] is kind
 
 
+def _is_word_choice(atom) -> bool:
+    base = _strip(atom)[0]
+    return typing.get_origin(base) is typing.Literal and all(isinstance(v, str) for v in typing.get_args(base))
+
+
 def _is_tuple(atom) -> bool:
     base = _strip(atom)[0]
     return base in (tuple, list) or typing.get_origin(base) in (tuple, list)
@@ -228,7 +233,10 @@ def _set_path(obj, parts: list[str], raw: str, dotted: str):
         if _section_type(types_[key]) is not None:
             raise ConfigError(f"--set {dotted}: {key!r} is a section; name one of its fields")
         tp = types_[key]
-        textual = any(_is(a, str) for a in _atoms(tp))
+        atoms = _atoms(tp)
+        # text stays text for a str field, and for a choice among words, which YAML would otherwise turn into
+        # booleans ('on', 'off', 'yes', 'no')
+        textual = any(_is(a, str) for a in atoms) or all(_is_word_choice(a) or _is(a, type(None)) for a in atoms)
         value = raw if textual and raw.strip().lower() not in ("none", "null") else parse_value(raw)
         new = check_value(value, tp, f"--set {dotted}", shown=raw)
     else:

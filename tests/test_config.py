@@ -238,3 +238,14 @@ def test_tiny_run_options_are_valid(tiny_nnunet, cli):
     code, out, err = cli("config", "--method", "supervised", "--data-root", tiny_nnunet,
                          *[a for a in TINY_RUN if a not in ("--device", "cpu", "--quiet")])
     assert code == 0, err
+
+
+def test_word_choices_stay_words_on_the_command_line(cli, tiny_nnunet):
+    """'on' / 'off' are YAML booleans; a field whose choices are words takes them as the words (--no-amp is
+    train.amp=off)."""
+    code, printed, err = cli("config", "--method", "supervised", "--dataset", "nnunet", "--data-root", tiny_nnunet,
+                             "--split", "2", "--no-amp", "--set", "train.sync_bn=on", "--set", "train.compile=off",
+                             "--set", "train.val_every=50")
+    assert code == 0, err
+    shown = yaml.safe_load(printed)["train"]
+    assert (shown["amp"], shown["sync_bn"], shown["compile"], shown["val_every"]) == ("off", "on", "off", 50)

@@ -1,6 +1,8 @@
 """GPU paths proved on CPU: checkpoints that resume on another device than the one that wrote them (a stand-in
 device, ``meta``, plays the accelerator)."""
 
+import os
+
 import pytest
 import torch
 
@@ -56,7 +58,7 @@ def _step_on_stand_in_device(method_name, tiny_nnunet, tmp_path, steps=2):
     cfg, method_cls, dataset = build_config(tiny_request(tiny_nnunet, tmp_path, method=method_name))
     inputs = load_inputs(cfg, method_cls, dataset, dataset.split(cfg.data.split, cfg.data.split_seed),
                          lambda *a: None)
-    device = torch.device("meta")
+    device = torch.device(os.environ.get("SSBENCH_HOSTSYNC_DEVICE", "meta"))  # benchmarks/gpu_check.sh: cuda
     runtime = make_runtime(device, "off", False, augment_on_device=True)
     method = build_method(cfg, method_cls, dataset, torch.device("cpu"), inputs).to(device)
     optimizer = make_optimizer(method, cfg.train, runtime)
@@ -100,3 +102,21 @@ def test_the_recorder_sees_each_kind_of_host_synchronisation():
                      ("device value read", True), ("device value read", True), ("device-to-host copy", True)]
     assert all(e.where.startswith("tests/test_gpu_paths.py:") for e in rec.events), rec.report()
     assert len(rec.blocking) == 5
+
+
+def test_train_compile_compiles_the_networks_in_place_and_keeps_the_checkpoint_format(tiny_nnunet, tmp_path):
+    """train.compile=on: each network of the method is compiled in place (nn.Module.compile): the state dict, and
+    so every checkpoint, keeps its keys; nothing else is wrapped. (The compiled speed is measured by
+    benchmarks/train_step.py --compile, against eager in the same call.)"""
+    from ssbench.engine.run import build_config, build_method
+    from ssbench.engine.train import compile_networks
+
+    cfg, method_cls, dataset = build_config(tiny_request(tiny_nnunet, tmp_path, method="mean-teacher",
+                                                         sets=("train.compile=on",)))
+    assert cfg.train.compile == "on"
+    method = build_method(cfg, method_cls, dataset, torch.device("cpu"))
+    keys = list(method.state_dict())
+    compiled = compile_networks(method)
+    assert {type(m).__name__ for m in compiled} == {"UNet"} and len(compiled) == 2  # student and teacher
+    assert all(m._compiled_call_impl is not None for m in compiled)
+    assert list(method.state_dict()) == keys

@@ -93,6 +93,11 @@ class TrainConfig:
     sync_bn: Annotated[Literal["auto", "on", "off"], Field(
         description="synchronise BatchNorm across DDP ranks (auto: on under DDP on CUDA; resolved and recorded)")
     ] = "auto"
+    # torch.compile of the method's networks (nn.Module.compile: parameters and checkpoints unchanged). Off by
+    # default: benchmarks/train_step.py measures what it gains against eager in the same call, per device.
+    compile: Annotated[Literal["off", "on"], Field(
+        description="torch.compile the method's networks (Method.compile_targets); recorded, since kernels differ")
+    ] = "off"
     world_size: Annotated[Count, Field(
         description="training processes (set by the engine from torchrun / --gpus; part of the hash)")] = 1
     # Model selection set. 'legacy-val+test' reproduces UniMatch's own protocol (best epoch on val+test: test

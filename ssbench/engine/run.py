@@ -57,7 +57,8 @@ def resolve_device(name: str):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
+        raise UserError("--device cuda: no CUDA device is available (CUDA_VISIBLE_DEVICES="
+                        f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')})")
     if name not in ("cpu", "cuda"):
         raise UserError(f"--device {name}: expected auto, cpu or cuda")
     return torch.device(name)
@@ -319,6 +320,9 @@ def execute(req: RunRequest, console=None) -> Path:
     from ssbench.engine.train import deterministic_algorithms, train
 
     rank, world, rank_device = init_distributed(req.device)
+    if req.world is not None and req.world != world:
+        raise UserError(f"this run was planned for {req.world} process(es) and runs as {world}: start it with "
+                        f"--gpus {req.world} (or as a sweep job of {req.world} GPUs)")
     say = console.print if console is not None and not req.quiet and rank == 0 else (lambda *a, **k: None)
     cfg, method_cls, dataset = build_config(req)
     device = rank_device or resolve_device(req.device)

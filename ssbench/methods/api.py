@@ -133,6 +133,13 @@ class Method(nn.Module):
         return config
 
     @classmethod
+    def prepare(cls, config, synthetic_data: bool = False) -> list[str]:
+        """Fetch what runs of ``config`` load from outside (pretrained weights into a cache), once, before a sweep
+        submits its jobs, so that no job downloads on its own. Returns lines to show the user. A failure that the
+        run itself would report (e.g. offline) is left to the run."""
+        return []
+
+    @classmethod
     def short_recipe(cls, config, iters: int, published_iters: int = 30000):
         """Config for a run much shorter than the published one (the embedded CPU default). Methods whose
         schedules are in absolute iterations scale them here; the result is what the run's config records."""
@@ -150,6 +157,11 @@ class Method(nn.Module):
 
     def attach_labeled_volumes(self, volumes: dict) -> None:
         """case id -> (image (D, H, W) float32, label (D, H, W) uint8) of each labeled volume, at native size."""
+
+    def compile_targets(self) -> list[nn.Module]:
+        """The networks ``train.compile=on`` compiles (``nn.Module.compile``, in place: state-dict keys and
+        checkpoints unchanged). Default: every direct child module that holds parameters."""
+        return [m for m in self.children() if next(m.parameters(), None) is not None]
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters the optimizer updates (override to leave out a teacher)."""

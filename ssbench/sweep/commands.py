@@ -26,9 +26,18 @@ def sweep(
     out: Path = typer.Option(Path("results"), "--out", help="Results root folder."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (inside each job)."),
     executor: str = typer.Option("local", "--executor", help="local, slurm or debug."),
-    parallel: int = typer.Option(1, "--parallel", help="local: runs at once (one per GPU or a few on CPU)."),
+    parallel: Optional[int] = typer.Option(None, "--parallel", help=(
+        "local: runs at once (default: as many as the GPUs hold at --gpus-per-job each; 1 without GPUs).")),
     slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition"),
-    gpus_per_job: int = typer.Option(1, "--gpus-per-job"),
+    slurm_account: Optional[str] = typer.Option(None, "--slurm-account", help="Slurm: account to charge."),
+    slurm_qos: Optional[str] = typer.Option(None, "--slurm-qos", help="Slurm: quality of service."),
+    mem_gb: Optional[int] = typer.Option(None, "--mem-gb", help="Slurm: memory per job, in GB."),
+    slurm_param: List[str] = typer.Option([], "--slurm-param", help=(
+        "Slurm: another #SBATCH parameter as key=value, e.g. constraint=a100 (repeatable).")),
+    setup: List[str] = typer.Option([], "--setup", help=(
+        "A shell line run before each job, e.g. 'source .venv/bin/activate' (repeatable; Slurm and local).")),
+    gpus_per_job: int = typer.Option(1, "--gpus-per-job", help=(
+        "GPUs per run; >1 runs it as that many DDP processes (its folder gets -ddpN); 0: CPU jobs.")),
     cpus_per_job: int = typer.Option(8, "--cpus-per-job"),
     timeout_min: int = typer.Option(24 * 60, "--timeout-min", help="Per job; Slurm requeues a timed-out run."),
     array_parallelism: int = typer.Option(16, "--array-parallelism", help="Slurm: array tasks at once."),
@@ -49,13 +58,21 @@ def sweep(
             raise UserError(f"{missing[0]}: required (or --grid NAME)")
         g = Grid(parse_list("--methods", methods), parse_list("--splits", splits), parse_list("--seeds", seeds, int),
                  (dataset,))
-    for option, value in (("--parallel", parallel), ("--gpus-per-job", gpus_per_job), ("--timeout-min", timeout_min),
-                          ("--array-parallelism", array_parallelism), ("--cpus-per-job", cpus_per_job)):
+    for option, value in (("--parallel", parallel or 1), ("--timeout-min", timeout_min),
+                          ("--array-parallelism", array_parallelism), ("--cpus-per-job", cpus_per_job),
+                          ("--mem-gb", mem_gb or 1)):
         if value < 1:
             raise UserError(f"{option} {value}: must be at least 1")
-    planned = plan(g, parse_roots(data_root, g.datasets), tuple(sets), iters, out, device)
+    if gpus_per_job < 0:
+        raise UserError(f"--gpus-per-job {gpus_per_job}: must be 0 (CPU jobs) or more")
+    if gpus_per_job == 0 and device == "cuda":
+        raise UserError("--gpus-per-job 0: CPU jobs, but --device cuda")
+    slurm = SlurmOptions(slurm_partition, gpus_per_job, cpus_per_job, timeout_min, array_parallelism, slurm_account,
+                         slurm_qos, mem_gb, tuple(slurm_param), tuple(setup))
+    slurm.submitit_parameters()  # a malformed --slurm-param stops here, before anything is planned
+    planned = plan(g, parse_roots(data_root, g.datasets), tuple(sets), iters, out,
+                   "cpu" if gpus_per_job == 0 else device, world=max(1, gpus_per_job))
     typer.echo(f"sweep of {len(planned)} runs ({sum(p.complete for p in planned)} already complete)")
-    slurm = SlurmOptions(slurm_partition, gpus_per_job, cpus_per_job, timeout_min, array_parallelism)
     sweep_dir = launch(planned, out, executor, slurm, parallel, say=typer.echo)
     typer.echo(f"manifest: {sweep_dir / 'manifest.json'}")
 
@@ -65,7 +82,7 @@ def status_cmd(
     results: Path = typer.Argument(..., help="The results root a sweep wrote to."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Sweep id (default: the newest)."),
 ):
-    """Done / running / failed / queued / missing for every run of a sweep."""
+    """Done / running / requeued / failed / queued / missing for every run of a sweep."""
     from ssbench.sweep.status import STATES, status
 
     rows = status(results, sweep)

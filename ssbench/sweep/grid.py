@@ -75,9 +75,11 @@ class PlannedRun:
     complete: bool
 
 
-def plan(grid: Grid, roots: dict, sets: tuple[str, ...], iters: int | None, out: Path, device: str) -> list[PlannedRun]:
+def plan(grid: Grid, roots: dict, sets: tuple[str, ...], iters: int | None, out: Path, device: str,
+         world: int = 1) -> list[PlannedRun]:
     """Resolve every run's config and results folder (fails fast on a bad name, key or data root, before
-    anything is submitted) and mark the runs that are already complete."""
+    anything is submitted) and mark the runs that are already complete. ``world``: processes per run (a run of
+    several is a DDP run, in its own folder)."""
     from ssbench.engine.run import RunRequest, build_config, run_dir_for
 
     planned = []
@@ -86,7 +88,8 @@ def plan(grid: Grid, roots: dict, sets: tuple[str, ...], iters: int | None, out:
             for split in grid.splits:
                 for seed in grid.seeds:
                     req = RunRequest(method=method, dataset=dataset, data_root=roots.get(dataset), split=split,
-                                     seed=seed, iters=iters, sets=sets, out=str(out), device=device, resume=True)
+                                     seed=seed, iters=iters, sets=sets, out=str(out), device=device, resume=True,
+                                     world=world)
                     cfg, _, _ = build_config(req)
                     run_dir = run_dir_for(cfg, str(out))
                     planned.append(PlannedRun(str(run_dir.relative_to(out)), run_dir, req, is_complete(run_dir)))

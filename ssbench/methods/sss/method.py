@@ -64,6 +64,15 @@ class SSS(Method):
                 "inference_resize": "bilinear"}
 
     @classmethod
+    def prepare(cls, config, synthetic_data=False):
+        # A sweep fetches the official weights once, before its jobs start (on the embedded phantom a missing
+        # checkpoint means random initialisation, so nothing is fetched there).
+        if config.checkpoint or config.init != "pretrained" or synthetic_data:
+            return []
+        file = sam2_net.fetch_official(config.model, _weights_cache(config))
+        return [f"sss: pretrained {config.model} at {file}"]
+
+    @classmethod
     def for_evaluation(cls, config):
         return replace(config, init="random", checkpoint=None)  # the run's checkpoint holds every weight
 
@@ -99,9 +108,7 @@ class SSS(Method):
             self.warnings.append(f"SSS: SAM-2 ({cfg.model}) randomly initialised (sss.init=random): not the paper's "
                                  "pretrained model")
             return
-        from ssbench.datasets.synthetic import cache_root
-
-        cache = Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "sam2"
+        cache = _weights_cache(cfg)
         file = cache / sam2_net.MODELS[cfg.model][1]
         if not file.is_file() and self.ctx.synthetic_data:
             self.warnings.append(
@@ -261,3 +268,10 @@ class SSS(Method):
     @torch.no_grad()
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         return self.predict_volume(image)
+
+
+def _weights_cache(cfg) -> Path:
+    """Where official SAM-2 checkpoints are looked for and downloaded to (``sss.cache_dir`` or the ssbench cache)."""
+    from ssbench.datasets.synthetic import cache_root
+
+    return Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "sam2"

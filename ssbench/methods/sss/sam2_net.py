@@ -11,6 +11,7 @@ correction clicks from the ground truth with its own unseeded generator, which i
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def fetch_official(model: str, cache: Path) -> Path:
         return target
     url = DOWNLOAD.format(release=release, file=file)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.part")  # per process: concurrent jobs never share one
     try:
         torch.hub.download_url_to_file(url, str(tmp), progress=True)
     except Exception as exc:
