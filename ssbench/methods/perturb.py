@@ -3,7 +3,7 @@
 SSL4MIS ``networks/unet.py`` (URPC's decoder and CCT's auxiliary decoders):
 * ``feature_noise``: multiplicative uniform noise, x + x * n with n ~ U(-0.3, 0.3) of shape (C, H, W), one draw
   shared by the batch (``FeatureNoise``: ``Uniform.sample(x.shape[1:])``);
-* ``feature_dropout``: zero the positions whose channel-mean activation is below a fraction U(0.7, 0.9) of its
+* ``feature_dropout``: zero the positions whose channel-mean activation reaches a fraction U(0.7, 0.9) of its
   image's maximum, one fraction per call (``FeatureDropout``; the original draws it from NumPy, here from torch);
 * ``dropout``: element-wise dropout, always on (``Dropout``: ``F.dropout`` with its default ``training=True``).
 
@@ -31,7 +31,8 @@ def threshold_factor(device) -> torch.Tensor:
 
 
 def feature_dropout(x: torch.Tensor) -> torch.Tensor:
-    """Zero every position whose mean over channels is below ``threshold_factor`` times its image's maximum."""
+    """Zero every position whose mean over channels reaches ``threshold_factor`` times its image's maximum: the most
+    active regions are dropped, the rest kept (the original's mask ``attention < threshold``)."""
     attention = x.mean(dim=1, keepdim=True)
     peak = attention.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
     return x * (attention < peak * threshold_factor(x.device)).to(x.dtype)

@@ -214,7 +214,7 @@ def read_reevaluation(run: Run, sub: Path, checkpoint: str) -> Run:
     policy = summary.get("metric_policy")
     if not isinstance(policy, dict) or not {"empty", "hd_units"} <= set(policy):
         raise Unreadable("summary.json: missing metric_policy (empty, hd_units)")
-    settings = {**run.settings, **{f"eval.{k}": v for k, v in policy.items()}}
+    settings = {**run.settings, **{f"eval.{k}": v for k, v in policy.items() if f"eval.{k}" not in NOT_COMPARED}}
     frame = read_cases(sub / "metrics_per_case.csv", checkpoint)
     return Run(**{**run.__dict__, "path": sub, "settings": settings, "frame": frame, "_means": {},
                   "summary": {**summary, "selection": (run.summary or {}).get("selection")},
