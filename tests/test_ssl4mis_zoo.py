@@ -208,6 +208,7 @@ def test_cps_each_network_learns_from_the_others_argmax():
 ZOO = ["ua-mt", "urpc", "cct", "ict", "cps"]
 
 
+@pytest.mark.slow
 def test_each_method_runs_and_reevaluates_end_to_end(cli, tiny_nnunet, tmp_path):
     """ssbench run (tiny nnU-Net-format data, a few iterations), ssbench eval of the run, ssbench table over all."""
     from conftest import TINY_RUN
