@@ -231,3 +231,19 @@ def test_each_method_runs_and_reevaluates_end_to_end(cli, tiny_nnunet, tmp_path)
     main = (tmp_path / "paper" / "main_nnunet.md").read_text()
     for name in ("UA-MT", "URPC", "CCT", "ICT", "CPS"):
         assert name in main
+
+
+def test_published_rows_name_their_source_and_map_to_registered_methods():
+    from ssbench import registry
+    from ssbench.report.gap import PUBLISHED_TO_OURS, read_published
+
+    pub = read_published()
+    rows = {(r.method, r.labeled, r.metric, r.selection): float(r.value) for r in pub.itertuples()}
+    assert rows[("URPC", "3", "dice", "val")] == 55.87 and rows[("URPC", "7", "asd", "val")] == 1.53
+    assert rows[("UA-MT", "7", "hd95", "val")] == 6.88
+    assert rows[("UA-MT", "3", "dice", "last checkpoint (inferred)")] == 61.0
+    assert rows[("CPS", "7", "dice", "last checkpoint (inferred)")] == 83.3
+    ours = pub[pub.method.isin(["UA-MT", "URPC", "CPS"])]
+    assert len(ours) == 20 and ours.source.str.startswith("reprinted").all()
+    names = set(registry.names(registry.METHODS_GROUP))
+    assert {PUBLISHED_TO_OURS[m] for m in ("UA-MT", "URPC", "CPS")} <= names
