@@ -1,16 +1,20 @@
 """Check ssbench against the official code yourself: on identical weights and inputs, compare ssbench's UNet,
 losses, Mean Teacher schedule and EMA, CutMix boxes and published recipe defaults with the official UniMatch
-(medical branch) and SSL4MIS code, imported from checkouts you fetched.
+(medical branch) and SSL4MIS code; UA-MT, URPC, CCT, ICT and CPS with their SSL4MIS scripts; UniMatch V2's
+network, teacher, masks and losses with LiheYoung/UniMatch-V2 — each imported from a checkout you fetched.
 
     git clone https://github.com/LiheYoung/UniMatch      # or any checkout of it
     git clone https://github.com/HiLab-git/SSL4MIS
-    python benchmarks/peer_check.py --unimatch UniMatch [--ssl4mis SSL4MIS] [--draws 20000]
+    git clone https://github.com/LiheYoung/UniMatch-V2
+    python benchmarks/peer_check.py [--unimatch UniMatch] [--ssl4mis SSL4MIS] [--unimatch-v2 UniMatch-V2] [--draws N]
 
 Nothing of their code is copied into ssbench: their files are loaded from your checkout at run time (each module
-by its file path, so their generic package names never shadow anything). Functions that live inside their
-training scripts (Mean Teacher's ramp-up and EMA update) are taken from the script's syntax tree and executed as
-they are written, without running the script. Prints max |difference| per item and a verdict; exit code 1 if any
-item differs.
+by its file path, so their generic package names never shadow anything; V2's ``model`` package only while it
+loads). Code that lives inside their training scripts (ramp-ups, EMA updates, a training step up to its total
+loss) is taken from the script's syntax tree and executed as it is written, without running the script. Where
+their code draws random numbers from NumPy (SSL4MIS's FeatureDropout, ICT's Beta), ssbench's draw is replaced by
+the same NumPy draw for the comparison, so that both sides see the same numbers. Prints max |difference| per item
+and a verdict; exit code 1 if any item differs.
 """
 
 from __future__ import annotations

@@ -247,3 +247,13 @@ def test_published_rows_name_their_source_and_map_to_registered_methods():
     assert len(ours) == 20 and ours.source.str.startswith("reprinted").all()
     names = set(registry.names(registry.METHODS_GROUP))
     assert {PUBLISHED_TO_OURS[m] for m in ("UA-MT", "URPC", "CPS")} <= names
+
+
+def test_every_registered_method_gets_its_own_colour_in_the_figures():
+    from ssbench import registry
+    from ssbench.report.figures import palette
+
+    names = registry.names(registry.METHODS_GROUP)
+    assert {"ua-mt", "urpc", "cct", "ict", "cps", "unimatch-v2"} <= set(names)
+    colours = palette(names + [f"{n}@variant" for n in names[:3]])
+    assert len(set(colours.values())) == len(colours)

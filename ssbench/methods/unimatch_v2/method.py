@@ -157,9 +157,9 @@ class UniMatchV2(Method):
             raise ConfigError(f"unimatch-v2.checkpoint {file}: file not found")
         if synthetic:
             return replace(config, init="random")
-        raise UserError(f"unimatch-v2: no DINOv2 {config.backbone} weights at {file}; pass --set "
-                        f"unimatch-v2.checkpoint=PATH (the official {network.OFFICIAL_FILES[config.backbone]}) or "
-                        "--set unimatch-v2.init=random")
+        raise UserError(f"unimatch-v2: no DINOv2 {config.backbone} weights at {file}: put the official "
+                        f"{network.OFFICIAL_FILES[config.backbone]} there or pass --set unimatch-v2.checkpoint=PATH "
+                        "(or --set unimatch-v2.init=random)")
 
     @classmethod
     def for_evaluation(cls, config):
