@@ -1,6 +1,7 @@
 """UA-MT, URPC, CCT, ICT and CPS: the recipe facts of the SSL4MIS 2-D scripts that can be pinned without the
 official code (benchmarks/peer_check.py --ssl4mis compares them with it), and each method end to end."""
 
+import json
 import math
 
 import numpy as np
@@ -209,23 +210,25 @@ ZOO = ["ua-mt", "urpc", "cct", "ict", "cps"]
 
 
 @pytest.mark.slow
-def test_each_method_runs_and_reevaluates_end_to_end(cli, tiny_nnunet, tmp_path):
-    """ssbench run (tiny nnU-Net-format data, a few iterations), ssbench eval of the run, ssbench table over all."""
-    from conftest import TINY_RUN
+def test_each_method_runs_end_to_end_through_a_sweep_eval_and_table(cli, tiny_nnunet, tmp_path):
+    """ssbench sweep (debug executor: every run in this process) of the five methods on the tiny nnU-Net-format
+    dataset, ssbench sweep status, ssbench eval of a run, ssbench table over all."""
+    from conftest import TINY_SETS
 
     out = tmp_path / "results"
-    for method in ZOO:
-        code, _, err = cli("run", "--method", method, "--data-root", tiny_nnunet, "--out", out, *TINY_RUN)
-        assert code == 0, err
+    sets = [x for s in TINY_SETS for x in ("--set", s)]
+    code, _, err = cli("sweep", "--methods", ",".join(ZOO), "--splits", "2", "--seeds", "1337", "--dataset",
+                       "nnunet", "--data-root", tiny_nnunet, "--iters", "4", "--out", out, "--device", "cpu",
+                       "--executor", "debug", "--gpus-per-job", "0", *sets)
+    assert code == 0, err
+    code, status, err = cli("sweep", "status", out)
+    assert code == 0 and status.startswith(f"done {len(ZOO)} "), status + err
     runs = {m: out / "nnunet" / m / "2" / "seed1337" for m in ZOO}
     for method, run in runs.items():
         assert (run / "metrics_per_case.csv").is_file(), method
-    import json
-
     assert json.loads((runs["cps"] / "run.json").read_text())["evaluated_model"] == "model1"
     code, _, err = cli("eval", runs["cps"], "--hd-units", "voxel")
     assert code == 0, err
-    assert (runs["cps"] / "evals").is_dir()
     code, _, err = cli("table", "--results", out, "--out", tmp_path / "paper")
     assert code == 0, err
     main = (tmp_path / "paper" / "main_nnunet.md").read_text()
