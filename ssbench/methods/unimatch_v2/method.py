@@ -179,9 +179,9 @@ class UniMatchV2(Method):
                 network.load_official(self.student.dpt.backbone, weights_file(config), config.backbone)
             else:
                 self.warnings.append(
-                    f"UniMatch V2: DINOv2 {config.backbone} RANDOMLY INITIALISED (unimatch-v2.init=random; no "
-                    f"pretrained weights at {weights_file(config)}): not V2's pretrained backbone, and these numbers "
-                    "say nothing about UniMatch V2")
+                    f"UniMatch V2: DINOv2 {config.backbone} RANDOMLY INITIALISED (unimatch-v2.init=random; the "
+                    f"pretrained file is looked for at {weights_file(config)}): not V2's pretrained backbone, and "
+                    "these numbers say nothing about UniMatch V2")
         if config.lock_backbone:
             freeze(self.student.dpt.backbone)
         self.teacher = freeze(copy.deepcopy(self.student))
