@@ -1,12 +1,20 @@
 """Check ssbench against the official code yourself: on identical weights and inputs, compare ssbench's UNet,
 losses, Mean Teacher schedule and EMA, CutMix boxes and published recipe defaults with the official UniMatch
-(medical branch) and SSL4MIS code; UA-MT, URPC, CCT, ICT and CPS with their SSL4MIS scripts; UniMatch V2's
-network, teacher, masks and losses with LiheYoung/UniMatch-V2 — each imported from a checkout you fetched.
+(medical branch) and SSL4MIS code; UA-MT, URPC, CCT, ICT and CPS with their SSL4MIS scripts; BCP, ABD and AD-MT
+with theirs; UniMatch V2's network, teacher, masks and losses with LiheYoung/UniMatch-V2 — each imported from a
+checkout you fetched.
 
     git clone https://github.com/LiheYoung/UniMatch      # or any checkout of it
     git clone https://github.com/HiLab-git/SSL4MIS
+    git clone https://github.com/DeepMed-Lab-ECNU/BCP
+    git clone https://github.com/chy-upc/ABD
+    git clone https://github.com/ZhenZHAO/AD-MT
     git clone https://github.com/LiheYoung/UniMatch-V2
-    python benchmarks/peer_check.py [--unimatch UniMatch] [--ssl4mis SSL4MIS] [--unimatch-v2 UniMatch-V2] [--draws N]
+    python benchmarks/peer_check.py --unimatch UniMatch --ssl4mis SSL4MIS --bcp BCP --abd ABD --admt AD-MT \
+        --unimatch-v2 UniMatch-V2 [--draws N]
+
+Any subset of the checkouts can be given. Their code needs what it imports (ABD: einops; BCP and ABD's
+largest-component step: scikit-image; ``pip install -e '.[peer]'``); their ``.cuda()`` calls run on the CPU here.
 
 Nothing of their code is copied into ssbench: their files are loaded from your checkout at run time (each module
 by its file path, so their generic package names never shadow anything; V2's ``model`` package only while it
@@ -278,17 +286,6 @@ def loop_statements(path: Path, first: str, last: str, skip: tuple[str, ...] = (
 
 
 @contextmanager
-def cuda_calls_on_cpu():
-    """Their ``.cuda()`` calls as no-ops while their statements run here."""
-    saved = torch.Tensor.cuda
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    try:
-        yield
-    finally:
-        torch.Tensor.cuda = saved
-
-
-@contextmanager
 def patched(module, name: str, value):
     saved = getattr(module, name)
     setattr(module, name, value)
@@ -402,7 +399,7 @@ def _their_step(code: Path, script: str, models: dict, image, label, n_lab, iter
     script_functions(path, ["get_current_consistency_weight"], ns)
     last = "loss = model1_loss" if "pseudo_supervision" in script else "loss = supervised_loss"
     seed_all(seed)
-    with cuda_calls_on_cpu():
+    with cuda_on_cpu():
         exec(loop_statements(path, "volume_batch, label_batch =", last), ns)
     ns["loss"].backward()
     return ns
@@ -667,7 +664,7 @@ def check_unimatch_v2(code: Path, draws: int) -> list[Item]:
     perm = torch.randperm(b, generator=g)
     x = torch.randn(2 * b, 3, 126, 126, generator=g)
     theirs.binomial = _Fixed(sample)
-    with torch.no_grad(), cuda_calls_on_cpu(), patched(torch, "randperm", lambda n, *a, **k: perm.clone()):
+    with torch.no_grad(), cuda_on_cpu(), patched(torch, "randperm", lambda n, *a, **k: perm.clone()):
         out_t = theirs(x, comp_drop=True)
     m1 = sample * 2.0
     m2 = 2.0 - m1
@@ -802,7 +799,7 @@ def _complementary_statistics(code: Path, draws: int) -> Item:
     self = types.SimpleNamespace(binomial=torch.distributions.binomial.Binomial(probs=0.5))
     theirs = []
     torch.manual_seed(0)
-    with cuda_calls_on_cpu():
+    with cuda_on_cpu():
         for _ in range(draws // 10):
             ns = {"features": [torch.zeros(2 * b, 3, dim)], "self": self, "torch": torch}
             exec(statements, ns)
@@ -908,49 +905,596 @@ def check_recipes(unimatch: Path | None, ssl4mis: Path | None) -> list[Item]:
     return items
 
 
+# --- helpers for the copy-paste and multi-teacher codes ---------------------------------------------------------
+
+@contextmanager
+def cuda_on_cpu():
+    """Their code calls ``.cuda()`` on tensors and modules; here that is a no-op (everything stays on the CPU)."""
+    saved = torch.Tensor.cuda, torch.nn.Module.cuda
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.nn.Module.cuda = lambda self, *a, **k: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda, torch.nn.Module.cuda = saved
+
+
+def script_classes(path: Path, names: list[str], namespace: dict) -> dict:
+    """Like ``script_functions``, for top-level classes."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name in names]
+    if {n.name for n in found} != set(names):
+        raise SystemExit(f"peer_check: {path}: no class {sorted(set(names) - {n.name for n in found})[0]}")
+    exec(compile(ast.Module(body=found, type_ignores=[]), str(path), "exec"), namespace)
+    return {n: namespace[n] for n in names}
+
+
+def function_source(path: Path, name: str) -> ast.FunctionDef:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+            return node
+    raise SystemExit(f"peer_check: {path}: no {name}")
+
+
+def calls(tree: ast.AST, name: str) -> list[ast.Call]:
+    """Every call of ``name`` (a function or a method/attribute of that name) under ``tree``."""
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+            and (getattr(n.func, "id", None) == name or getattr(n.func, "attr", None) == name)]
+
+
+def literal(node):
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return ast.unparse(node)
+
+
+def kwargs_of(call: ast.Call) -> dict:
+    return {k.arg: literal(k.value) for k in call.keywords}
+
+
+def sets_lr(tree: ast.AST) -> bool:
+    """Whether the code assigns a param group's 'lr' anywhere (a schedule)."""
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Subscript) and isinstance(n.ctx, ast.Store) and literal(n.slice) == "lr":
+            return True
+    return False
+
+
+def grad_compare(name: str, theirs_fn, ours_fn, x: torch.Tensor, tol: float = 1e-5) -> Item:
+    """Value(s) and gradient with respect to ``x`` of two loss functions returning a tensor or a tuple."""
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ta, tb = theirs_fn(a), ours_fn(b)
+    ta = ta if isinstance(ta, tuple) else (ta,)
+    tb = tb if isinstance(tb, tuple) else (tb,)
+    sum(ta).backward()
+    sum(tb).backward()
+    diff = max(max(max_diff(u, v) for u, v in zip(ta, tb)), max_diff(a.grad, b.grad))
+    return numeric(name, diff, tol, "values " + ", ".join(f"{float(v):.6f}" for v in tb))
+
+
+def check_unet_subset(label: str, theirs) -> list[Item]:
+    """A network that wraps the literature's UNet in ``encoder``/``decoder`` beside unused heads (BCP's
+    ``UNet_2d``): those weights in order and shape, the same initial weights under one seed (the heads are built
+    after them), and the same output."""
+    from ssbench.methods.unet import UNet
+
+    torch.manual_seed(0)
+    net = theirs()
+    torch.manual_seed(0)
+    ours = UNet(1, 4)
+    ts = {k: v for k, v in net.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+    os_ = list(ours.state_dict().values())
+    same = len(ts) == len(os_) and all(a.shape == b.shape for a, b in zip(ts.values(), os_))
+    items = [Item(f"{label}: encoder/decoder parameter shapes in order", "equal" if same else "differ", same,
+                  f"{len(ts)} vs {len(os_)} tensors; heads beside them: "
+                  f"{sorted({k.split('.')[0] for k in net.state_dict()} - {'encoder', 'decoder'})}")]
+    if not same:
+        return items
+    items.append(numeric(f"{label}: initial encoder/decoder weights, same seed",
+                         max(max_diff(a, b) for a, b in zip(ts.values(), os_)), 0.0))
+    net.load_state_dict({**net.state_dict(), **dict(zip(ts, os_))})
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        net.eval(), ours.eval()
+        items.append(numeric(f"{label}: eval output, same weights", max_diff(net(x), ours(x))))
+    return items
+
+
+def _label_maps(seed: int, n: int = 6, size: int = 64) -> torch.Tensor:
+    """Label maps with many components per class (sparse blobs and noise), for the largest-component check."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, 4, (n, 1, size // 8, size // 8), generator=g).float()
+    blobs = F.interpolate(coarse, size=(size, size), mode="nearest")[:, 0].long()
+    noise = torch.randint(0, 4, (n, size, size), generator=g) * (torch.rand(n, size, size, generator=g) < 0.05)
+    return torch.where(torch.rand(n, size, size, generator=g) < 0.5, blobs, noise)
+
+
+def _mix_inputs(seed: int, size: int = 64):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(6, 4, size, size, generator=g, dtype=torch.float64)
+    lab_img = torch.randint(0, 4, (6, size, size), generator=g)
+    lab_patch = torch.randint(0, 4, (6, size, size), generator=g)
+    return logits, lab_img, lab_patch
+
+
+# --- BCP ----------------------------------------------------------------------------------------------------------
+
+def check_bcp(root: Path, draws: int) -> list[Item]:
+    from ssbench.engine.config import TrainConfig
+    from ssbench.methods import bcp as ours
+    from ssbench.methods.ema import ema_update
+    from ssbench.methods.postprocess import largest_component_per_class
+    from ssbench.methods.unet import UNet
+
+    code = root / "code" if (root / "code").is_dir() else root
+    script = code / "ACDC_BCP_train.py"
+    losses = load_file(code / "utils" / "losses.py", "bcp_losses")
+    from skimage.measure import label as sk_label
+
+    ns = {"torch": torch, "np": np, "nn": torch.nn, "F": F, "label": sk_label,
+          "dice_loss": losses.DiceLoss(n_classes=4)}
+    fns = script_functions(script, ["generate_mask", "mix_loss", "get_ACDC_2DLargestCC", "get_ACDC_masks",
+                                    "update_model_ema"], ns)
+    items = check_unet_subset("BCP UNet_2d (BCP_net)",
+                              lambda: load_file(code / "networks" / "unet.py", "bcp_unet").UNet_2d(1, 4))
+
+    # generate_mask: the box side exactly, the corner's distribution, and the mask and mixing for a given box.
+    size = 256
+    with cuda_on_cpu():
+        np.random.seed(0)
+        theirs = [fns["generate_mask"](torch.zeros(6, 1, size, size)) for _ in range(draws // 4)]
+    corners_t, sides_t, exact = [], set(), 0.0
+    img_a, img_b = torch.rand(2, 6, 1, size, size, generator=torch.Generator().manual_seed(2))
+    for mask, loss_mask in theirs:
+        zeros = (mask == 0).nonzero()
+        r0, c0 = (int(v) for v in zeros.min(0).values)
+        side = int(zeros[:, 0].max()) - r0 + 1
+        sides_t.add((side, int(zeros[:, 1].max()) - c0 + 1))
+        corners_t.append((r0, c0))
+        mine = ours.box_mask(size, side, torch.tensor([r0, c0]))
+        exact = max(exact, max_diff(mine, mask), max_diff(mine.expand(6, -1, -1), loss_mask),
+                    max_diff(ours.paste(img_a, img_b, mine), img_a * mask + img_b * (1 - mask)))
+    side = ours.box_size(size, ours.BCPConfig().box_fraction)
+    items.append(Item("BCP generate_mask: box side (rows, columns) at 256", str(sorted(sides_t)),
+                      sides_t == {(side, side)}, f"ours {side}"))
+    g = torch.Generator().manual_seed(0)
+    corners_o = []
+    for _ in range(draws // 4):
+        m = ours.copy_paste_mask(size, ours.BCPConfig().box_fraction, "cpu", g)
+        zeros = (m == 0).nonzero()
+        corners_o.append(tuple(int(v) for v in zeros.min(0).values))
+    ct, co = np.array(corners_t), np.array(corners_o)
+    for axis, name in ((0, "first row"), (1, "first column")):
+        ks = stats.ks_2samp(co[:, axis], ct[:, axis])
+        items.append(Item(f"BCP generate_mask: box {name} distribution (two-sample KS)", f"D={ks.statistic:.3g}",
+                          ks.pvalue > 1e-3 and min(co[:, axis].min(), ct[:, axis].min()) >= 0
+                          and max(co[:, axis].max(), ct[:, axis].max()) <= size - side - 1,
+                          f"p = {ks.pvalue:.3g}; range ours {co[:, axis].min()}-{co[:, axis].max()}, theirs "
+                          f"{ct[:, axis].min()}-{ct[:, axis].max()}"))
+    items.append(numeric("BCP mask, loss mask and copy-paste mixing for the same box", exact, 0.0))
+
+    # mix_loss in its three uses: pre-train (both regions weight 1), self-train unlabeled-a and labeled-b images.
+    logits, lab_img, lab_patch = _mix_inputs(3)
+    m = ours.box_mask(64, 42, torch.tensor([5, 17])).expand(6, -1, -1).long()
+    for name, kw, weights in (("pre-train (1, 1)", dict(u_weight=1.0, unlab=True), (1.0, 1.0)),
+                              ("self-train unlabeled-a image (0.5 own, 1 box)", dict(u_weight=0.5, unlab=True),
+                               (0.5, 1.0)),
+                              ("self-train labeled-b image (1 own, 0.5 box)", dict(u_weight=0.5), (1.0, 0.5))):
+        items.append(grad_compare(
+            f"BCP mix_loss {name}: Dice and CE, value and gradient",
+            lambda x, kw=kw: fns["mix_loss"](x, lab_img, lab_patch, m, **kw),
+            lambda x, w=weights: ours.mix_loss(x, lab_img, lab_patch, m.float(), *w, dice_mask="masked"), logits))
+
+    # Largest connected component per class, on maps with many components and ties.
+    worst = 0
+    with cuda_on_cpu():
+        for seed in range(20):
+            maps = _label_maps(seed)
+            worst = max(worst, max_diff(fns["get_ACDC_2DLargestCC"](maps), largest_component_per_class(maps, 4)))
+            logit = torch.randn(6, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
+            worst = max(worst, max_diff(fns["get_ACDC_masks"](logit, nms=1),
+                                        largest_component_per_class(logit.softmax(1).argmax(1), 4)))
+    items.append(numeric("BCP largest component per class (get_ACDC_2DLargestCC, get_ACDC_masks nms=1), 40 maps",
+                         worst, 0.0))
+
+    # EMA over the whole state_dict (BN buffers included) vs ema_update(buffers=True).
+    torch.manual_seed(0)
+    student, t_theirs, t_ours = UNet(1, 4), UNet(1, 4), UNet(1, 4)
+    t_ours.load_state_dict(t_theirs.state_dict())
+    worst = 0.0
+    for _ in range(4):
+        student.train()
+        with torch.no_grad():
+            student(torch.rand(2, 1, 32, 32))  # moves the BN running statistics
+            for prm in student.parameters():
+                prm.add_(torch.randn_like(prm) * 0.01)
+        fns["update_model_ema"](student, t_theirs, 0.99)
+        ema_update(t_ours, student, 0.99, buffers=True)
+        worst = max(worst, max(max_diff(a, b) for a, b in zip(t_theirs.state_dict().values(),
+                                                               t_ours.state_dict().values())
+                               if a.dtype.is_floating_point))
+    items.append(numeric("BCP update_model_ema(0.99) over the state_dict, 4 steps (parameters and BN buffers)", worst))
+
+    # Recipe defaults of the script.
+    d = script_defaults(script)
+    tree = ast.parse(script.read_text())
+    cfg, t = ours.BCPConfig(), TrainConfig(**{**vars(TrainConfig()), **ours.BCP.recipe_overrides("published")})
+    ema_calls = [literal(c.args[2]) for c in calls(tree, "update_model_ema")]
+    sgd = [kwargs_of(c) for c in calls(tree, "SGD")]
+    val = [literal(n.right) for branch in ast.walk(tree) if isinstance(branch, ast.If)
+           and calls(ast.Module(body=branch.body, type_ignores=[]), "test_single_volume")
+           for n in ast.walk(branch.test) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mod)]
+    teacher_train = bool([c for c in calls(tree, "train") if getattr(c.func.value, "id", "") == "ema_model"])
+    items.append(_compare("BCP ACDC_BCP_train.py defaults (iterations, batch, lr, seed, u_weight, EMA, SGD, "
+                          "schedule, validation, teacher mode)", [
+        ("pre_iterations", cfg.pretrain_iters, d["pre_iterations"]), ("max_iterations", t.iters, d["max_iterations"]),
+        ("batch labeled+unlabeled", t.batch_labeled + t.batch_unlabeled, d["batch_size"]),
+        ("batch labeled", t.batch_labeled, d["labeled_bs"]), ("lr", t.lr, d["base_lr"]), ("seed", t.seed, d["seed"]),
+        ("u_weight", cfg.u_weight, d["u_weight"]), ("EMA decay (every update_model_ema call)", {cfg.ema_decay},
+                                                    set(ema_calls)),
+        ("SGD momentum / weight decay", [{"momentum": t.momentum, "weight_decay": t.weight_decay}] * len(sgd),
+         [{k: v for k, v in c.items() if k != "lr"} for c in sgd]),
+        ("learning rate schedule", t.lr_schedule, "poly" if sets_lr(tree) else "constant"),
+        ("validation every", {t.val_every}, set(val)), ("teacher mode", cfg.teacher_mode,
+                                                        "train" if teacher_train else "eval"),
+        ("pseudo-labels post-processed (nms=1)", cfg.pseudo_lcc,
+         all(kwargs_of(c).get("nms") == 1 for c in calls(function_source(script, "self_train"), "get_ACDC_masks"))),
+    ]))
+    return items
+
+
+def _compare(name, pairs) -> Item:
+    bad = [f"{k}: ours {a!r}, theirs {b!r}" for k, a, b in pairs if a != b]
+    return Item(name, "equal" if not bad else f"{len(bad)} differ", not bad, "; ".join(bad))
+
+
+# --- ABD ----------------------------------------------------------------------------------------------------------
+
+def check_abd(root: Path, draws: int) -> list[Item]:
+    import random
+
+    from ssbench.engine.config import TrainConfig
+    from ssbench.methods import abd as ours
+    from ssbench.methods.bcp import box_mask, mix_loss
+    from ssbench.methods.losses import dice_loss
+
+    code = root / "code" if (root / "code").is_dir() else root
+    script = code / "train_ACDC_BCP.py"
+    losses = load_file(code / "utils" / "losses.py", "abd_losses")
+    displacement = load_file(code / "utils" / "displacement.py", "abd_displacement")
+    ns = {"torch": torch, "np": np, "nn": torch.nn, "F": F, "dice_loss": losses.DiceLoss(n_classes=4)}
+    fns = script_functions(script, ["mix_loss"], ns)
+    d = script_defaults(script)
+    args = argparse.Namespace(**d)
+    cfg = ours.ABDConfig()
+    items = check_unet_subset("ABD UNet_2d (BCP_net)",
+                              lambda: load_file(code / "networks" / "unet.py", "abd_unet").UNet_2d(1, 4))
+
+    # ABD's mixed loss: its DiceLoss takes the background over the whole image.
+    logits, lab_img, lab_patch = _mix_inputs(4)
+    m = box_mask(64, 42, torch.tensor([9, 3])).expand(6, -1, -1).long()
+    for name, kw, weights in (("self-train unlabeled-a image", dict(u_weight=0.5, unlab=True), (0.5, 1.0)),
+                              ("self-train labeled-b image", dict(u_weight=0.5), (1.0, 0.5))):
+        items.append(grad_compare(
+            f"ABD mix_loss {name} (its masked Dice: background unmasked): value and gradient",
+            lambda x, kw=kw: fns["mix_loss"](x, lab_img, lab_patch, m, **kw),
+            lambda x, w=weights: mix_loss(x, lab_img, lab_patch, m.float(), *w, dice_mask=cfg.dice_mask), logits))
+    target = lab_img
+    items.append(grad_compare("ABD cross pseudo-supervision Dice (DiceLoss, no mask): value and gradient",
+                              lambda x: losses.DiceLoss(4)(x.softmax(1), target.unsqueeze(1)),
+                              lambda x: dice_loss(x.softmax(1), target), logits))
+
+    # ABD-R on identical confidence maps, logits and images; the same per-image choices (random.random() < 0.5).
+    worst, kl_used = 0.0, 0
+    size, n = 256, d["labeled_bs"]
+    for seed in range(25):
+        g = torch.Generator().manual_seed(100 + seed)
+        out1, out2 = (torch.randn(n, 4, size, size, generator=g) * 3 for _ in range(2))
+        conf1, conf2 = out1.softmax(1).max(1)[0], out2.softmax(1).max(1)[0]
+        x1, x2 = torch.rand(n, 1, size, size, generator=g), torch.rand(n, 1, size, size, generator=g)
+        random.seed(seed)
+        theirs = displacement.ABD_R_BCP(conf1, conf2, x1.clone(), x2.clone(), out1, out2, args)
+        random.seed(seed)
+        use_kl = torch.tensor([random.random() < cfg.kl_p for _ in range(n)])
+        kl_used += int(use_kl.sum())
+        mine = ours.abd_r(conf1, conf2, x1, x2, out1, out2, use_kl, cfg.grid, cfg.top_num)
+        worst = max(worst, max_diff(theirs, mine))
+    items.append(numeric(f"ABD-R (ABD_R_BCP) displaced images, 25 batches of {n} at 256 "
+                         f"({kl_used} KL-criterion choices)", worst, 0.0))
+
+    # Strong view: cutout boxes (area and aspect redrawn until the box fits) and its pixels.
+    from_dataset = {"np": np, "random": random}
+    cut = script_functions(code / "dataloaders" / "dataset.py", ["cutout_gray"], from_dataset)["cutout_gray"]
+    random.seed(0)
+    np.random.seed(0)
+    boxes_t, values = [], set()
+    for _ in range(draws // 4):
+        img, lab = cut(np.full((size, size), 0.5), np.ones((size, size), np.uint8), p=0.5)
+        boxes_t.append(lab == 0)
+        values |= set(np.unique(img[lab == 0]).tolist())
+    boxes_o = ours.cutout_boxes(draws // 4, size, cfg.cutout_p, "cpu", torch.Generator().manual_seed(0)).numpy()
+    st, so = _box_stats(boxes_t), _box_stats(boxes_o)
+    p_t, p_o = st["drawn"].mean(), so["drawn"].mean()
+    se = math.sqrt(0.25 / (draws // 4) * 2)
+    items.append(Item("ABD cutout: fraction of views with a box", f"{abs(p_t - p_o):.3g}", abs(p_t - p_o) < 4 * se,
+                      f"{p_o:.4f} vs {p_t:.4f}"))
+    for key in ("area", "aspect h/w", "x0", "y0"):
+        ks = stats.ks_2samp(so[key], st[key])
+        items.append(Item(f"ABD cutout: {key} distribution (two-sample KS)", f"D={ks.statistic:.3g}",
+                          ks.pvalue > 1e-3, f"p = {ks.pvalue:.3g}; medians {np.median(so[key]):.4f} vs "
+                          f"{np.median(st[key]):.4f}"))
+    items.append(Item("ABD cutout: pixel values in the box", str(sorted(values)), values <= {0, 1}, "ours: 0 or 1"))
+
+    # Defaults: script, displacement and strong augmentation.
+    tree = ast.parse(script.read_text())
+    disp_tree = function_source(code / "utils" / "displacement.py", "ABD_R_BCP")
+    kl_p = [literal(c.comparators[0]) for c in ast.walk(disp_tree) if isinstance(c, ast.Compare)
+            and isinstance(c.left, ast.Call) and getattr(c.left.func, "attr", "") == "random"]
+    jitter = calls(function_source(code / "dataloaders" / "dataset.py", "color_jitter"), "ColorJitter")[0]
+    weak_strong = function_source(code / "dataloaders" / "dataset.py", "WeakStrongAugment")
+    cut_p = [kwargs_of(c).get("p") for c in calls(weak_strong, "cutout_gray")]
+    t = TrainConfig(**{**vars(TrainConfig()), **ours.ABD.recipe_overrides("published")})
+    losses_src = (code / "utils" / "losses.py").read_text()
+    items.append(_compare("ABD train_ACDC_BCP.py / displacement.py / dataset.py defaults", [
+        ("pre_iterations", cfg.pretrain_iters, d["pre_iterations"]), ("max_iterations", t.iters, d["max_iterations"]),
+        ("batch", (t.batch_labeled, t.batch_unlabeled), (d["labeled_bs"], d["batch_size"] - d["labeled_bs"])),
+        ("lr", t.lr, d["base_lr"]), ("seed", t.seed, d["seed"]), ("u_weight", cfg.u_weight, d["u_weight"]),
+        ("patch grid", (cfg.grid, 256 // cfg.grid), (d["h_size"], d["patch_size"])), ("w_size", cfg.grid, d["w_size"]),
+        ("top_num", cfg.top_num, d["top_num"]), ("KL-criterion probability", [cfg.kl_p], kl_p),
+        ("EMA decay", {cfg.ema_decay}, {literal(c.args[2]) for c in calls(tree, "update_model_ema")}),
+        ("learning rate schedule", t.lr_schedule, "poly" if sets_lr(tree) else "constant"),
+        ("cutout p", [cfg.cutout_p], cut_p),
+        ("colour jitter brightness, contrast", (cfg.jitter, cfg.jitter),
+         tuple(float(eval(ast.unparse(a), {"s": 1.0})) for a in jitter.args[:2])),
+        ("masked Dice background (losses.py)", cfg.dice_mask,
+         "background-unmasked" if "_one_hot_mask_encoder(mask)" in losses_src else "masked"),
+        ("weight of the cross terms (loss_1 = ... + pseudo_supervision1 + pseudo_supervision3)", cfg.cross_weight,
+         1.0 if "loss_1 = (loss_dice_1 + loss_ce_1) / 2 + pseudo_supervision1 + pseudo_supervision3"
+         in script.read_text() else "other"),
+    ]))
+    return items
+
+
+# --- AD-MT --------------------------------------------------------------------------------------------------------
+
+def _statements_between(fn: ast.FunctionDef, first: str, last: str) -> ast.Module:
+    """The statements of ``fn`` (anywhere in it) from the first assigning ``first`` to the first assigning ``last``."""
+    assigns = sorted((n for n in ast.walk(fn) if isinstance(n, ast.Assign)), key=lambda n: n.lineno)
+
+    def names(n):
+        return {t.id for tgt in n.targets for t in ast.walk(tgt) if isinstance(t, ast.Name)}
+
+    start = next(n.lineno for n in assigns if first in names(n))
+    end = next(n.lineno for n in assigns if last in names(n) and n.lineno >= start)
+    return ast.Module(body=[n for n in assigns if start <= n.lineno <= end], type_ignores=[])
+
+
+def check_admt(root: Path, draws: int) -> list[Item]:
+    import yaml
+
+    from ssbench.engine.config import TrainConfig
+    from ssbench.methods import admt as ours
+    from ssbench.methods.ema import ema_update
+    from ssbench.methods.losses import dice_loss
+    from ssbench.methods.strong import draw_blur, draw_jitter
+    from ssbench.methods.unet import UNet
+
+    code = root / "code" if (root / "code").is_dir() else root
+    script = code / "train_post_2d_aut.py"
+    yml = yaml.safe_load((root / "cfgs" / "config_2d_aut.yml").read_text())
+    cfg = ours.ADMTConfig()
+    items = check_unet("AD-MT", load_file(code / "networks" / "unet.py", "admt_unet").UNet)
+
+    # The alternate-update schedule: the same flags for 30,000 steps when both draw the same periods.
+    util_ns = {"np": np, "torch": torch, "F": F}
+    classes = script_classes(code / "train_utils.py", ["AlternateUpdate"], util_ns)
+    fns = script_functions(code / "train_utils.py", ["get_compromise_pseudo_btw_tea_stu"], util_ns)
+    np.random.seed(0)
+    theirs = classes["AlternateUpdate"](yml["alt_param_updating_period_iters"], initial_flag=True,
+                                        flag_random=yml["alt_flag_updating_period_random"])
+    flags_t = []
+    for _ in range(30000):
+        flags_t.append(theirs.get_alternate_state())
+        theirs.update()
+    np.random.seed(0)
+    mine = ours.AlternateSchedule(cfg.period_max, cfg.period_random, 0,
+                                  draw=lambda k: int(np.random.randint(1, cfg.period_max + 1)))
+    flags_o = []
+    for _ in range(30000):
+        flags_o.append(mine.flag)
+        mine.update()
+    swaps = int(np.sum(np.diff(np.array(flags_o, int)) != 0))
+    items.append(numeric("AD-MT alternate-update schedule (AlternateUpdate), 30,000 steps, same period draws",
+                         max_diff(np.array(flags_t, float), np.array(flags_o, float)), 0.0, f"{swaps} swaps"))
+    seeded = ours.AlternateSchedule(cfg.period_max, True, 1337)
+    periods = [seeded._seeded(k) for k in range(20000)]
+    ks = stats.chisquare(np.bincount(periods, minlength=cfg.period_max + 1)[1:])
+    items.append(Item("AD-MT periods as ssbench draws them: uniform on 1..50 (chi-square)", f"p={ks.pvalue:.3g}",
+                      min(periods) == 1 and max(periods) == cfg.period_max and ks.pvalue > 1e-3))
+
+    # Teacher decay schedule and EMA (parameters and buffers), from their update_ema_variables.
+    upd = script_functions(script, ["update_ema_variables"], {"torch": torch})["update_ema_variables"]
+    args = {"consistency_rampup": yml["consistency_rampup"]}
+    worst = 0.0
+    for it in range(30000):
+        s_, e_ = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            s_.weight.fill_(1.0), e_.weight.fill_(0.0)
+        upd(s_, e_, yml["ema_decay"], it // 2, args)
+        worst = max(worst, abs((1 - float(e_.weight)) - ours.teacher_decay(it, cfg)))
+    items.append(numeric("AD-MT teacher decay (update_ema_variables at iter_num // 2), every step of 30,000", worst,
+                         1e-7))
+    torch.manual_seed(0)
+    student, t_theirs, t_ours = UNet(1, 4), UNet(1, 4), UNet(1, 4)
+    t_ours.load_state_dict(t_theirs.state_dict())
+    worst = 0.0
+    for it in (0, 150, 151, 400):
+        with torch.no_grad():
+            student.train()
+            student(torch.rand(2, 1, 32, 32))
+            for prm in student.parameters():
+                prm.add_(torch.randn_like(prm) * 0.01)
+        upd(student, t_theirs, yml["ema_decay"], it // 2, args)
+        ema_update(t_ours, student, ours.teacher_decay(it, cfg), cfg.ema_buffers)
+        # num_batches_tracked is averaged into a float there and copied here: BatchNorm reads it only without a
+        # momentum, and the UNet's BatchNorm has one (0.1).
+        worst = max(worst, max(max_diff(a, b) for (k, a), b in zip(t_theirs.state_dict().items(),
+                                                                   t_ours.state_dict().values())
+                               if not k.endswith("num_batches_tracked")))
+    items.append(numeric("AD-MT EMA update of a teacher (parameters, BN running statistics), 4 steps", worst))
+
+    # Entropy fusion: the statements of their loop, executed on identical softmaxes.
+    train_fn = function_source(script, "train")
+    fusion = _statements_between(train_fn, "entropy_1", "pseudo_logits")
+    worst, disagree = 0.0, 0
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        p1 = (torch.randn(12, 4, 64, 64, generator=g) * 2).softmax(1)
+        p2 = (torch.randn(12, 4, 64, 64, generator=g) * 2).softmax(1)
+        local = {"torch": torch, "ema_outputs_soft_1": p1, "ema_outputs_soft_2": p2,
+                 "alt_param_ensemble_temp": yml["alt_param_ensemble_temp"]}
+        exec(compile(fusion, str(script), "exec"), local)
+        conf, label = ours.entropy_fusion(p1, p2, cfg.temperature)
+        worst = max(worst, max_diff(local["pseudo_logits"], conf), max_diff(local["pseudo_outputs"], label))
+        disagree += int((p1.argmax(1) != p2.argmax(1)).sum())
+    items.append(numeric(f"AD-MT entropy fusion of the two teachers ({len(fusion.body)} statements of their loop), "
+                         "confidence and label", worst, 1e-6, f"{disagree} pixels where the teachers disagree"))
+
+    # Teacher/student conflicts.
+    worst = 0.0
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        lt, ls = torch.randint(0, 4, (12, 64, 64), generator=g), torch.randint(0, 4, (12, 64, 64), generator=g)
+        ct, cs = torch.rand(12, 64, 64, generator=g), torch.rand(12, 64, 64, generator=g)
+        disagree = torch.rand(12, 64, 64, generator=g) < 0.5
+        for mode in ("pixel_confidence", "always_tea", "always_stu"):
+            tt, tc, _ = fns["get_compromise_pseudo_btw_tea_stu"](lt, ct, ls, cs, mode, disagree)
+            ot, oc = ours.resolve_conflicts(lt, ct, ls, cs, disagree, mode)
+            worst = max(worst, max_diff(tt, ot), max_diff(tc, oc))
+    items.append(numeric("AD-MT conflicts with the student (get_compromise_pseudo_btw_tea_stu: pixel_confidence, "
+                         "always_tea, always_stu)", worst, 0.0))
+
+    # CutMix: the same pastes for the same draws; the box-size distribution of the draws.
+    mix = load_file(code / "dataloaders" / "mixaugs.py", "admt_mixaugs")
+    worst = 0.0
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        img, conf = torch.rand(12, 1, 256, 256, generator=g), torch.rand(12, 256, 256, generator=g)
+        lab, conflict = torch.randint(0, 4, (12, 256, 256), generator=g), torch.rand(12, 256, 256, generator=g) < .3
+        torch.manual_seed(seed), np.random.seed(seed)
+        theirs = mix.cut_mix(img, lab, conf, conflict)
+        torch.manual_seed(seed), np.random.seed(seed)
+        q = ours.CutMixParams(torch.randperm(12), torch.tensor(np.random.beta(4, 4)),
+                              torch.from_numpy(np.random.randint(size=[12], low=int(256 / 8), high=256)),
+                              torch.from_numpy(np.random.randint(size=[12], low=int(256 / 8), high=256)))
+        mine = ours.apply_cutmix(q, img, lab, conf, conflict)
+        worst = max(worst, *(max_diff(a.float(), b.float()) for a, b in zip(theirs, mine)))
+    items.append(numeric("AD-MT cut_mix for the same draws (image, pseudo-label, confidence, conflicts), 20 batches",
+                         worst, 0.0))
+    np.random.seed(0)
+    side_t = [int(256 * np.sqrt(1 - np.random.beta(4, 4))) for _ in range(draws)]
+    torch.manual_seed(0)
+    side_o = [int(torch.floor(256 * torch.sqrt(1 - ours.draw_cutmix(1, 256, 256, "cpu").lam.double())))
+              for _ in range(draws)]
+    ks = stats.ks_2samp(side_o, side_t)
+    items.append(Item("AD-MT CutMix box side int(256 sqrt(1 - Beta(4, 4))) distribution (two-sample KS)",
+                      f"D={ks.statistic:.3g}", ks.pvalue > 1e-3, f"p = {ks.pvalue:.3g}"))
+
+    # The unlabeled Dice loss with the confidence mask.
+    admt_losses = load_file(code / "utils" / "losses.py", "admt_losses")
+    logits, target, _ = _mix_inputs(5)
+    ignore = torch.rand(6, 64, 64, generator=torch.Generator().manual_seed(6)) < 0.4
+    items.append(grad_compare("AD-MT unlabeled Dice with ignore (DiceLoss): value and gradient",
+                              lambda x: admt_losses.DiceLoss(4)(x.softmax(1), target.unsqueeze(1).float(),
+                                                                ignore=ignore.float()),
+                              lambda x: dice_loss(x.softmax(1), target, ignore=ignore), logits))
+
+    # Defaults of the config and the loop.
+    t = TrainConfig(**{**vars(TrainConfig()), **ours.ADMT.recipe_overrides("published")})
+    rampup = [literal(n.right) for n in ast.walk(train_fn)
+              if isinstance(n, ast.BinOp) and isinstance(n.op, ast.FloorDiv) and getattr(n.left, "id", "") == "iter_num"]
+    strong = kwargs_of(calls(function_source(code / "dataloaders" / "dataset_2d.py", "WeakStrongAugment"),
+                             "func_strong_augs")[0])
+    jitter = calls(function_source(code / "dataloaders" / "dataset_2d.py", "color_jitter"), "ColorJitter")[0]
+    j = draw_jitter.__defaults__  # (g, brightness, contrast, p)
+    items.append(_compare("AD-MT config_2d_aut.yml / train_post_2d_aut.py / dataset_2d.py defaults", [
+        ("max_iterations", t.iters, yml["max_iterations"]), ("base_lr", t.lr, yml["base_lr"]),
+        ("batch", (t.batch_labeled, t.batch_unlabeled), (yml["labeled_bs"], yml["batch_size"] - yml["labeled_bs"])),
+        ("poly", t.lr_schedule == "poly", yml["poly"]), ("seed", t.seed, yml["seed"]),
+        ("validation", (t.val_every, t.val_epochs), ("epoch", yml["test_interval_ep"])),
+        ("ema_decay", cfg.ema_decay, yml["ema_decay"]), ("cutmix_prob", cfg.cutmix_p, yml["cutmix_prob"]),
+        ("conf_threshold", cfg.conf_thresh, yml["conf_threshold"]), ("consistency", cfg.consistency,
+                                                                     yml["consistency"]),
+        ("consistency_rampup", cfg.consistency_rampup, yml["consistency_rampup"]),
+        ("teacher warm-up (consistency_rampup)", cfg.teacher_warmup, yml["consistency_rampup"]),
+        ("ramp-up step and global step divisors (iter_num // ...)", sorted({cfg.rampup_step, 2}), sorted(set(rampup))),
+        ("unlabeled loss", "dice", yml["flag_ulb_loss_type"]), ("conflict mode", cfg.conflict,
+                                                                 yml["alt_flag_conflict_mode"]),
+        ("period", (cfg.period_max, cfg.period_random), (yml["alt_param_updating_period_iters"],
+                                                         yml["alt_flag_updating_period_random"])),
+        ("conflict weight (only 1.0 is implemented)", 1.0, yml["alt_param_conflict_weight"]),
+        ("ensemble temperature", cfg.temperature, yml["alt_param_ensemble_temp"]),
+        ("teachers shuffled per epoch / student uses more / pseudo-labels from the student", (False, False, False),
+         (yml["alt_flag_epoch_shuffle_teachers"], yml["alt_flag_conflict_stu_use_more"],
+          bool(yml.get("flag_pseudo_from_student", False)))),
+        ("strong view p_color, p_blur", (cfg.jitter_p, cfg.blur_p), (strong["p_color"], strong["p_blur"])),
+        ("jitter brightness, contrast", (j[1], j[2]), tuple(literal(a) for a in jitter.args[:2])),
+        ("blur sigma range", draw_blur.__defaults__[1],
+         tuple(literal(a) for a in calls(function_source(code / "dataloaders" / "dataset_2d.py", "blur"),
+                                         "uniform")[0].args)),
+    ]))
+    return items
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--unimatch", type=Path, help="a checkout of LiheYoung/UniMatch")
     p.add_argument("--ssl4mis", type=Path, help="a checkout of HiLab-git/SSL4MIS")
+    p.add_argument("--bcp", type=Path, help="a checkout of DeepMed-Lab-ECNU/BCP")
+    p.add_argument("--abd", type=Path, help="a checkout of chy-upc/ABD")
+    p.add_argument("--admt", type=Path, help="a checkout of ZhenZHAO/AD-MT")
     p.add_argument("--unimatch-v2", type=Path, help="a checkout of LiheYoung/UniMatch-V2")
-    p.add_argument("--draws", type=int, default=20000, help="CutMix boxes (and other samples) drawn by each side")
+    p.add_argument("--draws", type=int, default=20000, help="random boxes (and other samples) drawn by each side")
     args = p.parse_args(argv)
-    if not (args.unimatch or args.ssl4mis or args.unimatch_v2):
-        p.error("give at least one checkout: --unimatch, --ssl4mis or --unimatch-v2")
+    if not any((args.unimatch, args.ssl4mis, args.bcp, args.abd, args.admt, args.unimatch_v2)):
+        p.error("give at least one checkout (--unimatch, --ssl4mis, --bcp, --abd, --admt, --unimatch-v2)")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     warnings.filterwarnings("ignore", category=UserWarning)  # their code uses since-deprecated torch signatures
     warnings.filterwarnings("ignore", category=FutureWarning)
 
-    um = None
+    items: list[Item] = []
+    um = sm = None
     if args.unimatch is not None:
         um = args.unimatch / "more-scenarios" / "medical"
         um = um if um.is_dir() else args.unimatch
-    sm = None
-    if args.ssl4mis is not None:
-        sm = args.ssl4mis / "code" if (args.ssl4mis / "code").is_dir() else args.ssl4mis
-
-    items: list[Item] = []
-    um_utils = ssl_losses = None
-    if um is not None:
         um_unet = load_file(um / "model" / "unet.py", "unimatch_unet").UNet
         items += check_unet("UniMatch", um_unet)
         items.append(check_feature_perturbation(um_unet))
-        um_utils = load_file(um / "util" / "utils.py", "unimatch_utils")
-    if sm is not None:
+    if args.ssl4mis is not None:
+        sm = args.ssl4mis / "code" if (args.ssl4mis / "code").is_dir() else args.ssl4mis
         ssl_unet = load_file(sm / "networks" / "unet.py", "ssl4mis_unet")
         items += check_unet("SSL4MIS", ssl_unet.UNet)
         items += check_unet_variants(ssl_unet)
-        ssl_losses = load_file(sm / "utils" / "losses.py", "ssl4mis_losses")
-    items += check_losses(um_utils, ssl_losses)
+    if um is not None or sm is not None:
+        items += check_losses(load_file(um / "util" / "utils.py", "unimatch_utils") if um else None,
+                              load_file(sm / "utils" / "losses.py", "ssl4mis_losses") if sm else None)
     if sm is not None:
         items += check_mean_teacher(sm)
         items += check_ssl4mis_steps(sm)
         items += check_ssl4mis_schedules(sm, args.draws)
     if um is not None:
         items += check_cutmix(load_file(um / "dataset" / "transform.py", "unimatch_transform"), args.draws)
-    items += check_recipes(um, sm)
+    if um is not None or sm is not None:
+        items += check_recipes(um, sm)
     if sm is not None:
         items += check_zoo_recipes(sm)
+    if args.bcp is not None:
+        items += check_bcp(args.bcp, args.draws)
+    if args.abd is not None:
+        items += check_abd(args.abd, args.draws)
+    if args.admt is not None:
+        items += check_admt(args.admt, args.draws)
     if args.unimatch_v2 is not None:
         items += check_unimatch_v2(args.unimatch_v2, args.draws)
 

@@ -260,3 +260,13 @@ def test_every_registered_method_gets_its_own_colour_in_the_figures():
     assert {"ua-mt", "urpc", "cct", "ict", "cps", "unimatch-v2"} <= set(names)
     colours = palette(names + [f"{n}@variant" for n in names[:3]])
     assert len(set(colours.values())) == len(colours)
+
+
+def test_ict_refuses_an_unlabeled_batch_it_cannot_pair_before_anything_runs(tiny_nnunet, tmp_path):
+    from conftest import tiny_request
+    from ssbench.engine.run import build_config
+    from ssbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.batch_unlabeled=1: ICT"):
+        build_config(tiny_request(tiny_nnunet, tmp_path, method="ict", sets=("train.batch_unlabeled=1",)))
+    build_config(tiny_request(tiny_nnunet, tmp_path, method="ict", sets=("train.batch_unlabeled=3",)))

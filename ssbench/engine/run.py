@@ -164,6 +164,7 @@ def _check_values(cfg: RunConfig, method_cls) -> None:
     if method_cls.uses_unlabeled and t.batch_unlabeled < 1:
         raise ConfigError(f"train.batch_unlabeled={t.batch_unlabeled}: method {method_cls.name} trains on unlabeled "
                           "batches and needs at least 1")
+    method_cls.check_config(cfg)
 
 
 def dataset_tag(cfg: RunConfig) -> str:

@@ -127,6 +127,12 @@ class Method(nn.Module):
         return config
 
     @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse a run config this method cannot train with, before anything runs: raise ``ConfigError`` naming
+        the key (BCP: ``train.batch_labeled`` must equal ``train.batch_unlabeled`` and be even). ``cfg`` is the
+        resolved run config (``cfg.train``, ``cfg.data``, ``cfg.method_config``)."""
+
+    @classmethod
     def for_evaluation(cls, config):
         """Config to rebuild the method when its weights come from a run's checkpoint (``ssbench eval``): e.g.
         skip loading pretrained weights that the checkpoint replaces anyway."""

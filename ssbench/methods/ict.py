@@ -53,12 +53,16 @@ class ICT(MeanTeacher):
     display_name = "ICT"
     Config = ICTConfig
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.train.batch_unlabeled < 2:
+            raise ConfigError(f"train.batch_unlabeled={cfg.train.batch_unlabeled}: ICT mixes unlabeled slices in "
+                              "pairs and needs at least 2")
+
     def training_step(self, labeled: Batch, unlabeled: Batch | None, step: StepInfo) -> dict[str, torch.Tensor]:
         cfg = self.config
         n_lab = labeled.image.shape[0]
         half = unlabeled.image.shape[0] // 2  # an odd batch leaves its last slice out
-        if half == 0:
-            raise ConfigError("train.batch_unlabeled=1: ICT mixes unlabeled slices in pairs and needs at least 2")
         u0, u1 = unlabeled.image[:half], unlabeled.image[half:2 * half]
         lam = mix_factors(half, cfg.alpha, u0.device)
         logits = self.student(torch.cat([labeled.image, mix(u0, u1, lam)]))

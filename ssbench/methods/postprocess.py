@@ -8,7 +8,8 @@ large components go to the same one (tests/test_copy_paste.py and benchmarks/pee
 
 Why scipy and not torch: connected components have no exact, fixed-cost tensor formulation (label propagation
 needs as many passes as the longest path through a component), and scipy is already a dependency; so the labels
-go to the host and back, as in the official code. This is the one host synchronisation of BCP's and ABD's step.
+go to the host and back, as in the official code: the one host synchronisation of BCP's and ABD's step, made once
+per step for all their pseudo-labels.
 """
 
 from __future__ import annotations
@@ -37,4 +38,7 @@ def largest_component_per_class(labels: torch.Tensor, num_classes: int, connecti
                 continue
             largest = int(np.argmax(np.bincount(comps.ravel())[1:])) + 1  # the first of equally large ones
             out[i][comps == largest] = c
-    return torch.from_numpy(out).to(labels.device, labels.dtype)
+    back = torch.from_numpy(out).to(labels.dtype)
+    if labels.device.type == "cuda":  # from pinned memory, so the host does not wait for the copy back
+        return back.pin_memory().to(labels.device, non_blocking=True)
+    return back.to(labels.device)

@@ -102,6 +102,10 @@ class Run:
     @property
     def schedule_text(self) -> str:
         it = self.iterations
+        stages = self.info.get("stages")
+        if isinstance(stages, list) and len(stages) > 1 and all(isinstance(s, dict) for s in stages):
+            # a method with stages (BCP, ABD): every stage's length, e.g. '10,000 pretrain + 30,000 train iterations'
+            return " + ".join(f"{s.get('iters', 0):,} {s.get('name', '')}" for s in stages) + " iterations"
         if self.settings.get("train.schedule") == "epochs":
             pool = (self.info.get("schedule") or {}).get("epoch_pool", "")
             return f"{self.settings.get('train.epochs')} epochs over {pool} slices".replace("  ", " ") + \
