@@ -270,3 +270,26 @@ def test_ict_refuses_an_unlabeled_batch_it_cannot_pair_before_anything_runs(tiny
     with pytest.raises(ConfigError, match="train.batch_unlabeled=1: ICT"):
         build_config(tiny_request(tiny_nnunet, tmp_path, method="ict", sets=("train.batch_unlabeled=1",)))
     build_config(tiny_request(tiny_nnunet, tmp_path, method="ict", sets=("train.batch_unlabeled=3",)))
+
+
+@pytest.mark.slow
+def test_cps_runs_on_real_format_acdc_folders(tmp_path_factory, tmp_path, cli):
+    """The raw ACDC challenge archive (written with nibabel, tests/formats.py): CPS, two networks and two
+    optimizers, trains, selects model1 on val and scores the 40 test volumes in mm."""
+    import pandas as pd
+
+    from formats import write_acdc_raw
+    from ssbench.datasets.acdc import ACDC
+
+    split = ACDC.frozen_split("1")
+    root = write_acdc_raw(tmp_path_factory.mktemp("acdc") / "raw",
+                          sorted(split.labeled + split.unlabeled + split.val + split.test), shape_xyz=(32, 32, 3))
+    out = tmp_path / "results"
+    code, _, err = cli("run", "--method", "cps", "--data-root", root, "--split", "1", "--out", out, "--iters", "2",
+                       "--device", "cpu", "--quiet", "--set", "data.train_size=32", "--set", "train.batch_labeled=2",
+                       "--set", "train.batch_unlabeled=2", "--set", "train.val_every=2")
+    assert code == 0, err
+    run = out / "acdc" / "cps" / "1" / "seed1337"
+    frame = pd.read_csv(run / "metrics_per_case.csv")
+    assert len(frame) == 40 * 3 * 2 and (frame["hd_units"] == "mm").all()
+    assert json.loads((run / "run.json").read_text())["optimizers"] == ["model1", "model2"]
