@@ -204,4 +204,3 @@ def test_runs_end_to_end_random_and_pretrained_never_share_a_folder_or_hash(cli,
     assert any("RANDOMLY INITIALISED" in w for w in random_info["warnings"])
     code, _, err = cli("eval", runs[0] / "2" / "seed1337", "--hd-units", "voxel")  # rebuilt without the weights
     assert code == 0, err
-
