@@ -119,6 +119,9 @@ def build_config(req: RunRequest):
         if key.strip() == "train.iters" and cfg.train.schedule == "epochs":
             raise ConfigError(f"--set {item}: the schedule is in epochs (train.epochs={cfg.train.epochs}); "
                               "use --iters N or --set train.schedule=iterations to give a length in iterations")
+    # What depends on this machine (e.g. whether pretrained weights are there) as it will run: recorded, so that
+    # the config, its hash and the folder say what ran (Method.resolve_config).
+    cfg = dataclasses.replace(cfg, method_config=method_cls.resolve_config(cfg.method_config, cfg.data.synthetic))
     _check_values(cfg.check(), method_cls)
     cfg = dataclasses.replace(cfg, variant=variant_tag(recipe.method_config, cfg.method_config),
                               protocol_variant=protocol_tag(recipe, cfg))
@@ -224,7 +227,7 @@ def provenance() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return {
-        "versions": {p: v(p) for p in ("ssbench", "torch", "torchvision", "sam2", "numpy", "scipy", "nibabel")},
+        "versions": {p: v(p) for p in ("ssbench", "torch", "torchvision", "sam2", "timm", "numpy", "scipy", "nibabel")},
         "python": platform.python_version(),
         "torch_threads": _torch_threads(),  # CPU results repeat exactly for the same versions and thread count
         "git_commit": commit,
