@@ -141,12 +141,23 @@ def eval_cmd(
     run_dir: Path = typer.Argument(..., help="A completed run folder."),
     hd_units: Optional[str] = typer.Option(None, "--hd-units", help="mm or voxel."),
     empty_policy: Optional[str] = typer.Option(None, "--empty-policy", help="worst, exclude or legacy-zero."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help=(
+        "a named protocol of the literature, e.g. bcp (= --empty-policy legacy-zero --hd-units voxel)")),
     device: str = typer.Option("auto", "--device"),
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Re-evaluate a run's best and final checkpoints on its test set, e.g. under another metric policy."""
     from ssbench.engine.reeval import reevaluate
+    from ssbench.metrics.evaluation import PROTOCOLS
 
+    if protocol is not None:
+        if protocol not in PROTOCOLS:
+            raise UserError(f"--protocol {protocol}: unknown (known: {', '.join(PROTOCOLS)})")
+        if hd_units is not None or empty_policy is not None:
+            raise UserError("--protocol names the empty policy and HD units itself: give it without --hd-units and "
+                            "--empty-policy")
+        policy = PROTOCOLS[protocol][0]
+        hd_units, empty_policy = policy.hd_units, policy.empty
     _load_plugins(plugins)
     sub = reevaluate(run_dir, hd_units, empty_policy, device)
     _print_summary(_console(), run_dir, sub)

@@ -2,7 +2,8 @@
 
     python crash_driver.py POINT ssbench-arguments...
 
-POINT: ``train:K`` (as step K, 0-based, starts), ``evaluate`` (as the final checkpoint's test evaluation starts),
+POINT: ``train:K`` (as step K, 0-based, of the supervised baseline starts), ``step:K`` (as the engine starts its
+K-th step, 0-based, counted in this process: any method, stages included), ``evaluate`` (as the final checkpoint's test evaluation starts),
 ``write:NAME[:N]`` (the N-th write of results file NAME, after its data reached the temporary file and before the
 rename), ``publish`` (between moving a replaced run aside and moving the new one in). The kill comes from a
 function replaced here, in the test: the product has no hook for it.
@@ -31,6 +32,18 @@ def arm(point: str) -> None:
             return original(self, labeled, unlabeled, info)
 
         Supervised.training_step = training_step
+    elif kind == "step":
+        from ssbench.engine import train
+
+        step, original, seen = int(arg), train.train_step, [0]
+
+        def train_step(*args, **kwargs):
+            if seen[0] == step:
+                die()
+            seen[0] += 1
+            return original(*args, **kwargs)
+
+        train.train_step = train_step
     elif kind == "evaluate":
         from ssbench.engine import evaluate
 

@@ -42,7 +42,7 @@ def test_results_folder_is_complete_and_traceable(finished_run):
     assert info["warnings"] and "phantom" in info["warnings"][0]
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["config_hash"] == info["config_hash"]
-    assert cfg["eval"] == {"empty": "worst", "hd_units": "mm", "connectivity": 1}
+    assert cfg["eval"] == {"empty": "worst", "hd_units": "mm", "connectivity": 1, "also_protocols": []}
     assert cfg["data"]["synthetic"] is True and cfg["train"]["recipe"] == "cpu-small"
     split = json.loads((run / "split.json").read_text())
     assert split["labeled"] == ["patient099"] and len(split["test"]) == 20

@@ -46,7 +46,7 @@ def test_a_checkpoint_resumes_on_another_device_than_the_one_that_wrote_it(tiny_
     assert momenta and all(m.device == stand_in for m in momenta)  # placed beside their parameters
 
 
-def _step_on_stand_in_device(method_name, tiny_nnunet, tmp_path, steps=2):
+def _step_on_stand_in_device(method_name, tiny_nnunet, tmp_path, steps=2, sets=()):
     """``steps`` engine training steps of ``method_name`` (tiny run, data on the device) on the ``meta`` stand-in
     device, recorded by ``HostSyncRecorder``."""
     from ssbench.engine.hostsync import HostSyncRecorder
@@ -55,7 +55,7 @@ def _step_on_stand_in_device(method_name, tiny_nnunet, tmp_path, steps=2):
     from ssbench.engine.train import make_optimizer, make_samplers, train_step
     from ssbench.methods.api import StepInfo
 
-    cfg, method_cls, dataset = build_config(tiny_request(tiny_nnunet, tmp_path, method=method_name))
+    cfg, method_cls, dataset = build_config(tiny_request(tiny_nnunet, tmp_path, method=method_name, sets=sets))
     inputs = load_inputs(cfg, method_cls, dataset, dataset.split(cfg.data.split, cfg.data.split_seed),
                          lambda *a: None)
     device = torch.device(os.environ.get("SSBENCH_HOSTSYNC_DEVICE", "meta"))  # benchmarks/gpu_check.sh: cuda
@@ -72,14 +72,16 @@ def _step_on_stand_in_device(method_name, tiny_nnunet, tmp_path, steps=2):
     return rec
 
 
-UNET_METHODS = ["supervised", "mean-teacher", "unimatch", "fixmatch"]
+UNET_METHODS = ["supervised", "mean-teacher", "unimatch", "fixmatch", "ua-mt", "urpc", "cct", "ict", "cps",
+                "unimatch-v2"]
+SETS = {"unimatch-v2": ("unimatch-v2.init=random",)}  # no DINOv2 weights here (a DINOv2 ViT, not a UNet)
 
 
 @pytest.mark.parametrize("method", UNET_METHODS)
 def test_the_training_step_never_waits_for_the_device(method, tiny_nnunet, tmp_path):
     """No host synchronisation in a UNet method's step: the data draw (weak augmentation and resize on the device),
     the strong views and CutMix, forward, backward, optimizer, EMA, loss sums."""
-    rec = _step_on_stand_in_device(method, tiny_nnunet, tmp_path)
+    rec = _step_on_stand_in_device(method, tiny_nnunet, tmp_path, sets=SETS.get(method, ()))
     assert not rec.events, "\n" + rec.report()
 
 

@@ -66,9 +66,15 @@ class TrainConfig:
     lr: Annotated[float, Field(gt=0, description="initial learning rate")] = 0.01
     momentum: Annotated[float, Field(ge=0, lt=1, description="SGD momentum")] = 0.9
     weight_decay: Annotated[float, Field(ge=0, description="weight decay of the optimizer")] = 1e-4
+    # 'poly': lr = lr0 (1 - k/iters)^poly_power, set after each step as SSL4MIS and UniMatch do; 'constant': lr0
+    # throughout (BCP and ABD never touch the learning rate). A method with stages restarts it in each stage.
+    lr_schedule: Annotated[Literal["poly", "constant"], Field(
+        description="poly decay of the learning rate, or constant (BCP, ABD)")] = "poly"
     poly_power: Annotated[float, Field(ge=0, description="lr = lr0 * (1 - it / iters) ** poly_power")] = 0.9
     val_every: Annotated[Count | Literal["epoch"], Field(
         description="iterations between validations, or 'epoch' for once per epoch (UniMatch)")] = 200
+    val_epochs: Annotated[Count, Field(description=(
+        "with val_every=epoch: validate after the first epoch and then every val_epochs-th (AD-MT: 2)"))] = 1
     checkpoint_every: Annotated[Count, Field(
         description="iterations between resumable checkpoints (model, optimizer, RNG, sampler position)")] = 1000
     seed: Annotated[Seed, Field(description="training seed (the literature's 1337)")] = 1337

@@ -39,19 +39,47 @@ def mean_val_dice(method, cases, cfg, device) -> float:
 
 
 def evaluate_cases(method, cases, dataset, cfg, device, checkpoint: str, predictions: dict | None = None) -> list[dict]:
-    names = {i + 1: n for i, n in enumerate(dataset.class_names)}
     rows = []
     for case in cases:
         pred = predict_case(method, case, cfg, device)
         if predictions is not None:
             predictions[case.case_id] = pred
-        spacing = case.spacing if cfg.eval.hd_units == "mm" else None
-        for r in evaluate_case(pred, case.label, list(names), spacing, cfg.eval, cfg.eval.hd_units):
-            rows.append({
-                "checkpoint": checkpoint, "case_id": case.case_id, "patient_id": case.patient_id,
-                "class": names[r["class_id"]], **r, "hd_units": cfg.eval.hd_units, "empty_policy": cfg.eval.empty,
-            })
+        rows += score_case(pred, case, dataset, cfg, checkpoint)
     return rows
+
+
+def score_case(pred: np.ndarray, case, dataset, cfg, checkpoint: str) -> list[dict]:
+    """The metric rows of one predicted volume under the run's metric policy (cfg.eval)."""
+    names = {i + 1: n for i, n in enumerate(dataset.class_names)}
+    spacing = case.spacing if cfg.eval.hd_units == "mm" else None
+    return [{"checkpoint": checkpoint, "case_id": case.case_id, "patient_id": case.patient_id,
+             "class": names[r["class_id"]], **r, "hd_units": cfg.eval.hd_units, "empty_policy": cfg.eval.empty}
+            for r in evaluate_case(pred, case.label, list(names), spacing, cfg.eval, cfg.eval.hd_units)]
+
+
+def rescore_under_protocol(run_dir: Path, cases, dataset, cfg, protocol: str) -> str | None:
+    """Score a run's saved test predictions (predictions/<checkpoint>.npz) under the named protocol
+    (``metrics.evaluation.PROTOCOLS``) into ``evals/<empty>-<units>/``, as ``ssbench eval --protocol`` would (the
+    same label maps: no new prediction). Returns the folder, or None if that is the run's own policy."""
+    from ssbench.atomic import write_csv, write_json
+    from ssbench.metrics.evaluation import PROTOCOLS, protocol_policy
+
+    policy = protocol_policy(protocol, cfg.eval)
+    if (policy.empty, policy.hd_units, policy.connectivity) == (cfg.eval.empty, cfg.eval.hd_units,
+                                                                cfg.eval.connectivity):
+        return None
+    sub_cfg = dataclasses.replace(cfg, eval=policy)
+    rows = []
+    for ckpt in ("best", "final"):
+        with np.load(Path(run_dir) / "predictions" / f"{ckpt}.npz") as saved:
+            for case in cases:
+                rows += score_case(saved[case.case_id], case, dataset, sub_cfg, ckpt)
+    frame = pd.DataFrame(rows)
+    sub = f"evals/{policy.empty}-{policy.hd_units}"
+    write_csv(Path(run_dir) / sub / "metrics_per_case.csv", frame)
+    write_json(Path(run_dir) / sub / "summary.json",
+               summary_of(frame, sub_cfg, protocol={"name": protocol, "description": PROTOCOLS[protocol][1]}))
+    return sub
 
 
 def evaluate_checkpoints(method, cases, dataset, cfg, device, checkpoints: Path,

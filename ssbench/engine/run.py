@@ -91,7 +91,11 @@ def build_config(req: RunRequest):
         raise UserError(f"--gpus {req.world}: must be at least 1")
     world = req.world if req.world is not None else distributed_env()[1]
     train = dataclasses.replace(train, world_size=world)
-    cfg = RunConfig(data, train, MetricPolicy(), dataset_cls.Options(), method_cls.Config(), method_cls.name)
+    policy = MetricPolicy()
+    eval_overrides = method_cls.eval_overrides(train.recipe)
+    if eval_overrides:
+        policy = from_dict(MetricPolicy, {**to_dict(policy), **eval_overrides}, "eval")
+    cfg = RunConfig(data, train, policy, dataset_cls.Options(), method_cls.Config(), method_cls.name)
     if req.seed is not None:
         cfg = cfg.override("train.seed", str(req.seed))
     if req.split_seed is not None:
@@ -115,6 +119,9 @@ def build_config(req: RunRequest):
         if key.strip() == "train.iters" and cfg.train.schedule == "epochs":
             raise ConfigError(f"--set {item}: the schedule is in epochs (train.epochs={cfg.train.epochs}); "
                               "use --iters N or --set train.schedule=iterations to give a length in iterations")
+    # What depends on this machine (e.g. whether pretrained weights are there) as it will run: recorded, so that
+    # the config, its hash and the folder say what ran (Method.resolve_config).
+    cfg = dataclasses.replace(cfg, method_config=method_cls.resolve_config(cfg.method_config, cfg.data.synthetic))
     _check_values(cfg.check(), method_cls)
     cfg = dataclasses.replace(cfg, variant=variant_tag(recipe.method_config, cfg.method_config),
                               protocol_variant=protocol_tag(recipe, cfg))
@@ -157,6 +164,7 @@ def _check_values(cfg: RunConfig, method_cls) -> None:
     if method_cls.uses_unlabeled and t.batch_unlabeled < 1:
         raise ConfigError(f"train.batch_unlabeled={t.batch_unlabeled}: method {method_cls.name} trains on unlabeled "
                           "batches and needs at least 1")
+    method_cls.check_config(cfg)
 
 
 def dataset_tag(cfg: RunConfig) -> str:
@@ -219,7 +227,7 @@ def provenance() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return {
-        "versions": {p: v(p) for p in ("ssbench", "torch", "torchvision", "sam2", "numpy", "scipy", "nibabel")},
+        "versions": {p: v(p) for p in ("ssbench", "torch", "torchvision", "sam2", "timm", "numpy", "scipy", "nibabel")},
         "python": platform.python_version(),
         "torch_threads": _torch_threads(),  # CPU results repeat exactly for the same versions and thread count
         "git_commit": commit,
@@ -308,7 +316,7 @@ def execute(req: RunRequest, console=None) -> Path:
     share of each batch and wait for it at the end."""
     import torch
 
-    from ssbench.engine.evaluate import evaluate_checkpoints, summary_of
+    from ssbench.engine.evaluate import evaluate_checkpoints, rescore_under_protocol, summary_of
     from ssbench.engine.runtime import init_distributed, make_runtime
     from ssbench.engine.train import deterministic_algorithms, train
 
@@ -363,6 +371,7 @@ def execute(req: RunRequest, console=None) -> Path:
         "data": dataset.describe(),
         "split_protocol": split.protocol,
         "schedule": schedule,
+        **method_layout(method),
         "warnings": list(method.warnings),
         "start": _now(),
         **provenance(),
@@ -405,8 +414,11 @@ def execute(req: RunRequest, console=None) -> Path:
         if runtime.is_main:
             write_csv(staging / "metrics_per_case.csv", frame)
             selection = {"set": cfg.train.selection, "metric": "mean foreground Dice",
-                         "best_iteration": best["iteration"], "best_score": best["dice"], "cases": len(selection_cases)}
+                         "best_iteration": best["iteration"], "best_score": best["dice"], "cases": len(selection_cases),
+                         **({"stages": best["stages"]} if "stages" in best else {})}
             write_json(staging / "summary.json", summary_of(frame, cfg, selection=selection))
+            for name in cfg.eval.also_protocols:  # the published numbers' protocol, from the same predictions
+                rescore_under_protocol(staging, test, dataset, cfg, name)
             if cfg.train.deterministic:
                 run_info["deterministic_ops_warned"] = nondeterministic_ops  # ops without a deterministic kernel
             run_info.update(status="complete", end=_now(), wall_time_s=round(time.time() - t0, 1))
@@ -419,6 +431,18 @@ def execute(req: RunRequest, console=None) -> Path:
         if runtime.is_main:
             _release_lock(staging)
     return final_dir
+
+
+def method_layout(method) -> dict:
+    """What run.json records of a method's networks: the evaluated one, its optimizers and (several) stages."""
+    stages = method.stages()
+    out = {"evaluated_model": method.evaluated_model(), "optimizers": list(method.optimizer_params())}
+    if len(stages) > 1:
+        out["stages"] = [{"name": s.name, "iters": s.iters, "uses_unlabeled": s.uses_unlabeled,
+                          "optimizers": list(s.optimizers) if s.optimizers is not None else out["optimizers"],
+                          **({"optimizer_from": dict(s.optimizer_from)} if s.optimizer_from else {})}
+                         for s in stages]
+    return out
 
 
 def _barrier(world: int) -> None:

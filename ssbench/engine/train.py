@@ -116,12 +116,106 @@ def _draw_unlabeled(samplers, device):
                  sum((p.slice_indices for p in parts), []))
 
 
-def make_optimizer(method, t, runtime):
-    params = list(method.trainable_parameters())
+class Optimizers:
+    """The optimizers of a method (``Method.optimizer_params``), used as one: ``zero_grad``, ``step`` (of the
+    active ones: a stage may step only some), ``param_groups``, ``state``, ``state_dict``. The learning rate of each
+    param group follows ``train.lr_schedule`` from that group's own initial rate. One optimizer saves its plain
+    torch state dict (the format of single-network runs); several save ``{"optimizers": {name: state dict}}``."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        self.active = list(optimizers)
+        # Initial rates, by group, kept here (not in the groups, which load_state_dict replaces).
+        self.base_lrs = {name: [g["lr"] for g in o.param_groups] for name, o in optimizers.items()}
+
+    def __getitem__(self, name: str) -> torch.optim.Optimizer:
+        return self.optimizers[name]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers.values() for g in o.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {k: v for o in self.optimizers.values() for k, v in o.state.items()}
+
+    def set_lr(self, rate) -> float:
+        """Each group's lr = ``rate(its initial lr)``; returns the first active group's."""
+        first = None
+        for name, o in self.optimizers.items():
+            for group, base in zip(o.param_groups, self.base_lrs[name]):
+                group["lr"] = rate(base)
+                if first is None and name in self.active:
+                    first = group["lr"]
+        return first
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers.values():
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for name in self.active:
+            self.optimizers[name].step()
+
+    def state_dict(self) -> dict:
+        if len(self.optimizers) == 1:
+            return next(iter(self.optimizers.values())).state_dict()
+        return {"optimizers": {name: o.state_dict() for name, o in self.optimizers.items()}}
+
+    def states(self, state: dict) -> dict:
+        """name -> torch state dict, from either saved format."""
+        if "optimizers" in state:
+            return state["optimizers"]
+        return {next(iter(self.optimizers)): state}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = self.states(state)
+        if set(saved) != set(self.optimizers):
+            raise ValueError(f"optimizers {sorted(saved)} saved, {sorted(self.optimizers)} expected")
+        for name, o in self.optimizers.items():
+            o.load_state_dict(saved[name])
+
+
+def make_optimizer(method, t, runtime) -> Optimizers:
+    """Every optimizer the method names (``optimizer_params``), built from ``train.*``."""
     fused = {"fused": True} if runtime.device.type == "cuda" else {}  # one kernel for all parameters
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **fused)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
+    built = {}
+    for name, params in method.optimizer_params().items():
+        params = list(params)
+        if t.optimizer == "sgd":
+            built[name] = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **fused)
+        else:
+            built[name] = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
+        for group in built[name].param_groups:  # a group's rate relative to train.lr (UniMatch V2's head: x40)
+            if "lr_scale" in group:
+                group["lr"] = t.lr * group["lr_scale"]
+    if not built:
+        raise UserError(f"method {type(method).name!r} names no optimizer (optimizer_params() is empty)")
+    return Optimizers(built)
+
+
+def stage_lr(t, base: float, step: StepInfo) -> float:
+    """The learning rate of ``step`` from the initial rate ``base`` (train.lr_schedule, over the step's stage)."""
+    if t.lr_schedule == "constant":
+        return base
+    return step_lr(base, step.iteration, step.total, t.poly_power)
+
+
+def run_stages(method) -> list:
+    """The method's stages, checked: unique names, at least one step each, optimizers it has."""
+    stages = list(method.stages())
+    names = [s.name for s in stages]
+    known = set(method.optimizer_params())
+    if not stages or len(set(names)) != len(names):
+        raise UserError(f"method {type(method).name!r}: stages() must name at least one stage, each once ({names})")
+    for s in stages:
+        if s.iters < 1:
+            raise UserError(f"method {type(method).name!r}: stage {s.name!r} has {s.iters} iterations (at least 1)")
+        used = set(s.optimizers or ()) | {x for pair in s.optimizer_from for x in pair}
+        if used - known:
+            raise UserError(f"method {type(method).name!r}: stage {s.name!r} names optimizer "
+                            f"{sorted(used - known)[0]!r}, not one of {sorted(known)}")
+    return stages
 
 
 class _Step(torch.nn.Module):
@@ -183,16 +277,16 @@ def _channels_last(batch, runtime):
     return batch
 
 
-def train_step(method, step_fn, optimizer, samplers, runtime, step: StepInfo, t, sums: dict) -> float:
+def train_step(method, step_fn, optimizer, samplers, runtime, step: StepInfo, t, sums: dict,
+               draw_unlabeled: bool = True) -> float:
     """One step: draw the batches, forward, backward, update, EMA; the losses are added to ``sums`` on the device.
     Nothing here waits for the device (tests/test_gpu_paths.py proves it with ``engine.hostsync``); the host reads
-    the sums only at the loss rows. Returns the step's learning rate."""
+    the sums only at the loss rows. ``draw_unlabeled=False``: a labeled-only stage. Returns the step's learning
+    rate."""
     method.train()
-    lr = step_lr(t.lr, step.iteration, t.iters, t.poly_power)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    lr = optimizer.set_lr(lambda base: stage_lr(t, base, step))
     labeled = _channels_last(samplers["labeled"].next(runtime.device), runtime)
-    unlabeled = _channels_last(_draw_unlabeled(samplers, runtime.device), runtime)
+    unlabeled = _channels_last(_draw_unlabeled(samplers, runtime.device), runtime) if draw_unlabeled else None
     with runtime.autocast():
         losses = step_fn(labeled, unlabeled, step)
     optimizer.zero_grad(set_to_none=True)
@@ -204,9 +298,24 @@ def train_step(method, step_fn, optimizer, samplers, runtime, step: StepInfo, t,
     return lr
 
 
+def val_schedule(t, per_epoch: int):
+    """Whether a validation is due after ``done`` steps of a stage of ``total`` steps: every ``train.val_every``
+    steps, or with ``val_every=epoch`` at the end of the first epoch and every ``val_epochs``-th one after it (AD-MT:
+    its epochs 0, 2, 4, ...); always at the end of the stage."""
+    def due(done: int, total: int) -> bool:
+        if done == total:
+            return True
+        if t.val_every == "epoch":
+            return done % per_epoch == 0 and (done // per_epoch - 1) % t.val_epochs == 0
+        return done % t.val_every == 0
+    return due
+
+
 def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, console) -> dict:
-    """Train for cfg.train.iters steps; write best.pt, final.pt and train_log.csv (rank 0); return the best
-    ``{"dice", "iteration"}`` on the selection set."""
+    """Train the method's stages (one stage of cfg.train.iters steps for most methods); write best.pt, final.pt
+    and train_log.csv (rank 0); return the best ``{"dice", "iteration"}`` on the selection set of the last stage,
+    with ``"stages"``: each stage's best (a method with stages also keeps ``checkpoints/<stage>-best.pt`` of each
+    stage but the last)."""
     t = cfg.train
     device = runtime.device
     ckpt_dir = staging / "checkpoints"
@@ -219,34 +328,49 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
     torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
     step_fn = _step_function(method, runtime, t.sync_bn == "on")
     optimizer = make_optimizer(method, t, runtime)
+    stages = run_stages(method)
+    ends = [sum(s.iters for s in stages[: i + 1]) for i in range(len(stages))]
+    total = ends[-1]
     samplers = make_samplers(type(method), cfg, pools, runtime)
-    val_every = iters_per_epoch(type(method), cfg, pools) if t.val_every == "epoch" else t.val_every
+    val_due = val_schedule(t, iters_per_epoch(type(method), cfg, pools))
     start, best, log = 0, {"dice": -1.0, "iteration": -1}, []
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
         start, best, log = restore_training_state(last, cfg, method, optimizer, samplers, runtime)
     else:  # a fresh start inherits no file of an earlier attempt
-        for stale in [ckpt_dir / "best.pt", ckpt_dir / "final.pt", *ckpt_dir.glob("best-at-*.pt")]:
+        for stale in [ckpt_dir / "best.pt", ckpt_dir / "final.pt", *ckpt_dir.glob("best-at-*.pt"),
+                      *(ckpt_dir / _stage_best(s) for s in stages)]:
             stale.unlink(missing_ok=True)
+    # The stage of the last step done (resumed exactly at a stage's end, the next stage begins in the loop).
+    k = next(i for i, end in enumerate(ends) if start <= end)
+    optimizer.active = list(stages[k].optimizers or optimizer.optimizers)
 
-    progress = _Progress(console if runtime.is_main else None, t.iters, start)
+    progress = _Progress(console if runtime.is_main else None, total, start)
     t_start = time.time()
     val_dice = math.nan
     sums: dict[str, torch.Tensor] = {}
-    for it in range(start, t.iters):
-        lr = train_step(method, step_fn, optimizer, samplers, runtime, StepInfo(it, t.iters), t, sums)
+    for it in range(start, total):
+        if it == ends[k]:  # the next stage starts from this one's best checkpoint
+            _begin_stage(method, optimizer, stages[k], stages[k + 1], ckpt_dir, cfg, runtime)
+            k += 1
+            best = {"dice": -1.0, "iteration": -1}
+        stage = stages[k]
+        offset = ends[k] - stage.iters
+        step = StepInfo(it - offset, stage.iters, stage.name)
+        lr = train_step(method, step_fn, optimizer, samplers, runtime, step, t, sums, stage.uses_unlabeled)
         done = it + 1
-        validate = done % val_every == 0 or done == t.iters
-        save_state = done % t.checkpoint_every == 0 and done < t.iters
+        validate = val_due(done - offset, stage.iters)
+        save_state = done % t.checkpoint_every == 0 and done < total
         if not (validate or save_state or done % runtime.log_every == 0):
             continue
         n = done - (log[-1]["iteration"] if log else start)  # steps in this row's means
         if runtime.world > 1:  # every rank reaches the same rows: the logged losses are those of the global batch
             sums = _mean_over_ranks(sums, runtime)
-        row = {"iteration": done, "lr": lr, **{k: float(v) / n for k, v in sums.items()}}
+        row = {"iteration": done, **({"stage": stage.name} if len(stages) > 1 else {}), "lr": lr,
+               **{k_: float(v) / n for k_, v in sums.items()}}
         sums = {}
         if not math.isfinite(row["loss"]):  # checked on the logged rows: no host synchronisation in the step
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k.startswith("loss"))
+            terms = ", ".join(f"{k_}={v:.4g}" for k_, v in row.items() if k_.startswith("loss"))
             raise NonFiniteLoss(f"training stopped at iteration {done}: non-finite loss ({terms})"
                                 + (f", means of the last {n} steps" if n > 1 else "")
                                 + "; nothing was published (a smaller train.lr may help)")
@@ -255,7 +379,12 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
             row["val_dice"] = val_dice
             if val_dice > best["dice"]:
                 best = {"dice": val_dice, "iteration": done}
-                torch_save(ckpt_dir / "best.pt", _weights(method, done, val_dice, cfg))
+                # A stage that another follows keeps its optimizer state too: the next stage starts from it.
+                torch_save(ckpt_dir / "best.pt", _weights(method, done, val_dice, cfg,
+                                                          optimizer if k < len(stages) - 1 else None))
+        if validate and done == ends[k] and best["iteration"] < 0 and runtime.is_main:
+            raise UserError(f"no validation gave a Dice score{_in_stage(stage, stages)} (the validation cases hold "
+                            "no foreground label): nothing to select a checkpoint with")
         row["elapsed_s"] = round(time.time() - t_start, 2)
         log.append(row)
         if validate and runtime.is_main:
@@ -280,11 +409,51 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
         progress.update(done, row, val_dice, best)
     progress.close()
     if runtime.is_main:
-        if best["iteration"] < 0:
-            raise UserError("no validation gave a Dice score (the validation cases hold no foreground label): "
-                            "nothing to select a checkpoint with")
-        torch_save(ckpt_dir / "final.pt", _weights(method, t.iters, val_dice, cfg))
+        torch_save(ckpt_dir / "final.pt", _weights(method, total, val_dice, cfg))
+    if len(stages) > 1:
+        return {**best, "stages": stage_bests(log, stages)}
     return best
+
+
+def stage_bests(log: list[dict], stages) -> list[dict]:
+    """Each stage's selected checkpoint, from the training log: the first validation with the stage's highest
+    score (the engine keeps a checkpoint only when the score improves)."""
+    out = []
+    for s in stages:
+        rows = [r for r in log if r.get("stage") == s.name and not math.isnan(r.get("val_dice", math.nan))]
+        top = max(rows, key=lambda r: (r["val_dice"], -r["iteration"]), default=None)
+        out.append({"name": s.name, "iterations": s.iters, "best_iteration": top["iteration"] if top else None,
+                    "best_score": top["val_dice"] if top else None})
+    return out
+
+
+def _stage_best(stage) -> str:
+    return f"{stage.name}-best.pt"
+
+
+def _in_stage(stage, stages) -> str:
+    return f" in stage {stage.name!r}" if len(stages) > 1 else ""
+
+
+def _begin_stage(method, optimizer: Optimizers, previous, stage, ckpt_dir: Path, cfg, runtime) -> None:
+    """Start ``stage`` from the best checkpoint of ``previous`` (kept as ``<previous>-best.pt``): the method's
+    state and every optimizer's state as they were then, ``stage.optimizer_from`` applied; then the method's own
+    ``begin_stage``. Every rank reads the file rank 0 wrote."""
+    kept = ckpt_dir / _stage_best(previous)
+    if runtime.is_main:
+        os.replace(ckpt_dir / "best.pt", kept)
+    if runtime.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    state = checkpoint.load(kept, cfg.hash())
+    checkpoint.load_weights(method, state, kept)
+    optimizer.load_state_dict(state["optimizer"])
+    saved = optimizer.states(state["optimizer"])
+    for target, source in stage.optimizer_from:
+        optimizer[target].load_state_dict(saved[source])
+    optimizer.active = list(stage.optimizers or optimizer.optimizers)
+    method.begin_stage(stage)
 
 
 def restore_training_state(last: Path, cfg, method, optimizer, samplers, runtime) -> tuple[int, dict, list]:
@@ -321,8 +490,11 @@ def _restore_best(ckpt_dir: Path, state: dict, last: Path) -> None:
     snapshot(saved, ckpt_dir / "best.pt")
 
 
-def _weights(method, iteration: int, val_dice: float, cfg) -> dict:
-    return {"method": method.state_dict(), "iteration": iteration, "val_dice": val_dice, "config_hash": cfg.hash()}
+def _weights(method, iteration: int, val_dice: float, cfg, optimizer: Optimizers | None = None) -> dict:
+    state = {"method": method.state_dict(), "iteration": iteration, "val_dice": val_dice, "config_hash": cfg.hash()}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    return state
 
 
 class _Progress:

@@ -12,6 +12,17 @@ A method is a ``torch.nn.Module`` that
   probabilities: the engine takes their argmax, after resizing them bilinearly to the native grid when the run's
   ``data.inference_resize`` is ``bilinear`` (UniMatch resizes logits, so the UNet methods return logits).
 
+Co-training and staged methods (added within version 1; the defaults keep single-network methods as they were):
+
+* ``optimizer_params()`` names one optimizer per entry (ABD's two students, CPS's two UNets); the engine builds each
+  from ``train.*`` (or from a param group's own ``lr``), steps them all after one ``backward``, schedules their
+  learning rates and saves and restores every one of them;
+* ``stages()`` splits the run into stages run one after the other (BCP: a labeled-only pre-train, then
+  self-training), each with its own length, validation and best checkpoint; a later stage starts from the best
+  checkpoint of the one before (weights and optimizer states), then ``begin_stage`` initialises what that stage
+  adds (a teacher, a second student);
+* ``evaluated_model()`` names the network ``predict`` uses (recorded in run.json).
+
 Everything it owns (students, teachers, buffers) is in its ``state_dict``, so checkpoints and ``--resume`` need
 nothing else from it. Batches arrive at ``ctx.image_size`` — the native slice, weakly augmented by the engine
 (the literature's rotation/flip) unless the method sets ``engine_weak_augmentation = False`` to augment itself,
@@ -53,8 +64,26 @@ class Batch:
 
 @dataclass(frozen=True)
 class StepInfo:
-    iteration: int  # 0-based index of this step
-    total: int
+    iteration: int  # 0-based index of this step (within its stage)
+    total: int  # steps of the run (of the stage, for a method with stages)
+    stage: str = "train"  # the stage's name (Stage.name); single-stage methods run one stage called 'train'
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a method that trains in stages, in the order returned by ``Method.stages()``.
+
+    Each stage runs ``iters`` steps (``StepInfo.iteration`` counts from 0 in each and the LR schedule restarts), is
+    validated every ``train.val_every`` of its steps and keeps its own best checkpoint. A stage after the first
+    starts from the best checkpoint of the stage before it: the method's whole state and every optimizer's state
+    as they were then; ``optimizer_from`` lets an optimizer start from another one's state there (ABD:
+    ``(("model2", "model1"),)``). Then ``Method.begin_stage`` runs."""
+
+    name: str
+    iters: int
+    uses_unlabeled: bool = True  # False: no unlabeled batch is drawn (``unlabeled`` is None)
+    optimizers: tuple[str, ...] | None = None  # the optimizers stepped in this stage (None: all of them)
+    optimizer_from: tuple[tuple[str, str], ...] = ()  # (optimizer, optimizer whose state it starts from)
 
 
 class Method(nn.Module):
@@ -80,6 +109,28 @@ class Method(nn.Module):
         """Input-protocol fields (``data.*``: ``train_size``, ``train_resize``, ``inference_resize``) this method
         changes for ``recipe``, e.g. SAM-2's own input size. Applied before the command line, which still wins."""
         return {}
+
+    @classmethod
+    def eval_overrides(cls, recipe: str) -> dict:
+        """Metric-policy fields (``eval.*``) this method's recipe sets, e.g. ``{"also_protocols": ["bcp"]}``: the
+        test predictions are also scored under the protocol its published numbers used (the benchmark's own
+        policy stays the main one). Applied before the command line, which still wins."""
+        return {}
+
+    @classmethod
+    def resolve_config(cls, config, synthetic: bool):
+        """The config as it will run, after every ``--set``: a field whose effective value depends on this machine
+        (e.g. whether pretrained weights are there) set to that value, so that config.yaml, its hash and the run's
+        folder say what ran (UniMatch V2 without DINOv2 weights on the embedded phantom: ``init: random``).
+        ``synthetic``: the run is on the embedded phantom. Raise ``UserError`` for a run that cannot start.
+        Not called again by ``ssbench eval``. Default: the config unchanged."""
+        return config
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse a run config this method cannot train with, before anything runs: raise ``ConfigError`` naming
+        the key (BCP: ``train.batch_labeled`` must equal ``train.batch_unlabeled`` and be even). ``cfg`` is the
+        resolved run config (``cfg.train``, ``cfg.data``, ``cfg.method_config``)."""
 
     @classmethod
     def for_evaluation(cls, config):
@@ -121,6 +172,31 @@ class Method(nn.Module):
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters the optimizer updates (override to leave out a teacher)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+    def optimizer_params(self) -> dict[str, Iterable]:
+        """One optimizer per entry: name -> its parameters (or torch param-group dicts, which may set their own
+        ``lr``, or ``lr_scale``: that group's rate = ``train.lr`` x the scale, e.g. UniMatch V2's head at x40).
+        Each is built from ``train.*`` (SGD or AdamW, momentum, weight decay) and follows
+        ``train.lr_schedule``. Default: one optimizer, ``main``, over ``trainable_parameters()``. All of them are
+        stepped after the same ``backward`` of ``"loss"``, as the co-training codes do."""
+        return {"main": list(self.trainable_parameters())}
+
+    def stages(self) -> list[Stage]:
+        """The run's stages, in order. Default: one stage of ``ctx.total_iters`` (``train.iters``) steps. A method
+        with stages takes their lengths from its config (e.g. ``pretrain_iters``) and, by convention, gives its
+        last stage ``ctx.total_iters`` steps (so ``train.iters`` and ``--iters`` set the main stage)."""
+        return [Stage("train", self.ctx.total_iters)]
+
+    def begin_stage(self, stage: Stage) -> None:
+        """Called as a stage after the first starts, once the engine has put back the previous stage's best
+        checkpoint (weights and optimizer states): initialise what the stage adds, e.g. copy the student into the
+        teacher. Not called for the first stage, nor again when a run resumes inside a stage."""
+
+    def evaluated_model(self) -> str | None:
+        """The name of the network ``predict`` uses, recorded in run.json (``evaluated_model``). Default: the
+        config's ``evaluate`` field if it has one (Mean Teacher: student or teacher)."""
+        value = getattr(self.config, "evaluate", None)
+        return None if value is None else str(value)
 
     def training_step(self, labeled: Batch, unlabeled: Batch | None, step: StepInfo) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -32,6 +32,26 @@ class MetricPolicy:
     # 'auto' resolves to mm where the data keep spacing and to voxels where they do not (h5 layout).
     hd_units: Literal["auto", "mm", "voxel"] = "auto"  # HD95/ASD units: mm where spacing is known, else voxels
     connectivity: Literal[1, 2, 3] = 1  # surface neighbourhood of the 3-D masks (medpy's default: 1)
+    # Named protocols (PROTOCOLS) the test predictions are scored under as well, into evals/<empty>-<units>/ of
+    # the run: the published numbers' own protocol beside the benchmark's (the main numbers are not changed).
+    also_protocols: tuple[Literal["bcp"], ...] = ()  # also score the test predictions under these protocols
+
+
+# The literature's metric protocols, by name: `ssbench eval RUN --protocol NAME`, `eval.also_protocols`.
+PROTOCOLS = {
+    "bcp": (MetricPolicy(empty="legacy-zero", hd_units="voxel", connectivity=1),
+            "BCP's code/test_ACDC.py (reused by ABD and AD-MT): medpy per class and volume, HD95/ASD in voxels, a "
+            "class with an empty prediction scores 0 on all four metrics; best checkpoint on val"),
+}
+
+
+def protocol_policy(name: str, base: MetricPolicy | None = None) -> MetricPolicy:
+    """``base`` (default: the benchmark's policy) with the named protocol's empty policy, units and connectivity."""
+    import dataclasses
+
+    policy = PROTOCOLS[name][0]
+    return dataclasses.replace(base or MetricPolicy(), empty=policy.empty, hd_units=policy.hd_units,
+                               connectivity=policy.connectivity)
 
 
 def evaluate_case(

@@ -26,10 +26,11 @@ REQUIRED = ("method", "data.dataset", "data.split", "train.seed", "train.selecti
 # Fields added to the engine after the first runs were written: older runs used the value given here, so they
 # pool with newer runs that record it explicitly.
 LEGACY_DEFAULTS = {"eval.connectivity": 1, "data.inference_resize": "order0", "data.train_resize": "order0",
-                   "train.schedule": "iterations"}
+                   "train.schedule": "iterations", "train.lr_schedule": "poly", "train.val_epochs": 1}
 # Never part of the comparison: the pooled dimension (seed), where the data live, how the split was spelled
 # (the labeled count is compared instead) and the hash (it covers the seed).
-NOT_COMPARED = ("train.seed", "data.root", "data.split", "config_hash")
+NOT_COMPARED = ("train.seed", "data.root", "data.split", "config_hash",
+                "eval.also_protocols")  # extra scorings in evals/ never change the run's own numbers
 
 
 @dataclass
@@ -101,6 +102,10 @@ class Run:
     @property
     def schedule_text(self) -> str:
         it = self.iterations
+        stages = self.info.get("stages")
+        if isinstance(stages, list) and len(stages) > 1 and all(isinstance(s, dict) for s in stages):
+            # a method with stages (BCP, ABD): every stage's length, e.g. '10,000 pretrain + 30,000 train iterations'
+            return " + ".join(f"{s.get('iters', 0):,} {s.get('name', '')}" for s in stages) + " iterations"
         if self.settings.get("train.schedule") == "epochs":
             pool = (self.info.get("schedule") or {}).get("epoch_pool", "")
             return f"{self.settings.get('train.epochs')} epochs over {pool} slices".replace("  ", " ") + \
@@ -213,7 +218,7 @@ def read_reevaluation(run: Run, sub: Path, checkpoint: str) -> Run:
     policy = summary.get("metric_policy")
     if not isinstance(policy, dict) or not {"empty", "hd_units"} <= set(policy):
         raise Unreadable("summary.json: missing metric_policy (empty, hd_units)")
-    settings = {**run.settings, **{f"eval.{k}": v for k, v in policy.items()}}
+    settings = {**run.settings, **{f"eval.{k}": v for k, v in policy.items() if f"eval.{k}" not in NOT_COMPARED}}
     frame = read_cases(sub / "metrics_per_case.csv", checkpoint)
     return Run(**{**run.__dict__, "path": sub, "settings": settings, "frame": frame, "_means": {},
                   "summary": {**summary, "selection": (run.summary or {}).get("selection")},

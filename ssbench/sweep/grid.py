@@ -31,7 +31,8 @@ def shipped_grids() -> list[str]:
 
 
 def load_grid(name: str) -> Grid:
-    """A grid file shipped with the package (``--grid paper``); unknown keys are errors."""
+    """A grid file shipped with the package (``--grid paper``, ``--grid zoo``); unknown keys are errors.
+    ``methods: builtin`` lists every built-in method."""
     if name not in shipped_grids():
         raise UserError(f"--grid {name}: unknown grid (shipped: {', '.join(shipped_grids())})")
     data = yaml.safe_load((resources.files("ssbench.sweep.grids") / f"{name}.yaml").read_text())
@@ -39,6 +40,10 @@ def load_grid(name: str) -> Grid:
     unknown = set(data) - fields
     if unknown:
         raise UserError(f"grid {name}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(fields))})")
+    if data.get("methods") == "builtin":  # every method the ssbench distribution registers itself
+        from ssbench import registry
+
+        data["methods"] = [e.name for e in registry.entries(registry.METHODS_GROUP) if e.builtin]
     return Grid(**{k: tuple(v) for k, v in data.items()})
 
 
