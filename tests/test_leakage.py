@@ -16,7 +16,12 @@ from ssbench import registry
 
 BUILTINS = [e.name for e in registry.entries(registry.METHODS_GROUP) if e.builtin]
 ITERS = 12  # more than an epoch of each pool (tiny dataset: 2 labeled cases x 4 slices, 5 unlabeled x 4; batch 2)
-SETS = {"sss": ("sss.init=random",)}  # no pretrained SAM-2 on a machine without network (SSS: slow, builds SAM-2)
+
+
+def _pretrained(name) -> bool:
+    """Methods on a pretrained backbone (SSS's SAM-2, UniMatch V2's DINOv2) declare ``init``: built randomly
+    initialised here (no weights on a machine without network), and slow-marked (large networks)."""
+    return "init" in getattr(registry.method(name).Config, "__dataclass_fields__", {})
 
 
 class _Enough(Exception):
@@ -36,8 +41,8 @@ def _record(monkeypatch, name):
         if unlabeled is not None:
             assert unlabeled.label is None and len(unlabeled.case_ids) == unlabeled.image.shape[0]
             seen["unlabeled"].update(unlabeled.case_ids)
-        if info.iteration == ITERS - 1:
-            raise _Enough  # before the final validation and the test evaluation
+        if info.stage == self.stages()[-1].name and info.iteration == ITERS - 1:
+            raise _Enough  # in the last stage (the one that draws unlabeled data), before its final validation
         return {"loss": sum((p * 0).sum() for p in self.trainable_parameters())}
 
     def attaching(kind, original):
@@ -55,7 +60,10 @@ def _record(monkeypatch, name):
 
 def _run(tiny_nnunet, tmp_path, monkeypatch, name):
     seen, execute, cls = _record(monkeypatch, name)
-    sets = SETS.get(name, ()) + ("train.checkpoint_every=1000", "train.val_every=1000")
+    sets = ((f"{name}.init=random",) if _pretrained(name) else ()) + ("train.checkpoint_every=1000",
+                                                                        "train.val_every=1000")
+    if "pretrain_iters" in getattr(cls.Config, "__dataclass_fields__", {}):  # staged methods' convention (BCP, ABD)
+        sets += (f"{name}.pretrain_iters=2",)
     with pytest.raises(_Enough):
         execute(tiny_request(tiny_nnunet, tmp_path, name, sets=sets, iters=ITERS))
     return seen, cls
@@ -84,7 +92,7 @@ def check_no_leak(seen: dict, cases: dict, uses_unlabeled: bool) -> None:
     assert seen["unlabeled"] == seen["attach_unlabeled"] == expected
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "sss" else n for n in BUILTINS])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if _pretrained(n) else n for n in BUILTINS])
 def test_only_the_splits_training_cases_reach_the_method(name, tiny_nnunet, tmp_path, monkeypatch):
     seen, cls = _run(tiny_nnunet, tmp_path, monkeypatch, name)
     check_no_leak(seen, _split_cases(tiny_nnunet), cls.uses_unlabeled)
