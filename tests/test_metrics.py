@@ -247,3 +247,16 @@ def test_stray_predictions_under_every_connectivity_match_medpy(connectivity):
         for f, g in ((M.hd95, mb.hd95), (M.asd, mb.asd), (M.assd, mb.assd)):
             assert abs(f(pred, ref, spacing, connectivity) - g(pred, ref, spacing, connectivity)) <= TOL
             assert abs(f(ref, pred, spacing, connectivity) - g(ref, pred, spacing, connectivity)) <= TOL
+
+
+def test_a_named_protocol_replaces_only_the_metric_fields_of_a_policy():
+    from ssbench.metrics.evaluation import PROTOCOLS, protocol_policy
+
+    assert protocol_policy("bcp") == MetricPolicy(empty="legacy-zero", hd_units="voxel", connectivity=1)
+    base = MetricPolicy(empty="exclude", hd_units="mm", connectivity=3, also_protocols=("bcp",))
+    assert protocol_policy("bcp", base) == MetricPolicy(empty="legacy-zero", hd_units="voxel", connectivity=1,
+                                                        also_protocols=("bcp",))
+    assert base.empty == "exclude"  # a new policy, the base untouched
+    assert "BCP" in PROTOCOLS["bcp"][1]
+    with pytest.raises(KeyError):
+        protocol_policy("nope")
