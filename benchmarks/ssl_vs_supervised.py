@@ -4,21 +4,24 @@ patient-level paired Wilcoxon p-value of each SSL method vs the supervised basel
 
     python benchmarks/ssl_vs_supervised.py [--seeds 1 2 3] [--split 1] [--iters 600] [--out results-ssl]
 
-Runs that already exist in --out are reused, so an interrupted benchmark continues where it stopped.
+A run already in --out is reused only when its recorded config hash is the one these options give (so an
+interrupted benchmark continues where it stopped, and a run of another length or setting is never counted);
+--rerun-stale replaces such a run. The figures are printed with the settings the runs recorded and the machines
+they were trained on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
-from ssbench.engine.run import RunRequest, execute
+from cached_runs import cached_or_run, describe
+from ssbench.engine.run import RunRequest
 
 
 def patient_scores(run_dir: Path, checkpoint: str) -> pd.Series:
@@ -38,26 +41,23 @@ def main():
     parser.add_argument("--checkpoint", default="best", choices=["best", "final"])
     parser.add_argument("--out", default="results-ssl")
     parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--rerun-stale", action="store_true", help="replace runs in --out with other settings")
     args = parser.parse_args()
 
     scores: dict[str, list[pd.Series]] = {m: [] for m in args.methods}
+    runs: list[Path] = []
     for method in args.methods:
         for seed in args.seeds:
             req = RunRequest(method=method, split=args.split, seed=seed, iters=args.iters, out=args.out,
                              sets=tuple(args.sets), device="cpu", quiet=True)
-            from ssbench.engine.run import build_config, run_dir_for
-
-            cfg, _, _ = build_config(req)
-            run_dir = run_dir_for(cfg, args.out)
-            if not (run_dir / "summary.json").exists():
-                t0 = time.time()
-                execute(req)
-                print(f"ran {method} seed {seed} in {time.time() - t0:.0f} s", flush=True)
+            run_dir = cached_or_run(req, args.rerun_stale, say=lambda line: print(line, flush=True))
+            runs.append(run_dir)
             scores[method].append(patient_scores(run_dir, args.checkpoint))
 
     base = args.methods[0]
     base_mean = pd.concat(scores[base], axis=1).mean(axis=1)
-    print(f"\nsplit {args.split}, seeds {args.seeds}, {args.checkpoint} checkpoint, test set of the phantom")
+    print(f"\nsplit {args.split}, seeds {args.seeds}, {args.checkpoint} checkpoint, test set")
+    print("\n".join(describe(runs)))
     print(f"{'method':14s} {'mean Dice %':>11s} {'seed means':>24s} {'p vs ' + base:>14s}")
     for method in args.methods:
         per_seed = [float(s.mean()) * 100 for s in scores[method]]

@@ -10,20 +10,22 @@ class as the fraction of such slices with a false prediction, beside the test Di
 
     python benchmarks/sss_absence.py [--iters 80] [--split 10%] [--seed 1337] [--checkpoint final] [--out results-absence]
 
-Runs that already exist in --out are reused, so an interrupted benchmark continues where it stopped; the table is
-also written to --out/sss_absence.csv.
+A run already in --out is reused only when its recorded config hash is the one these options give (so an
+interrupted benchmark continues where it stopped, and a run of another length or setting is never counted);
+--rerun-stale replaces such a run. The table is printed with the settings the runs recorded and the machines they
+were trained on, and written to --out/sss_absence.csv.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ssbench.engine.run import RunRequest, build_config, execute, run_dir_for
+from cached_runs import cached_or_run, describe, recorded
+from ssbench.engine.run import RunRequest, build_config
 
 METHODS = {"supervised": ("supervised", ()), "sss": ("sss", ()), "sss memory=false": ("sss", ("sss.memory=false",))}
 
@@ -41,13 +43,12 @@ def false_presence(pred: np.ndarray, label: np.ndarray, classes: int) -> dict[in
 def run(dataset: str, method: str, sets: tuple[str, ...], args) -> tuple[Path, object]:
     req = RunRequest(method=method, dataset=dataset, split=args.split, seed=args.seed, iters=args.iters, out=args.out,
                      sets=sets, device="cpu", quiet=True)
-    cfg, _, data = build_config(req)
-    folder = run_dir_for(cfg, args.out)
-    if not (folder / "summary.json").exists():
-        t0 = time.time()
-        execute(req)
-        print(f"ran {method} {' '.join(sets)} on {dataset} in {time.time() - t0:.0f} s", flush=True)
-    return folder, data
+    _, _, data = build_config(req)
+    return cached_or_run(req, args.rerun_stale, say=lambda line: print(line, flush=True)), data
+
+
+def recorded_dataset(folder: Path) -> str:
+    return recorded(folder)["data"]["dataset"]
 
 
 def main():
@@ -59,13 +60,15 @@ def main():
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--checkpoint", default="final", choices=["best", "final"])
     parser.add_argument("--out", default="results-absence")
+    parser.add_argument("--rerun-stale", action="store_true", help="replace runs in --out with other settings")
     args = parser.parse_args()
 
-    rows = []
+    rows, folders = [], []
     for dataset in args.datasets:
         for name in args.methods:
             method, sets = METHODS[name]
             folder, data = run(dataset, method, sets, args)
+            folders.append(folder)
             preds = np.load(folder / "predictions" / f"{args.checkpoint}.npz")
             metrics = pd.read_csv(folder / "metrics_per_case.csv")
             metrics = metrics[(metrics.checkpoint == args.checkpoint) & (metrics.status != "absent")]
@@ -87,7 +90,9 @@ def main():
     table = pd.DataFrame(rows)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     table.to_csv(Path(args.out) / "sss_absence.csv", index=False)
-    print(f"\n{args.iters} iterations, split {args.split}, seed {args.seed}, {args.checkpoint} checkpoint, test sets")
+    print(f"\nsplit {args.split}, seed {args.seed}, {args.checkpoint} checkpoint, test sets")
+    for dataset in args.datasets:
+        print("\n".join(describe([f for f in folders if recorded_dataset(f) == dataset])))
     print("false_presence: of the test slices without a class, the fraction on which the method predicts it")
     with pd.option_context("display.max_rows", None, "display.width", 120, "display.float_format", "{:.3f}".format):
         print(table.to_string(index=False))

@@ -8,7 +8,11 @@ Methods (``ssbench.methods`` entry points)
     Stage                                                    one stage of a method that trains in stages (BCP's
                                                              pre-train, then self-training)
     UNet, UNetConfig, decode_with_fp                         the literature's UNet; encode/decode and UniMatch's
-                                                             feature perturbation (Dropout2d on every level)
+                                                             feature perturbation (Dropout2d on every level);
+                                                             UNet(aux_heads=True) = SSL4MIS unet_urpc,
+                                                             UNet(aux_decoders=3) = unet_cct, decode_levels
+    feature_noise, feature_dropout, complementary_masks      SSL4MIS's feature perturbations (URPC, CCT) and
+                                                             UniMatch V2's complementary channel dropout
     ce_dice_loss, dice_loss                                  (CE + Dice)/2 and the Dice loss with an ignore mask
     strong_view, color_jitter, gaussian_blur,                UniMatch's strong augmentations and CutMix boxes
     cutmix_box, cutmix_boxes
@@ -33,6 +37,7 @@ from ssbench.errors import ConfigError, DataError, UserError
 from ssbench.methods.api import API_VERSION, Batch, Method, MethodContext, Stage, StepInfo
 from ssbench.methods.ema import ema_alpha, ema_update, freeze
 from ssbench.methods.losses import ce_dice_loss, dice_loss
+from ssbench.methods.perturb import complementary_masks, feature_dropout, feature_noise
 from ssbench.methods.postprocess import largest_component_per_class
 from ssbench.methods.ramps import sigmoid_rampup
 from ssbench.methods.strong import color_jitter, cutmix_box, cutmix_boxes, gaussian_blur, strong_view
@@ -42,7 +47,8 @@ from ssbench.splits import draw_labeled, holdout, labeled_count, seeded_order
 
 __all__ = [
     "API_VERSION", "Method", "MethodContext", "Batch", "StepInfo", "Stage", "largest_component_per_class",
-    "UNet", "UNetConfig", "decode_with_fp", "ce_dice_loss", "dice_loss",
+    "UNet", "UNetConfig", "decode_with_fp", "feature_noise", "feature_dropout", "complementary_masks",
+    "ce_dice_loss", "dice_loss",
     "strong_view", "color_jitter", "gaussian_blur", "cutmix_box", "cutmix_boxes",
     "ema_update", "ema_alpha", "freeze", "sigmoid_rampup", "HostSyncRecorder",
     "Dataset", "Case", "Split", "NoOptions", "minmax", "labeled_count", "seeded_order", "holdout",

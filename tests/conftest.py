@@ -71,10 +71,10 @@ TINY_RUN = ("--dataset", "nnunet", "--split", "2", "--iters", "6", "--device", "
             *[x for s in TINY_SETS for x in ("--set", s)])
 
 
-def tiny_request(root, out, method="supervised", sets=(), **kw):
+def tiny_request(root, out, method="supervised", sets=(), iters=6, **kw):
     from ssbench.engine.run import RunRequest
 
-    return RunRequest(method=method, dataset="nnunet", data_root=str(root), split="2", iters=6,
+    return RunRequest(method=method, dataset="nnunet", data_root=str(root), split="2", iters=iters,
                       sets=TINY_SETS + tuple(sets), out=str(out), device="cpu", quiet=True, **kw)
 
 

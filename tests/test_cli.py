@@ -61,7 +61,7 @@ def test_bad_options_exit_2_and_write_nothing(cli, tmp_path, acdc_phantom):
         (["--method", "sss", "--set", "sss.model=sam3"], ["sss.model sam3", "unknown"]),
     ]
     for args, needles in cases:
-        code, _, err = cli("run", *args, "--out", out, "--quiet")
+        code, _, err = cli("run", *args, "--out", out, "--quiet", "--iters", "1")  # bounded if the error regressed
         _one_line_error(code, err, *needles)
         _nothing_written(out)
 
@@ -76,17 +76,21 @@ def test_bad_data_files_exit_2_naming_the_file(cli, tmp_path):
     lab = np.zeros((48, 40, 6))
     lab[1, 1, 1] = 9
     nifti(gt, lab, (1.5, 1.6, 8.0), np.uint8)
-    code, _, err = cli("run", "--method", "supervised", "--data-root", root, "--split", "1", "--out", out, "--quiet")
+    code, _, err = cli("run", "--method", "supervised", "--data-root", root, "--split", "1", "--out", out, "--quiet",
+                       "--iters", "1")
     _one_line_error(code, err, "patient001_frame01_gt.nii.gz", "outside the dataset's classes")
     _nothing_written(out)
     (root / "training" / "patient099" / "Info.cfg").unlink()
-    code, _, err = cli("run", "--method", "supervised", "--data-root", root, "--split", "1", "--out", out, "--quiet")
+    code, _, err = cli("run", "--method", "supervised", "--data-root", root, "--split", "1", "--out", out, "--quiet",
+                       "--iters", "1")
     _one_line_error(code, err, "patient099/Info.cfg", "missing")
     _nothing_written(out)
 
 
 def test_debug_shows_the_traceback(cli):
-    with pytest.raises(Exception, match="unknown method"):
+    from ssbench.errors import UserError
+
+    with pytest.raises(UserError, match="--method nope: unknown method"):
         cli("--debug", "run", "--method", "nope")
 
 
@@ -96,3 +100,33 @@ def test_data_synth_writes_the_real_format(cli, tmp_path):
     assert (tmp_path / "b" / "dataset.json").is_file() and (tmp_path / "b" / "ground truths").is_dir()
     code, _, err = cli("data", "synth", "--dataset", "bhsd", "--out", tmp_path / "b")
     _one_line_error(code, err, "not empty")
+
+
+def test_sweep_command_line_runs_a_grid_and_reports_status(cli, tiny_nnunet, tmp_path):
+    """`ssbench sweep` as typed: the options reach the runs (one tiny run through the in-process debug executor),
+    a second sweep skips it, `sweep status` counts it; bad combinations are one line."""
+    from conftest import TINY_SETS
+
+    out = tmp_path / "results"
+    args = ["sweep", "--methods", "supervised", "--splits", "2", "--seeds", "3", "--dataset", "nnunet", "--data-root",
+            tiny_nnunet, "--iters", "2", "--device", "cpu", "--executor", "debug", "--out", out,
+            *[x for s in TINY_SETS for x in ("--set", s)]]
+    code, printed, err = cli(*args)
+    assert code == 0, err
+    assert "sweep of 1 runs (0 already complete)" in printed
+    run = out / "nnunet" / "supervised" / "2" / "seed3"
+    cfg = json.loads((run / "run.json").read_text())
+    assert cfg["status"] == "complete" and cfg["seed"] == 3
+    assert "iters: 2" in (run / "config.yaml").read_text() and "train_size: 32" in (run / "config.yaml").read_text()
+    code, printed, err = cli(*args)
+    assert code == 0 and "sweep of 1 runs (1 already complete)" in printed, err
+    code, printed, err = cli("sweep", "status", out)
+    words = printed.splitlines()[0].split()
+    counts = dict(zip(words[::2], map(int, words[1::2])))
+    assert code == 0 and counts.pop("done") == 1 and set(counts.values()) == {0}, (printed, err)
+    for extra, needle in ((["--grid", "paper"], "--grid: give either a grid or --methods/--splits/--seeds"),
+                          (["--timeout-min", "0"], "--timeout-min 0: must be at least 1")):
+        code, _, err = cli(*args, *extra)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    code, _, err = cli("sweep", "--methods", "supervised", "--seeds", "1", "--out", out)
+    assert code == 2 and "--splits: required (or --grid NAME)" in err, err

@@ -87,7 +87,7 @@ def test_a_plain_exception_in_a_plugin_names_the_plugin(tmp_path, tiny_nnunet):
     plugin = _plugin(tmp_path / "plugin")
     for command in ("config", "run"):
         code, _, err = ssbench_cli(command, "--method", "broken", "--dataset", "nnunet", "--data-root", tiny_nnunet,
-                                   "--split", "2", extra_path=[plugin], cwd=tmp_path)
+                                   "--split", "2", "--iters", "1", extra_path=[plugin], cwd=tmp_path)
         one_line(code, err, "method plugin 'broken' (broken_cfg_plugin:Broken, broken-cfg-plugin 0.3)",
                  "RuntimeError: width is not supported on this platform", "--debug")
     assert not (tmp_path / "results").exists()

@@ -50,25 +50,39 @@ def same_results(run, reference):
     assert best["iteration"] == sa["selection"]["best_iteration"]  # the weights are the selected checkpoint's
 
 
-@pytest.mark.parametrize("point", [
-    "train:3",  # after the checkpoint at iteration 2: resumes from it
-    pytest.param("train:1", marks=pytest.mark.slow),  # before the first checkpoint: starts again from 0
-    pytest.param("train:5", marks=pytest.mark.slow),  # after the last checkpoint (4) and a validation at 4
-    pytest.param("evaluate", marks=pytest.mark.slow),  # training done, the best checkpoint evaluated
-    pytest.param("write:summary.json", marks=pytest.mark.slow),
-    pytest.param("write:run.json:2", marks=pytest.mark.slow),  # the 'complete' record, not yet renamed into place
-    pytest.param("publish", marks=pytest.mark.slow),  # everything written, the folder not yet renamed into place
-])
-def test_kill_9_then_resume_matches_an_uninterrupted_run(cli, tiny_nnunet, tiny_run, tmp_path, point):
+# point -> the 0-based training steps the resume runs (checkpoints at 2 and 4; 6 steps in all)
+KILLS = {
+    "train:3": [2, 3, 4, 5],  # after the checkpoint at iteration 2: resumes from it
+    "train:1": [0, 1, 2, 3, 4, 5],  # before the first checkpoint: starts again from 0
+    "train:5": [4, 5],  # after the last checkpoint (4) and a validation at 4
+    "evaluate": [4, 5],  # training done, the best checkpoint evaluated: trains from 4 again, evaluates both
+    "write:summary.json": [4, 5],
+    "write:run.json:2": [4, 5],  # the 'complete' record, not yet renamed into place: not finished
+    "publish": [],  # everything written, the folder not yet renamed into place: published as it is
+}
+
+
+@pytest.mark.slow  # subprocesses killed with SIGKILL; the everyday loop resumes in-process (tests/test_resume.py)
+@pytest.mark.parametrize("point", KILLS)
+def test_kill_9_then_resume_matches_an_uninterrupted_run(cli, tiny_nnunet, tiny_run, tmp_path, point, monkeypatch):
+    from ssbench.methods.supervised import Supervised
+
     out = tmp_path / "results"
     killed_at(point, tiny_nnunet, out)
     nothing_looks_complete(out)
     staging = out / RUN.with_name(".seed1337.incomplete")
     assert staging.is_dir()
+    record = (staging / "run.json").read_bytes()
+    steps, original = [], Supervised.training_step
+    monkeypatch.setattr(Supervised, "training_step",
+                        lambda self, lab, unl, info: (steps.append(info.iteration), original(self, lab, unl, info))[1])
     code, _, err = cli("run", *tiny_args(tiny_nnunet, out, "--resume"))
     assert code == 0, err
+    assert steps == KILLS[point]
     same_results(out / RUN, tiny_run)
     assert not staging.exists()
+    if point == "publish":  # the record written before the kill, start and end times included
+        assert (out / RUN / "run.json").read_bytes() == record
 
 
 @pytest.mark.slow
@@ -90,7 +104,7 @@ def test_kill_9_while_replacing_a_run_keeps_the_old_one_until_the_new_one_is_com
     assert not (out / RUN / "OLD").exists() and sorted(p.name for p in (out / RUN.parent).iterdir()) == ["seed1337"]
 
 
-def _interrupted(tiny_nnunet, out, monkeypatch, at=3):
+def _interrupted(tiny_nnunet, out, monkeypatch, at=3, sets=()):
     """An interrupted run in-process: the method raises at step ``at`` (the staging folder stays, as after a kill)."""
     from conftest import tiny_request
     from ssbench.engine.run import execute
@@ -106,7 +120,7 @@ def _interrupted(tiny_nnunet, out, monkeypatch, at=3):
     with monkeypatch.context() as m:
         m.setattr(Supervised, "training_step", step)
         with pytest.raises(KeyboardInterrupt):
-            execute(tiny_request(tiny_nnunet, out))
+            execute(tiny_request(tiny_nnunet, out, sets=sets))
     return out / RUN.with_name(".seed1337.incomplete")
 
 

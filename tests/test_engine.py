@@ -1,5 +1,5 @@
 """End-to-end runs on the embedded phantom with a tiny recipe: results layout, numbers traceable to the per-case
-file, validation-only selection, atomic publication and bit-identical --resume on CPU."""
+file, validation-only selection and atomic publication (--resume: tests/test_resume.py, tests/test_crash.py)."""
 
 import json
 
@@ -87,7 +87,7 @@ def test_eval_reevaluates_under_another_policy(finished_run, cli):
     assert (frame["hd_units"] == "voxel").all() and (frame["empty_policy"] == "legacy-zero").all()
     np.testing.assert_allclose(frame["dice"].fillna(-1), orig["dice"].fillna(-1))  # same predictions
     missed = frame["status"].isin(["missed", "false_positive"])
-    assert (frame.loc[missed, "hd95"] == 0).all()
+    assert missed.any() and (frame.loc[missed, "hd95"] == 0).all()
 
 
 def test_test_set_is_read_for_metrics_only_after_training(tmp_path, acdc_phantom, monkeypatch):
@@ -115,38 +115,6 @@ def test_test_set_is_read_for_metrics_only_after_training(tmp_path, acdc_phantom
     monkeypatch.setattr(evaluate_mod, "evaluate_cases", spy_eval)
     execute(_request(tmp_path))
     assert events == ["select", "select", "test-best", "test-final"]
-
-
-class _Killed(Exception):
-    pass
-
-
-def test_a_killed_run_leaves_nothing_complete_and_resume_matches(tmp_path, acdc_phantom, monkeypatch):
-    from ssbench.methods.supervised import Supervised
-
-    clean = execute(_request(tmp_path / "clean"))
-    original = Supervised.training_step
-
-    def dies_at_5(self, labeled, unlabeled, step):
-        if step.iteration == 4:
-            raise _Killed()
-        return original(self, labeled, unlabeled, step)
-
-    monkeypatch.setattr(Supervised, "training_step", dies_at_5)
-    with pytest.raises(_Killed):
-        execute(_request(tmp_path / "resumed"))
-    parent = tmp_path / "resumed" / "acdc-phantom" / "supervised" / "1"
-    assert [p.name for p in parent.iterdir()] == [".seed1337.incomplete"]
-    staging = parent / ".seed1337.incomplete"
-    assert not (staging / "summary.json").exists()
-    assert json.loads((staging / "run.json").read_text())["status"] == "running"
-    monkeypatch.setattr(Supervised, "training_step", original)
-    resumed = execute(_request(tmp_path / "resumed", resume=True))
-    a = pd.read_csv(clean / "metrics_per_case.csv")
-    b = pd.read_csv(resumed / "metrics_per_case.csv")
-    pd.testing.assert_frame_equal(a, b)
-    la, lb = pd.read_csv(clean / "train_log.csv"), pd.read_csv(resumed / "train_log.csv")
-    np.testing.assert_array_equal(la["loss"].to_numpy(), lb["loss"].to_numpy())
 
 
 def test_end_to_end_on_acdc_folders_ssbench_did_not_write(tmp_path):

@@ -19,6 +19,23 @@ from ssbench.errors import ConfigError
 from ssbench.methods.unet import UNet
 from ssbench.resize import scores_to_labels
 
+@pytest.fixture(scope="module")
+def small_acdc(tmp_path_factory):
+    from formats import write_acdc_raw
+
+    return write_acdc_raw(tmp_path_factory.mktemp("acdc"), ["patient001"])
+
+
+@pytest.fixture
+def acdc_folder(small_acdc, monkeypatch):
+    """For config-only tests: an ACDC folder in the raw archive format (one patient, written in well under a
+    second), standing in for the embedded phantom too (only its being the embedded default decides the recipe)."""
+    from ssbench.datasets import synthetic
+
+    monkeypatch.setattr(synthetic, "embedded", lambda name: small_acdc)
+    return small_acdc
+
+
 TINY = ("data.train_size=32", "train.batch_labeled=2", "train.batch_unlabeled=2", "train.checkpoint_every=1000")
 
 
@@ -47,20 +64,20 @@ def test_unet_is_the_official_bilinear_network():
     assert torch.equal(up.up(up.reduce(x)), expected)  # Conv1x1 first, then bilinear x2 with aligned corners
 
 
-def test_transposed_up_sampling_is_only_a_named_recorded_option(acdc_phantom):
+def test_transposed_up_sampling_is_only_a_named_recorded_option(acdc_folder):
     assert sum(p.numel() for p in UNet(1, 4, upsampling="transpose").parameters()) == 1_944_324
     cfg, _, _ = build_config(RunRequest(method="supervised", sets=("supervised.upsampling=transpose",)))
     assert cfg.method_config.upsampling == "transpose" and cfg.variant == "upsampling=transpose"
     assert build_config(RunRequest(method="unimatch"))[0].method_config.upsampling == "bilinear"
 
 
-def test_supervised_batch_is_24_published_and_scaled_on_cpu(acdc_phantom):
-    published, _, _ = build_config(RunRequest(method="supervised", data_root=str(acdc_phantom)))
+def test_supervised_batch_is_24_published_and_scaled_on_cpu(acdc_folder):
+    published, _, _ = build_config(RunRequest(method="supervised", data_root=str(acdc_folder)))
     assert published.train.recipe == "published" and published.train.batch_labeled == 24
     assert published.train.iters == 30000 and published.train.val_every == 200  # SSL4MIS's fully supervised script
     small, _, _ = build_config(RunRequest(method="supervised"))
     assert small.train.recipe == "cpu-small" and small.train.batch_labeled == 8  # 2 x the SSL methods' 4 labeled
-    mt, _, _ = build_config(RunRequest(method="mean-teacher", data_root=str(acdc_phantom)))
+    mt, _, _ = build_config(RunRequest(method="mean-teacher", data_root=str(acdc_folder)))
     assert (mt.train.batch_labeled, mt.train.batch_unlabeled, mt.train.schedule) == (12, 12, "iterations")
 
 
@@ -69,10 +86,10 @@ def _pool(n_slices):
 
 
 @pytest.mark.parametrize("n_unlabeled, iters", [(1280, 31_800), (1244, 30_900), (1176, 29_400)])
-def test_unimatch_published_length_is_300_passes_over_the_unlabeled_slices(acdc_phantom, n_unlabeled, iters):
+def test_unimatch_published_length_is_300_passes_over_the_unlabeled_slices(acdc_folder, n_unlabeled, iters):
     """ACDC with 1 / 3 / 7 labeled patients has 1,280 / 1,244 / 1,176 unlabeled slices (UniMatch's lists):
     len(trainloader_u) = slices // 12 with drop_last, times 300 epochs."""
-    cfg, method_cls, _ = build_config(RunRequest(method="unimatch", data_root=str(acdc_phantom)))
+    cfg, method_cls, _ = build_config(RunRequest(method="unimatch", data_root=str(acdc_folder)))
     assert (cfg.train.schedule, cfg.train.epochs, cfg.train.val_every) == ("epochs", 300, "epoch")
     pools = {"labeled": _pool(136), "unlabeled": _pool(n_unlabeled)}
     resolved, info = resolve_schedule(cfg, method_cls, pools)
@@ -89,10 +106,10 @@ def test_drop_last_sampler_sees_each_slice_once_per_epoch():
         assert len(set(seen)) == 9
 
 
-def test_setting_iters_under_an_epoch_schedule_is_refused_but_iters_option_switches(acdc_phantom):
+def test_setting_iters_under_an_epoch_schedule_is_refused_but_iters_option_switches(acdc_folder):
     with pytest.raises(ConfigError, match="train.iters.*epochs"):
-        build_config(RunRequest(method="unimatch", data_root=str(acdc_phantom), sets=("train.iters=100",)))
-    cfg, _, _ = build_config(RunRequest(method="unimatch", data_root=str(acdc_phantom), iters=100))
+        build_config(RunRequest(method="unimatch", data_root=str(acdc_folder), sets=("train.iters=100",)))
+    cfg, _, _ = build_config(RunRequest(method="unimatch", data_root=str(acdc_folder), iters=100))
     assert (cfg.train.schedule, cfg.train.iters) == ("iterations", 100)
 
 
@@ -108,7 +125,7 @@ def test_epoch_schedule_validates_once_per_pass(tmp_path, acdc_phantom):
     assert log.dropna(subset=["val_dice"])["iteration"].tolist() == [per_epoch, 2 * per_epoch]
 
 
-def test_unlabeled_batch_of_zero_is_refused_for_methods_that_need_one(acdc_phantom):
+def test_unlabeled_batch_of_zero_is_refused_for_methods_that_need_one(acdc_folder):
     for method in ("mean-teacher", "unimatch", "fixmatch", "sss"):
         with pytest.raises(ConfigError, match=f"batch_unlabeled=0: method {method}"):
             build_config(RunRequest(method=method, sets=("train.batch_unlabeled=0",)))
@@ -160,7 +177,7 @@ def test_bilinear_inference_resizes_scores_before_the_argmax():
     assert order0.shape == (2, 27, 23) and (order0 != bilinear).any()
 
 
-def test_bilinear_inference_is_recorded_and_gets_its_own_folder(tmp_path, acdc_phantom):
+def test_bilinear_inference_is_recorded_and_gets_its_own_folder(tmp_path, acdc_folder):
     cfg, _, _ = build_config(RunRequest(method="unimatch", sets=("data.inference_resize=bilinear",)))
     assert cfg.protocol_variant == "infer-bilinear" and cfg.to_dict()["data"]["inference_resize"] == "bilinear"
     legacy, _, _ = build_config(RunRequest(method="unimatch", sets=("train.selection=legacy-val+test",

@@ -1,6 +1,7 @@
 """The package's import rules, read from the source (every import statement, at any depth) and checked at run time:
 metrics imports nothing else of ssbench; datasets never import methods, the engine, the CLI or reporting; methods
-never import the CLI or reporting; only the SSS method imports sam2 (or the ``training`` package sam2 installs)."""
+never import the CLI or reporting; only the SSS method imports sam2 (or the ``training`` package sam2 installs);
+only UniMatch V2 imports timm."""
 
 import ast
 import subprocess
@@ -64,6 +65,20 @@ def test_only_the_sss_method_imports_sam2():
     bad = {f"{path.relative_to(PACKAGE.parent)}: {name}" for path in PACKAGE.rglob("*.py")
            for name in imports_of(path) if _under(name, ["sam2", "training"]) and sss not in path.parents}
     assert not bad, sorted(bad)
+
+
+def test_only_unimatch_v2_imports_timm_and_only_when_it_builds_its_network():
+    """timm (UniMatch V2's ViT) is a dependency of one method: imported inside the function that builds it, so
+    importing the method (or ssbench.api) never loads it."""
+    v2 = PACKAGE / "methods" / "unimatch_v2"
+    bad = {f"{path.relative_to(PACKAGE.parent)}: {name}" for path in PACKAGE.rglob("*.py")
+           for name in imports_of(path) if _under(name, ["timm"]) and v2 not in path.parents}
+    assert not bad, sorted(bad)
+    top_level = {alias.name if isinstance(node, ast.Import) else node.module
+                 for path in v2.rglob("*.py") for node in ast.parse(path.read_text()).body
+                 if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    assert not any(_under(name or "", ["timm"]) for name in top_level), top_level
+    assert any(_under(name, ["timm"]) for name in imports_of(v2 / "network.py"))  # the scan sees the lazy import
 
 
 def test_the_scanner_sees_nested_and_relative_imports(tmp_path):

@@ -138,3 +138,125 @@ def test_compact_reference_with_stray_predictions_matches_medpy(seed):
     spacing = (float(rng.uniform(2, 10)), float(rng.uniform(0.4, 1.7)), float(rng.uniform(0.4, 1.7)))
     _check(pred, ref, spacing)
     _check(pred, ref, None)
+
+
+def test_integer_masks_count_as_boolean():
+    """Label maps compared as ``pred == c`` are boolean, but the plain functions also take 0/k integer masks."""
+    rng = np.random.default_rng(3)
+    a = rng.random((6, 9, 9)) < 0.4
+    b = rng.random((6, 9, 9)) < 0.4
+    for f in (M.dice, M.jaccard, M.hd95, M.asd, M.assd):
+        assert f(a.astype(np.uint8) * 3, b.astype(np.int64) * 2) == f(a, b)
+        assert f(a.astype(float) * 0.5, b) == f(a, b)
+
+
+@pytest.mark.parametrize("connectivity", [2, 3])
+def test_the_connectivity_reaches_every_surface_metric(connectivity):
+    a = _ball((9, 20, 20), (4, 10, 9), 5)
+    b = _ball((9, 20, 20), (5, 11, 11), 4)
+    for ours, theirs in ((M.hd95, mb.hd95), (M.asd, mb.asd), (M.assd, mb.assd)):
+        got = ours(a, b, (2.0, 1.0, 1.0), connectivity)
+        assert abs(got - theirs(a, b, (2.0, 1.0, 1.0), connectivity)) <= TOL
+        assert got != ours(a, b, (2.0, 1.0, 1.0), 1)  # the neighbourhood changes the surfaces here
+    default = M.surface_distances(a, b, (2.0, 1.0, 1.0))  # medpy's default: connectivity 1
+    assert M.hd95_from(default) == M.hd95(a, b, (2.0, 1.0, 1.0), 1) != M.hd95(a, b, (2.0, 1.0, 1.0), connectivity)
+    rows = evaluate_case(a.astype(np.uint8), b.astype(np.uint8), [1], (2.0, 1.0, 1.0),
+                         MetricPolicy(connectivity=connectivity), "mm")
+    assert rows[0]["hd95"] == pytest.approx(mb.hd95(a, b, (2.0, 1.0, 1.0), connectivity), abs=TOL)
+    assert rows[0]["asd"] == pytest.approx(mb.asd(a, b, (2.0, 1.0, 1.0), connectivity), abs=TOL)
+
+
+def test_undefined_and_mismatched_inputs_say_what_is_wrong():
+    empty, one = np.zeros((3, 3), bool), np.zeros((3, 3), bool)
+    one[1, 1] = True
+    for f, name in ((M.dice, "Dice"), (M.jaccard, "Jaccard")):
+        with pytest.raises(ValueError) as err:
+            f(empty, empty)
+        assert str(err.value) == f"{name} of two empty masks is undefined"
+        assert f(one, one) == 1.0  # a union of one voxel is defined
+        with pytest.raises(ValueError) as err:
+            f(one, np.ones((3, 4), bool))
+        assert str(err.value) == "shape mismatch: prediction (3, 3) vs reference (3, 4)"
+    with pytest.raises(ValueError) as err:
+        evaluate_case(np.zeros((2, 3, 3)), np.zeros((2, 3, 4)), [1], None, MetricPolicy(), "voxel")
+    assert str(err.value) == "prediction shape (2, 3, 3) != reference shape (2, 3, 4)"
+
+
+def _same_row(got, expected):
+    assert set(got) == set(expected), (got, expected)
+    for key, value in expected.items():
+        if isinstance(value, float) and np.isnan(value):
+            assert isinstance(got[key], float) and np.isnan(got[key]), (key, got)
+        else:
+            assert got[key] == pytest.approx(value) and isinstance(got[key], type(value)), (key, got, value)
+
+
+@pytest.mark.parametrize("policy", ["worst", "exclude", "legacy-zero"])
+def test_every_row_holds_every_metric_under_each_policy(policy):
+    """Whole rows, every key: an ok class, a missed one, a false positive and an absent one."""
+    ref = np.zeros((3, 8, 8), np.uint8)
+    ref[1, 2:5, 2:5] = 1
+    ref[1, 6, 6] = 2
+    pred = np.zeros_like(ref)
+    pred[1, 2:5, 3:6] = 1
+    pred[0, 0, 0] = 3
+    spacing = (3.0, 1.0, 0.5)
+    rows = evaluate_case(pred, ref, [1, 2, 3, 4], spacing, MetricPolicy(empty=policy), "mm")
+    p, r = pred == 1, ref == 1
+    d = {"worst": float(np.sqrt(9.0**2 + 8.0**2 + 4.0**2)), "exclude": np.nan, "legacy-zero": 0.0}[policy]
+    _same_row(rows[0], {"class_id": 1, "status": "ok", "dice": float(mb.dc(p, r)), "jaccard": float(mb.jc(p, r)),
+                        "hd95": float(mb.hd95(p, r, spacing)), "asd": float(mb.asd(p, r, spacing))})
+    _same_row(rows[1], {"class_id": 2, "status": "missed", "dice": 0.0, "jaccard": 0.0, "hd95": d, "asd": d})
+    _same_row(rows[2], {"class_id": 3, "status": "false_positive", "dice": 0.0, "jaccard": 0.0, "hd95": d, "asd": d})
+    nan = float("nan")
+    _same_row(rows[3], {"class_id": 4, "status": "absent", "dice": nan, "jaccard": nan, "hd95": nan, "asd": nan})
+
+
+def test_scalar_spacing_1d_masks_and_the_surface_errors():
+    a, b = _ball((8, 12, 12), (3, 6, 5), 3), _ball((8, 12, 12), (4, 6, 7), 3)
+    assert M.hd95(a, b, 2.5) == pytest.approx(mb.hd95(a, b, 2.5), abs=TOL) == M.hd95(a, b, (2.5, 2.5, 2.5))
+    line_a, line_b = np.zeros(30, bool), np.zeros(30, bool)
+    line_a[3:9], line_a[20:22], line_b[5:12] = True, True, True
+    _check(line_a, line_b, (0.7,))
+    _check(line_b, line_a, None)
+    with pytest.raises(ValueError) as err:
+        M.hd95(a, b, (1.0, 2.0))
+    assert str(err.value) == "spacing has 2 values for a 3-D mask"
+    with pytest.raises(ValueError) as err:
+        M.surface_distances(a, np.zeros_like(a))
+    assert str(err.value) == "surface distances need two non-empty masks (apply an empty-mask policy first)"
+    with pytest.raises(ValueError) as err:
+        M.surface_distances(a, b[:, :, :-1])
+    assert str(err.value) == "shape mismatch: prediction (8, 12, 12) vs reference (8, 12, 11)"
+
+
+@pytest.mark.parametrize("connectivity", [2, 3])
+def test_stray_predictions_under_every_connectivity_match_medpy(connectivity):
+    """Stray false positives far from the reference are tested for surface by neighbour look-up: with diagonal
+    neighbours (connectivity 2, 3) too. Clusters whose only background neighbours are diagonal ones tell the
+    neighbourhoods apart."""
+    rng = np.random.default_rng(connectivity)
+    shape = (14, 40, 40)
+    ref = _ball(shape, (7, 8, 8), 4)
+    pred = np.roll(ref, 1, axis=2)
+    pred[3:8, 25:31, 25:31] = True  # a stray block: interior voxels, faces, edges and corners
+    pred[10:13, 33:36, 2:5] = True
+    pred[10:13, 33:36, 2:5] &= rng.random((3, 3, 3)) < 0.8
+    pred[0, 39, 39] = pred[13, 0, 20] = True  # on the array border
+    for spacing in (None, (3.0, 0.8, 1.1)):
+        for f, g in ((M.hd95, mb.hd95), (M.asd, mb.asd), (M.assd, mb.assd)):
+            assert abs(f(pred, ref, spacing, connectivity) - g(pred, ref, spacing, connectivity)) <= TOL
+            assert abs(f(ref, pred, spacing, connectivity) - g(ref, pred, spacing, connectivity)) <= TOL
+
+
+def test_a_named_protocol_replaces_only_the_metric_fields_of_a_policy():
+    from ssbench.metrics.evaluation import PROTOCOLS, protocol_policy
+
+    assert protocol_policy("bcp") == MetricPolicy(empty="legacy-zero", hd_units="voxel", connectivity=1)
+    base = MetricPolicy(empty="exclude", hd_units="mm", connectivity=3, also_protocols=("bcp",))
+    assert protocol_policy("bcp", base) == MetricPolicy(empty="legacy-zero", hd_units="voxel", connectivity=1,
+                                                        also_protocols=("bcp",))
+    assert base.empty == "exclude"  # a new policy, the base untouched
+    assert "BCP" in PROTOCOLS["bcp"][1]
+    with pytest.raises(KeyError):
+        protocol_policy("nope")

@@ -88,3 +88,55 @@ def test_a_wrapped_unet_is_compared_on_its_encoder_and_decoder_and_a_transposed_
     same = peer.check_unet_subset("wrapped", lambda: Wrapped())
     assert all(i.ok for i in same) and "projection_head" in same[0].detail
     assert not peer.check_unet_subset("transposed", lambda: Wrapped("transpose"))[0].ok
+
+
+def test_loop_statements_run_a_training_loops_statements_as_written(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(
+        "raise SystemExit('the script body must not run')\n"
+        "for epoch in range(3):\n"
+        "    for i, batch in enumerate(loader):\n"
+        "        x = batch * 2\n"
+        "        writer.add_scalar('x', x)\n"
+        "        y = x + 1\n"
+        "        optimizer.zero_grad()\n"
+    )
+    ns = {"batch": 3}
+    exec(peer.loop_statements(script, "x = batch", "y =", skip=("writer.",)), ns)
+    assert ns["y"] == 7
+    with pytest.raises(SystemExit, match="no statement block"):
+        peer.loop_statements(script, "z =", "y =")
+
+
+def _variants(noise_range=0.3):
+    """Stand-ins for SSL4MIS's UNet_URPC / UNet_CCT: ours, optionally with another feature-noise range."""
+    import types
+
+    from ssbench.methods.cct import CCTConfig, perturbed_outputs
+    from ssbench.methods.urpc import URPCConfig, pyramid
+
+    class URPCNet(torch.nn.Module):
+        def __init__(self, c, k):
+            super().__init__()
+            self.net = UNet(c, k, aux_heads=True)
+
+        def forward(self, x):
+            return tuple(pyramid(self.net, x, URPCConfig(noise_range=noise_range), self.training))
+
+    class CCTNet(torch.nn.Module):
+        def __init__(self, c, k):
+            super().__init__()
+            self.net = UNet(c, k, aux_decoders=3)
+
+        def forward(self, x):
+            return tuple(perturbed_outputs(self.net, x, CCTConfig())) if self.training else (self.net(x),)
+
+    return types.SimpleNamespace(UNet_URPC=URPCNet, UNet_CCT=CCTNet)
+
+
+def test_the_network_variant_check_passes_on_ours_and_fails_on_another_perturbation():
+    assert all(i.ok for i in peer.check_unet_variants(_variants()))
+    verdicts = {i.name: i.ok for i in peer.check_unet_variants(_variants(noise_range=0.5))}
+    assert not verdicts["SSL4MIS UNet_URPC: train outputs with their perturbations, same draws"]
+    assert verdicts["SSL4MIS UNet_URPC: eval outputs"] and verdicts["SSL4MIS UNet_CCT: train outputs with their "
+                                                                    "perturbations, same draws"]

@@ -5,6 +5,7 @@ distribution while the other methods keep working. Runs go through the installed
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -223,12 +224,110 @@ def test_autoload_off_keeps_builtins_and_plugin_options(tmp_path, monkeypatch):
     assert code == 0 and f"--plugin {plugin}" in _listing(out)["echo"], err
 
 
-def test_a_plugin_config_refusing_a_value_is_one_line_naming_the_key(tmp_path, tiny_nnunet):
+def test_a_plugin_config_refusing_a_value_is_one_line_naming_the_key(tmp_path, tiny_nnunet, cli, own_registry):
+    # in-process (the console script's error path is test_cli_usage's)
     plugin = tmp_path / "echo_file.py"
     plugin.write_text(METHOD)
     data = ("--dataset", "nnunet", "--data-root", tiny_nnunet)
-    code, _, err = ssbench_cli("config", "--plugin", plugin, "--method", "echo", *data, "--set", "echo.weight=3")
+    code, _, err = cli("config", "--plugin", plugin, "--method", "echo", *data, "--set", "echo.weight=3")
     one_line(code, err, "--set echo.weight=3: weight must be in [0, 1], got 3")
-    code, out, err = ssbench_cli("config", "--plugin", plugin, "--method", "echo", *data, "--help-fields")
+    code, out, err = cli("config", "--plugin", plugin, "--method", "echo", *data, "--help-fields")
     assert code == 0 and "echo.weight: 0.5" in out and "a weight that must be in [0, 1]" in out, err
 
+
+
+@pytest.fixture
+def own_registry(monkeypatch):
+    """In-process commands: what --plugin registers is dropped after the test (a process runs one command)."""
+    from ssbench import registry
+
+    monkeypatch.setattr(registry, "_EXTRA", {group: dict(entries) for group, entries in registry._EXTRA.items()})
+
+
+WARPED = textwrap.dedent('''
+    """Warped: the nnU-Net loader with its cases broken after loading, for the engine's contract check."""
+    import dataclasses
+    import os
+
+    import numpy as np
+
+    from ssbench.datasets.nnunet import NNUNet
+
+
+    class Warped(NNUNet):
+        """Warped: a dataset plugin whose loader breaks the contract."""
+
+        name = "warped"
+
+        def load_case(self, case_id, with_label=True):
+            case = super().load_case(case_id, with_label)
+            image, label = case.image.copy(), None if case.label is None else case.label.copy()
+            if os.environ["WARP"] == "label" and label is not None:
+                label[0, 0, 0] = 9
+            if os.environ["WARP"] == "nan":
+                image[0, 0, 0] = np.nan
+            if os.environ["WARP"] == "shape" and label is not None:
+                label = label[:, :-1]
+            return dataclasses.replace(case, image=image, label=label)
+''')
+
+
+@pytest.mark.parametrize("warp,needle", [
+    ("label", "label values 0..9 outside the dataset's classes 0..2"),
+    ("nan", "the image holds 1 non-finite values (NaN or infinity)"),
+    ("shape", "(4, 31, 32) does not match image shape (4, 32, 32)"),
+])
+def test_the_engine_checks_the_cases_a_plugin_loader_returns(warp, needle, tmp_path, tiny_nnunet, cli, monkeypatch,
+                                                             own_registry):
+    plugin = tmp_path / "warped.py"
+    plugin.write_text(WARPED)
+    monkeypatch.setenv("WARP", warp)
+    out = tmp_path / "results"
+    code, _, err = cli("run", "--plugin", plugin, "--method", "supervised", "--dataset", "warped", "--data-root",
+                       tiny_nnunet, "--split", "2", "--out", out, *TINY)
+    one_line(code, err, needle, str(tiny_nnunet / "imagesTr"))
+    assert not out.exists()
+
+
+TINY_DS = textwrap.dedent('''
+    """Tiny: the nnU-Net loader under another name."""
+    from ssbench.datasets.nnunet import NNUNet
+
+
+    class Tiny(NNUNet):
+        """Tiny: a dataset plugin from a file."""
+
+        name = "tiny"
+''')
+
+
+def test_split_and_table_take_plugins(tmp_path, tiny_nnunet, tiny_run, cli, own_registry):
+    plugin = tmp_path / "tiny_ds.py"
+    plugin.write_text(TINY_DS)
+    code, out, err = cli("split", "--plugin", plugin, "--dataset", "tiny", "--data-root", tiny_nnunet, "--split", "2",
+                         "--json")
+    assert code == 0, err
+    assert json.loads(out)["labeled"] == json.loads(
+        cli("split", "--dataset", "nnunet", "--data-root", tiny_nnunet, "--split", "2", "--json")[1])["labeled"]
+    results = tmp_path / "results"
+    shutil.copytree(tiny_run, results / "nnunet" / "supervised" / "2" / "seed1337")
+    code, printed, err = cli("table", "--plugin", plugin, "--results", results, "--out", tmp_path / "paper")
+    assert code == 0 and (tmp_path / "paper" / "main_nnunet.md").is_file(), err
+    for command in (["split", "--dataset", "nnunet", "--split", "2"], ["table", "--results", results]):
+        code, _, err = cli(*command, "--plugin", tmp_path / "missing.py")
+        one_line(code, err, f"--plugin {tmp_path / 'missing.py'}: no such file")
+
+
+def test_datasets_are_listed_without_importing_them_or_torch(tmp_path):
+    root = _dist(tmp_path / "p", "tiny-plugin", "0.2", "[ssbench.datasets]\ntiny = tiny_mod:Tiny\n",
+                 {"tiny_mod": TINY_DS})
+    probe = ("import sys; sys.argv = ['ssbench', 'datasets']\nfrom ssbench.cli import main\ntry:\n    main()\n"
+             "except SystemExit:\n    pass\nassert 'torch' not in sys.modules and 'tiny_mod' not in sys.modules "
+             "and 'ssbench.datasets.nnunet' not in sys.modules and 'nibabel' not in sys.modules, "
+             "sorted(m for m in sys.modules if m.startswith(('torch', 'tiny', 'ssbench.datasets.', 'nibabel')))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={"PYTHONPATH": f"{REPO}:{root}", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    rows = _listing(proc.stdout)
+    assert "tiny-plugin 0.2" in rows["tiny"] and "Tiny: a dataset plugin from a file." in rows["tiny"]
+    assert {"acdc", "bhsd", "nnunet"} <= set(rows)

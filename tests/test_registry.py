@@ -12,11 +12,12 @@ PLUGIN = textwrap.dedent('''
     """A third-party method: the supervised UNet under another name."""
     from dataclasses import dataclass
 
+    from ssbench.api import UNetConfig
     from ssbench.methods.supervised import Supervised
 
 
     @dataclass(frozen=True)
-    class EchoConfig:
+    class EchoConfig(UNetConfig):
         width: int = 16
 
 
@@ -52,12 +53,23 @@ def test_builtins_come_from_entry_points():
     assert {"acdc", "bhsd", "nnunet"} <= set(registry.names(registry.DATASETS_GROUP))
 
 
-def test_a_plugin_method_is_listed_and_runs_like_a_builtin(tmp_path, cleanup, cli):
+def test_a_plugin_method_is_listed_and_runs_like_a_builtin(tmp_path, cleanup, cli, tiny_nnunet):
+    import json
+
+    from conftest import tiny_args
+
     _install(tmp_path, "[ssbench.methods]\necho = echo_plugin:Echo\n")
     code, out, _ = cli("methods")
     assert code == 0 and "echo" in out and "plugin method" in out
-    cls = registry.method("echo")
-    assert cls.Config().width == 16
+    assert registry.method("echo").Config().width == 16
+    args = tiny_args(tiny_nnunet, tmp_path / "results", "--iters", "2")
+    code, _, err = cli("run", *["echo" if a == "supervised" else a for a in args])
+    assert code == 0, err
+    run = tmp_path / "results" / "nnunet" / "echo" / "2" / "seed1337"
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["method"] == "echo"
+    assert info["method_source"]["distribution"] == "echo_plugin" and info["method_source"]["version"] == "0.1"
+    assert (run / "metrics_per_case.csv").is_file()
 
 
 def test_duplicate_and_broken_plugins_are_clear_errors(tmp_path, cleanup):

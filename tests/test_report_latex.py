@@ -1,6 +1,7 @@
 """The tables as a paper prints them: grouped columns, booktabs rules, best in bold and second best underlined
 (direction-aware), sections; the same structure in Markdown and CSV; the .tex compiles where LaTeX is installed."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -139,10 +140,14 @@ def test_other_tables_are_well_formed(paper):
 
 
 ENGINES = [e for e in ("pdflatex", "lualatex") if shutil.which(e)]
+# CI (.ci/run) installs LaTeX and sets this: there the compile test must run, never skip.
+REQUIRED = os.environ.get("SSBENCH_REQUIRE_LATEX") == "1"
 
 
-@pytest.mark.skipif(not ENGINES, reason="no LaTeX engine installed (pdflatex or lualatex)")
+@pytest.mark.slow
+@pytest.mark.skipif(not ENGINES and not REQUIRED, reason="no LaTeX engine installed (pdflatex or lualatex)")
 def test_every_table_compiles(paper, tmp_path):
+    assert ENGINES, "SSBENCH_REQUIRE_LATEX=1 but no pdflatex or lualatex on PATH (.ci/run installs texlive)"
     stems = sorted(p.stem for p in paper.glob("*.tex") if not p.stem.endswith("-notes"))
     body = "\n".join(rf"\begin{{table}}\centering\resizebox{{\linewidth}}{{!}}{{\input{{{paper / s}}}}}"
                      rf"\par\footnotesize\input{{{paper / s}-notes}}\end{{table}}\clearpage" for s in stems)

@@ -97,3 +97,68 @@ def test_marks_say_the_direction_and_the_file_says_how(tmp_path):
     diff = (a - b) * 100
     assert (vol["ci_low"], vol["ci_high"]) == pytest.approx(
         cluster_bootstrap_ci(diff.to_numpy(), diff.index.get_level_values("patient_id")))
+
+
+@pytest.mark.parametrize("d, method", [
+    (np.r_[0.0, np.arange(1, 10)], "permutation (all 2^n sign flips)"),  # one zero, no ties: not exact
+    (np.r_[np.ones(2), np.arange(2, 13)], "permutation (all 2^n sign flips)"),  # ties, n = 13
+    (np.r_[np.ones(2), np.arange(2, 14)], "asymptotic (normal approximation, tie-corrected)"),  # ties, n = 14
+    (np.arange(1, 51, dtype=float), "exact"),  # n = 50
+    (np.arange(1, 52, dtype=float), "asymptotic (normal approximation, tie-corrected)"),  # n = 51
+    (np.r_[1.0], "exact"),  # one pair
+])
+def test_the_method_choice_at_its_boundaries(d, method):
+    b = np.full(len(d), 0.5)
+    res = wilcoxon(b + d / 100, b)
+    assert res.method == method and res.p == pytest.approx(stats.wilcoxon(b + d / 100, b).pvalue)
+
+
+def test_no_pairs_and_identical_large_samples():
+    with pytest.raises(ValueError) as err:
+        wilcoxon([], [])
+    assert str(err.value) == "wilcoxon: no pairs"
+    a = np.linspace(0.5, 0.9, 20)  # n > 13, every difference zero: zsplit keeps p = 1 (wilcox would give NaN)
+    res = wilcoxon(a, a.copy())
+    assert res.p == 1.0 and res.zero_method == "zsplit" and res.method.startswith("asymptotic")
+    assert wilcoxon([0.3], [0.1]).p == 1.0 and wilcoxon([0.3], [0.1]).direction == 1
+
+
+@pytest.mark.parametrize("d, r_plus, direction", [
+    ([2.0, -1.0], 2, 1),  # n = 2: half the rank sum is 1.5, R+ = 2
+    ([1.0, 2.0, -3.0], 3, 0),  # balanced: R+ = R- = 3
+    ([-1, -2, -3, -4, -5, -6, 7, 8, 10, -9], 25, -1),  # n = 10: half is 27.5
+    ([1, 2, 3, 4, 5, 6, -7, -8, -10, 9], 30, 1),
+    ([-1, 2, 3, 4, 5, 6, 7, -8, -9, -10], 27, -1),
+    ([1, -2, -3, -4, -5, -6, -7, 8, 9, 10], 28, 1),
+    ([-1, -2, -3, -4, -5, -6, -7, -8, 9, -10], 9, -1),  # one positive difference: below half all the same
+])
+def test_the_direction_compares_the_positive_rank_sum_with_half_the_total(d, r_plus, direction):
+    d = np.asarray(d, float) / 100
+    assert stats.wilcoxon(d, alternative="greater").statistic == r_plus  # the fixture's rank sum, by scipy
+    assert wilcoxon(0.5 + d, np.full(len(d), 0.5)).direction == direction
+
+
+def _bootstrap_by_hand(values, clusters, n_boot, seed, level):
+    """The documented procedure, one resample at a time: draw as many clusters as there are (with replacement,
+    numpy's default_rng(seed)), average every value of the drawn clusters, take the percentiles."""
+    names = sorted(set(clusters))
+    members = {c: [v for v, k in zip(values, clusters) if k == c] for c in names}
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(n_boot):
+        drawn = [names[i] for i in rng.integers(0, len(names), size=len(names))]
+        pooled = [v for c in drawn for v in members[c]]
+        means.append(sum(pooled) / len(pooled))
+    return tuple(np.percentile(means, [50 * (1 - level), 50 * (1 + level)]))
+
+
+@pytest.mark.parametrize("level", [0.95, 0.8])
+def test_cluster_bootstrap_equals_the_procedure_by_hand(level):
+    rng = np.random.default_rng(5)
+    clusters = [f"p{i}" for i in rng.integers(0, 7, 23)]  # clusters of unequal size
+    values = rng.normal(0.1, 0.3, 23)
+    got = cluster_bootstrap_ci(values, clusters, n_boot=300, seed=4, level=level)
+    assert got == pytest.approx(_bootstrap_by_hand(values, clusters, 300, 4, level), rel=1e-12)
+    default = cluster_bootstrap_ci(values, clusters)
+    assert default == cluster_bootstrap_ci(values, clusters, n_boot=10_000, seed=0, level=0.95)  # as recorded
+    assert default != cluster_bootstrap_ci(values, clusters, seed=1)

@@ -70,14 +70,6 @@ def test_teacher_gets_no_gradient_and_follows_the_student():
     alpha = ema_alpha(5, 0.99)
     for b, t, s in zip(before, mt.teacher.parameters(), mt.student.parameters()):
         torch.testing.assert_close(t, alpha * b + (1 - alpha) * s)
-    # BN running statistics are averaged too (the default), unlike the original code
-    bn_t = next(m for m in mt.teacher.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    assert not torch.all(bn_t.running_mean == 0)
-    # without averaging, an eval-mode teacher keeps its initial statistics (a train-mode one gathers its own)
-    mt2 = MeanTeacher(MeanTeacherConfig(ema_buffers=False, teacher_mode="eval"), CTX)
-    _step(mt2)
-    bn_t2 = next(m for m in mt2.teacher.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    assert torch.all(bn_t2.running_mean == 0)
 
 
 def test_teacher_mode_switch():
@@ -195,3 +187,122 @@ def test_legacy_selection_is_never_default_and_named(tiny_nnunet):
     cfg, _, _ = build_config(RunRequest(method="unimatch", dataset="nnunet", data_root=str(tiny_nnunet), split="2",
                                         sets=("train.selection=legacy-val+test",)))
     assert run_dir_for(cfg, "r").name == "seed1337-legacy-valtest"
+
+
+@pytest.mark.parametrize("ema_buffers", [True, False])
+def test_ema_buffers_average_the_batchnorm_statistics_or_leave_them(ema_buffers):
+    """With the teacher in eval mode its own pass moves no statistic, so what its buffers hold after a step is the
+    EMA alone: alpha * before + (1 - alpha) * student (counters copied) with ema_buffers, unchanged without."""
+    torch.manual_seed(0)
+    mt = MeanTeacher(MeanTeacherConfig(teacher_mode="eval", ema_buffers=ema_buffers, consistency_start=0), CTX)
+    before = {k: v.clone() for k, v in mt.teacher.named_buffers()}
+    _step(mt, it=5)
+    alpha = ema_alpha(5, 0.99)
+    student = dict(mt.student.named_buffers())
+    moved = 0
+    for name, t in mt.teacher.named_buffers():
+        s = student[name]
+        if not ema_buffers:
+            assert torch.equal(t, before[name]), name
+        elif t.dtype.is_floating_point:
+            torch.testing.assert_close(t, alpha * before[name] + (1 - alpha) * s, rtol=0, atol=1e-7)
+            moved += not torch.equal(t, before[name])
+        else:
+            assert torch.equal(t, s) and int(s) == 1, name  # num_batches_tracked: one training pass
+    assert moved >= 36 if ema_buffers else moved == 0  # running mean and variance of every BatchNorm moved
+
+
+def test_mean_teacher_noisy_teacher_input_and_mse_on_softmax():
+    """The teacher sees the unlabeled images plus N(0, 0.1^2) noise clipped to +-0.2; the consistency is the MSE
+    between the student's and the teacher's softmax, weighted by the ramp-up."""
+    torch.manual_seed(0)
+    cfg = MeanTeacherConfig(consistency_start=0, teacher_mode="eval")
+    mt = MeanTeacher(cfg, CTX).train()
+    seen = {}
+    mt.teacher.register_forward_hook(lambda m, args, out: seen.update(t_in=args[0].clone(), t_out=out.clone()))
+    mt.student.register_forward_hook(lambda m, args, out: seen.update(s_out=out.detach().clone()))
+    lab, unl = _batches(n_lab=2, n_unl=4)
+    losses = mt.training_step(lab, unl, StepInfo(40, 100))
+    noise = (seen["t_in"] - unl.image).flatten()
+    assert noise.abs().max() <= 0.2 + 1e-6
+    clipped = ((noise.abs() - 0.2).abs() < 1e-6).float().mean()  # P(|N(0, 1)| > 2) = 4.6 %
+    assert 0.03 < clipped < 0.065 and 0.09 < noise.std() < 0.1  # a clipped normal's sd: 0.096
+    assert abs(noise.mean()) < 0.01
+    expected = ((seen["s_out"][2:].softmax(1) - seen["t_out"].softmax(1)) ** 2).mean()
+    torch.testing.assert_close(losses["loss_cons"], expected)
+    weight = consistency_weight(40, cfg)
+    assert weight > 0 and float(losses["cons_weight"]) == pytest.approx(weight)
+    torch.testing.assert_close(losses["loss"].detach(), losses["loss_sup"] + weight * losses["loss_cons"])
+    quiet = MeanTeacher(MeanTeacherConfig(noise_std=0.0), CTX).train()  # the control: no noise, the image itself
+    quiet.teacher.register_forward_hook(lambda m, args, out: seen.update(t_in=args[0].clone()))
+    quiet.training_step(lab, unl, StepInfo(0, 100))
+    assert torch.equal(seen["t_in"], unl.image)
+
+
+def test_ce_dice_loss_by_hand_on_a_2x2_case():
+    """(CE + Dice) / 2, SSL4MIS's soft Dice with squared terms over both classes (background included), smooth 1e-5,
+    on a 2 x 2 image whose softmax is (1/4, 3/4), (3/4, 1/4), (1/2, 1/2), (1/4, 3/4)."""
+    from ssbench.methods.losses import ce_dice_loss
+
+    l3 = math.log(3)
+    logits = torch.tensor([[0.0, l3], [l3, 0.0], [0.0, 0.0], [0.0, l3]]).T.reshape(1, 2, 2, 2)
+    target = torch.tensor([[1, 0], [1, 0]])[None]
+    ce = (math.log(4 / 3) + math.log(4 / 3) + math.log(2) + math.log(4)) / 4
+    s = 1e-5
+    dice_background = 1 - (2 * 1.0 + s) / (15 / 16 + 2 + s)  # sum p t = 3/4 + 1/4, sum p^2 = 15/16, sum t^2 = 2
+    dice_foreground = 1 - (2 * 5 / 4 + s) / (23 / 16 + 2 + s)  # sum p t = 3/4 + 1/2, sum p^2 = 23/16
+    expected = 0.5 * (ce + (dice_background + dice_foreground) / 2)
+    assert float(ce_dice_loss(logits, target)) == pytest.approx(expected, rel=1e-6)
+    perfect = torch.tensor([[-30.0, 30.0], [30.0, -30.0], [-30.0, 30.0], [30.0, -30.0]]).T.reshape(1, 2, 2, 2)
+    assert float(ce_dice_loss(perfect, target)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unimatch_draws_cutmix_sources_from_a_second_unlabeled_stream(tiny_nnunet):
+    """The engine gives UniMatch (and FixMatch) two unlabeled streams with their own seeds, concatenated: the
+    first half are the images, the second the CutMix sources (UniMatch's trainloader_u_mix)."""
+    from ssbench.engine.data import Sampler
+    from ssbench.engine.run import RunRequest, build_config, load_inputs
+    from ssbench.engine.train import _draw_unlabeled, make_samplers
+
+    for name in ("unimatch", "fixmatch"):
+        cfg, cls, dataset = build_config(RunRequest(method=name, dataset="nnunet", data_root=str(tiny_nnunet),
+                                                    split="2", iters=4, sets=("data.train_size=32",
+                                                                              "train.batch_unlabeled=3")))
+        inputs = load_inputs(cfg, cls, dataset, dataset.split("2", 0), lambda *a, **k: None)
+        samplers = make_samplers(cls, cfg, inputs.pools)
+        assert sorted(samplers) == ["labeled", "unlabeled", "unlabeled_2"]
+        pool = inputs.pools["unlabeled"]
+        first, second = (Sampler(pool, 3, cfg.train.seed + k, 32, cfg.data.train_resize) for k in (1, 2))
+        for _ in range(3):
+            batch = _draw_unlabeled(samplers, "cpu")
+            a, b = first.next("cpu"), second.next("cpu")
+            assert torch.equal(batch.image, torch.cat([a.image, b.image]))
+            assert batch.case_ids == a.case_ids + b.case_ids and batch.label is None
+        assert a.case_ids != b.case_ids or a.slice_indices != b.slice_indices
+
+
+def test_unimatch_pastes_the_second_halfs_strong_view_and_pseudo_labels(monkeypatch):
+    import ssbench.methods.unimatch as um
+
+    torch.manual_seed(0)
+    method = UniMatch(UniMatchConfig(), CTX)
+    box = torch.zeros(2, 32, 32, dtype=torch.bool)
+    box[:, 4:12, 8:20] = True
+    monkeypatch.setattr(um, "strong_view", lambda x: x)  # the strong views as the images themselves
+    monkeypatch.setattr(um, "cutmix_boxes", lambda n, size, p, device: box[:n])
+    calls, mixed = [], []
+    method.net.register_forward_hook(lambda m, args, out: calls.append((args[0].detach().clone(), out.detach())))
+    original = um.mix_pseudo_labels
+    monkeypatch.setattr(um, "mix_pseudo_labels", lambda *a: (mixed.append(a), original(*a))[1])
+    lab, unl = _batches(n_unl=4)
+    method.train()
+    method.training_step(lab, unl, StepInfo(0, 100))
+    u_w, u_mix = unl.image[:2], unl.image[2:]
+    assert torch.equal(calls[0][0], u_mix)  # the sources' pseudo-labels, predicted first
+    strong = torch.where(box.unsqueeze(1), u_mix, u_w)
+    assert torch.equal(calls[1][0], torch.cat([strong, strong]))  # two strong views, the same box here
+    source_conf, source_label = calls[0][1].softmax(1).max(1)
+    assert len(mixed) == 2
+    for _, _, mix_label, mix_conf, mix_box in mixed:
+        assert torch.equal(mix_label, source_label) and torch.equal(mix_box, box)
+        torch.testing.assert_close(mix_conf, source_conf)

@@ -237,6 +237,9 @@ def test_slurm_options_are_checked_before_anything_is_submitted(cli, tmp_path):
     code, _, err = cli("sweep", "--methods", "supervised", "--splits", "1", "--seeds", "1", "--executor", "slurm",
                        "--slurm-param", "constraint", "--out", tmp_path)
     assert code == 2 and "--slurm-param constraint: expected key=value" in err
+    code, _, err = cli("sweep", "--methods", "supervised", "--splits", "1", "--seeds", "1", "--parallel", "0",
+                       "--out", tmp_path)
+    assert code == 2 and "--parallel 0: must be at least 1" in err
     assert not (tmp_path / ".sweeps").exists()
 
 

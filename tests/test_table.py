@@ -132,3 +132,32 @@ def test_bad_table_options(cli, tmp_path, results):
     root, _ = results
     code, _, err = cli("table", "--results", root, "--out", tmp_path / "p", "--reference", "nosuch")
     assert code == 2 and "--reference nosuch" in err and "unimatch" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_table_of_runs_the_engine_wrote_equals_the_hand_mean(tiny_run, tiny_nnunet, tmp_path, cli):
+    """Two tiny supervised runs (seeds 1337 and 7) as the engine writes them, through `ssbench table`: every
+    metric's mean and sample std over seeds equals the literature's mean recomputed from each metrics_per_case.csv
+    (misses and false positives included, absent classes left out)."""
+    import shutil
+
+    from conftest import tiny_request
+    from ssbench.engine.run import execute
+
+    results = tmp_path / "results"
+    first = results / "nnunet" / "supervised" / "2" / "seed1337"
+    shutil.copytree(tiny_run, first)
+    second = execute(tiny_request(tiny_nnunet, results, seed=7))
+    out = tmp_path / "paper"
+    code, _, err = cli("table", "--results", results, "--out", out)
+    assert code == 0, err
+    frame = pd.read_csv(out / "main_nnunet.csv")
+    for metric, scale in (("dice", 100), ("jaccard", 100), ("hd95", 1), ("asd", 1)):
+        seeds = [hand_mean(run, metric) * scale for run in (first, second)]
+        cell = _cell(frame, "supervised", 2, metric)
+        assert cell["mean"] == pytest.approx(np.mean(seeds), rel=1e-12)
+        assert cell["std"] == pytest.approx(np.std(seeds, ddof=1), rel=1e-9)
+        assert cell["n_seeds"] == 2 and cell["seeds"] == "7;1337"
+    assert seeds[0] != seeds[1]  # two different runs
+    md = (out / "main_nnunet.md").read_text()
+    dice = np.mean([hand_mean(run) * 100 for run in (first, second)])
+    assert f"{dice:.2f} ± " in md

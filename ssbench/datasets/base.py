@@ -140,7 +140,7 @@ def check_case(case: Case, num_classes: int) -> Case:
     label = case.label
     if label is not None:
         if not isinstance(label, np.ndarray) or label.shape != image.shape:
-            raise DataError(f"{where}: label shape {_shape(label)} does not match image shape {image.shape}")
+            raise DataError(f"{where}: label {_shape(label)} does not match image shape {image.shape}")
         if not np.issubdtype(label.dtype, np.integer):
             raise DataError(f"{where}: the label holds {label.dtype} values, not class indices")
         lo, hi = int(label.min()), int(label.max())

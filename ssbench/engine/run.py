@@ -119,9 +119,10 @@ def build_config(req: RunRequest):
         if key.strip() == "train.iters" and cfg.train.schedule == "epochs":
             raise ConfigError(f"--set {item}: the schedule is in epochs (train.epochs={cfg.train.epochs}); "
                               "use --iters N or --set train.schedule=iterations to give a length in iterations")
-    # what the run will really train (e.g. a missing pretrained checkpoint -> random init): recorded and named
-    cfg = dataclasses.replace(cfg, method_config=method_cls.effective_config(cfg.method_config, cfg.data.synthetic),
-                              unused=unused_fields(method_cls, cfg.train))
+    # What depends on this machine (e.g. whether pretrained weights are there) as it will run: recorded, so that
+    # the config, its hash and the folder say what ran (Method.resolve_config).
+    cfg = dataclasses.replace(cfg, method_config=method_cls.resolve_config(cfg.method_config, cfg.data.synthetic))
+    cfg = dataclasses.replace(cfg, unused=unused_fields(method_cls, cfg.train))
     for item in req.sets:
         key = item.partition("=")[0].strip()
         if key in cfg.unused:
@@ -236,7 +237,7 @@ def provenance() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return {
-        "versions": {p: v(p) for p in ("ssbench", "torch", "torchvision", "sam2", "numpy", "scipy", "nibabel")},
+        "versions": {p: v(p) for p in ("ssbench", "torch", "torchvision", "sam2", "timm", "numpy", "scipy", "nibabel")},
         "python": platform.python_version(),
         "torch_threads": _torch_threads(),  # CPU results repeat exactly for the same versions and thread count
         "git_commit": commit,
@@ -358,7 +359,7 @@ def execute(req: RunRequest, console=None) -> Path:
             return final_dir
     method = build_method(cfg, method_cls, dataset, device, inputs)
     # resolved again now that the method holds its weights (a download may have completed): what config.yaml records
-    cfg = dataclasses.replace(cfg, method_config=method_cls.effective_config(cfg.method_config, cfg.data.synthetic))
+    cfg = dataclasses.replace(cfg, method_config=method_cls.resolve_config(cfg.method_config, cfg.data.synthetic))
     if rank > 0:  # model-side randomness (dropout, strong views) differs per rank; rank 0 keeps the 1-process stream
         torch.manual_seed(cfg.train.seed + rank)
     for w in method.warnings:

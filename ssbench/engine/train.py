@@ -186,6 +186,9 @@ def make_optimizer(method, t, runtime) -> Optimizers:
             built[name] = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **fused)
         else:
             built[name] = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
+        for group in built[name].param_groups:  # a group's rate relative to train.lr (UniMatch V2's head: x40)
+            if "lr_scale" in group:
+                group["lr"] = t.lr * group["lr_scale"]
     if not built:
         raise UserError(f"method {type(method).name!r} names no optimizer (optimizer_params() is empty)")
     return Optimizers(built)

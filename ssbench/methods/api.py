@@ -118,6 +118,18 @@ class Method(nn.Module):
         return {}
 
     @classmethod
+    def resolve_config(cls, config, synthetic: bool):
+        """The config as it will run, after every ``--set``: a field whose effective value depends on this machine
+        (e.g. whether pretrained weights are there) set to that value, so that config.yaml, its hash and the run's
+        folder say what ran (UniMatch V2 without DINOv2 weights on the embedded phantom: ``init: random``).
+        ``synthetic``: the run is on the embedded phantom. Raise ``UserError`` for a run that cannot start.
+        ``ssbench run`` calls it again once the method is built (a download may have completed: SSS records the
+        checkpoint's SHA-256 then), so it must be idempotent; ``ssbench eval`` does not call it. Fields the Config
+        lists in a ``resolved_fields`` ClassVar are recorded and hashed but do not name the run's folder.
+        Default: the config unchanged."""
+        return config
+
+    @classmethod
     def check_config(cls, cfg) -> None:
         """Refuse a run config this method cannot train with, before anything runs: raise ``ConfigError`` naming
         the key (BCP: ``train.batch_labeled`` must equal ``train.batch_unlabeled`` and be even). ``cfg`` is the
@@ -127,14 +139,6 @@ class Method(nn.Module):
     def for_evaluation(cls, config):
         """Config to rebuild the method when its weights come from a run's checkpoint (``ssbench eval``): e.g.
         skip loading pretrained weights that the checkpoint replaces anyway."""
-        return config
-
-    @classmethod
-    def effective_config(cls, config, synthetic_data: bool):
-        """The config as the run will really train, resolved from what is on disk after every ``--set``: e.g. a
-        missing pretrained checkpoint that falls back to random initialisation, or the checkpoint's hash. Recorded
-        in config.yaml, part of the config hash and (except the Config's ``resolved_fields``) of the folder name.
-        The engine calls it again once the method is built (a download may have completed). Must be idempotent."""
         return config
 
     @classmethod
@@ -174,7 +178,8 @@ class Method(nn.Module):
 
     def optimizer_params(self) -> dict[str, Iterable]:
         """One optimizer per entry: name -> its parameters (or torch param-group dicts, which may set their own
-        ``lr``). Each is built from ``train.*`` (SGD or AdamW, momentum, weight decay) and follows
+        ``lr``, or ``lr_scale``: that group's rate = ``train.lr`` x the scale, e.g. UniMatch V2's head at x40).
+        Each is built from ``train.*`` (SGD or AdamW, momentum, weight decay) and follows
         ``train.lr_schedule``. Default: one optimizer, ``main``, over ``trainable_parameters()``. All of them are
         stepped after the same ``backward`` of ``"loss"``, as the co-training codes do."""
         return {"main": list(self.trainable_parameters())}

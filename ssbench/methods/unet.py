@@ -10,7 +10,15 @@ seed gives the same initial weights). ``upsampling='transpose'`` (ConvTranspose2
 kept only as a named, recorded option.
 
 ``encode``/``decode`` are separate so that methods can perturb the features in between (UniMatch's feature
-perturbation).
+perturbation). Two variants of SSL4MIS ``networks/unet.py`` are options of the same class, built in the official
+order (same seed, same initial weights) with the official parameter counts for 1 input channel and 4 classes:
+
+* ``aux_heads=True`` = ``UNet_URPC`` (``Decoder_URPC``, 1,831,060 parameters): a 3x3 output conv on each decoder
+  level; ``decode_levels`` gives the decoder's features at H/8, H/4, H/2 and H for them. The official decoder also
+  builds a head on the 256-channel bottleneck that its forward never uses: built here too (``aux_heads[0]``), so
+  that parameter counts and initial weights match.
+* ``aux_decoders=n`` = ``UNet_CCT`` with n = 3 (3,713,664 parameters): n more decoders (up blocks and output conv)
+  reading the same encoder features, ``decode(features, decoder=i)`` for i = 1..n.
 """
 
 from __future__ import annotations
@@ -32,8 +40,11 @@ class UNetConfig:
 
     upsampling: Upsampling = "bilinear"  # the official codes' Conv1x1 + bilinear x2; 'transpose': ConvTranspose2d
 
-    def build_unet(self, in_channels: int, num_classes: int) -> "UNet":
-        return UNet(in_channels, num_classes, upsampling=self.upsampling)
+    def build_unet(self, in_channels: int, num_classes: int, aux_heads: bool = False,
+                   aux_decoders: int = 0) -> "UNet":
+        """The UNet with this config's up-sampling; ``aux_heads``/``aux_decoders`` as in :class:`UNet`."""
+        return UNet(in_channels, num_classes, upsampling=self.upsampling, aux_heads=aux_heads,
+                    aux_decoders=aux_decoders)
 
 
 class ConvBlock(nn.Sequential):
@@ -66,10 +77,36 @@ class UpBlock(nn.Module):
         return self.conv(torch.cat([skip, self.up(self.reduce(x))], dim=1))
 
 
+class Decoder(nn.Module):
+    """Up blocks from the bottleneck to full resolution, then the 3x3 output conv (one of CCT's auxiliary decoders;
+    the main decoder's modules sit on the UNet itself, under their original names)."""
+
+    def __init__(self, channels, num_classes: int, upsampling: Upsampling):
+        super().__init__()
+        self.up = nn.ModuleList(
+            UpBlock(channels[i + 1], channels[i], channels[i], upsampling) for i in reversed(range(len(channels) - 1))
+        )
+        self.head = nn.Conv2d(channels[0], num_classes, 3, padding=1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(_run_up(self.up, feats)[-1])
+
+
+def _run_up(ups, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The output of each up block, deepest first (H/8, H/4, H/2, H for five encoder levels)."""
+    x, out = feats[-1], []
+    for up, skip in zip(ups, reversed(feats[:-1])):
+        x = up(x, skip)
+        out.append(x)
+    return out
+
+
 class UNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, channels=CHANNELS, dropout=DROPOUT,
-                 upsampling: Upsampling = "bilinear"):
+                 upsampling: Upsampling = "bilinear", aux_heads: bool = False, aux_decoders: int = 0):
         super().__init__()
+        if aux_decoders < 0:
+            raise ValueError(f"aux_decoders {aux_decoders}: must be >= 0")
         self.down = nn.ModuleList()
         cin = in_channels
         for c, p in zip(channels, dropout):
@@ -80,6 +117,11 @@ class UNet(nn.Module):
             UpBlock(channels[i + 1], channels[i], channels[i], upsampling) for i in reversed(range(len(channels) - 1))
         )
         self.head = nn.Conv2d(channels[0], num_classes, 3, padding=1)
+        # URPC: one head per level, deepest first (SSL4MIS out_conv_dp4, dp3, dp2, dp1; dp4 is never used)
+        self.aux_heads = nn.ModuleList(
+            nn.Conv2d(c, num_classes, 3, padding=1) for c in reversed(channels[1:])) if aux_heads else None
+        self.aux_decoders = nn.ModuleList(
+            Decoder(channels, num_classes, upsampling) for _ in range(aux_decoders)) if aux_decoders else None
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, Cin, H, W) -> features at H, H/2, H/4, H/8, H/16 (H divisible by 16)."""
@@ -89,11 +131,16 @@ class UNet(nn.Module):
             feats.append(x)
         return feats
 
-    def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = feats[-1]
-        for up, skip in zip(self.up, reversed(feats[:-1])):
-            x = up(x, skip)
-        return self.head(x)
+    def decode_levels(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The main decoder's features after each up block, deepest first: H/8, H/4, H/2, H (``head`` of the last
+        gives the logits; URPC's ``aux_heads[1:]`` read the others)."""
+        return _run_up(self.up, feats)
+
+    def decode(self, feats: list[torch.Tensor], decoder: int = 0) -> torch.Tensor:
+        """Logits of the main decoder (0) or of auxiliary decoder ``decoder`` (1..aux_decoders)."""
+        if decoder:
+            return self.aux_decoders[decoder - 1](feats)
+        return self.head(self.decode_levels(feats)[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

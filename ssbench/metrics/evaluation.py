@@ -81,7 +81,5 @@ def evaluate_case(
             else:
                 dist = 0.0
             row.update(status=status, dice=0.0, jaccard=0.0, hd95=dist, asd=dist)
-            if policy.empty == "legacy-zero":
-                row.update(dice=0.0, jaccard=0.0)
         rows.append(row)
     return rows

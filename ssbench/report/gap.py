@@ -24,7 +24,8 @@ from ssbench.report.tables import METRICS, cell_stats
 
 PUBLISHED_TO_OURS = {"UNet, labeled only": "supervised", "UNet, all 70 labeled": "supervised",
                      "UniMatch": "unimatch", "Mean Teacher": "mean-teacher", "SSS": "sss", "FixMatch": "fixmatch",
-                     "BCP": "bcp", "ABD": "abd", "AD-MT": "admt"}
+                     "BCP": "bcp", "ABD": "abd", "AD-MT": "admt", "UA-MT": "ua-mt", "URPC": "urpc",
+                     "CPS": "cps"}
 LEGACY = "legacy-val+test"
 COLUMNS = ("dataset", "method", "labeled", "metric", "value", "units", "selection", "schedule", "iterations",
            "inference_resize", "metric_code", "empty_policy", "test_set", "test_volumes", "source")

@@ -58,9 +58,9 @@ def sweep(
             raise UserError(f"{missing[0]}: required (or --grid NAME)")
         g = Grid(parse_list("--methods", methods), parse_list("--splits", splits), parse_list("--seeds", seeds, int),
                  (dataset,))
-    for option, value in (("--parallel", parallel or 1), ("--timeout-min", timeout_min),
+    for option, value in (("--parallel", 1 if parallel is None else parallel), ("--timeout-min", timeout_min),
                           ("--array-parallelism", array_parallelism), ("--cpus-per-job", cpus_per_job),
-                          ("--mem-gb", mem_gb or 1)):
+                          ("--mem-gb", 1 if mem_gb is None else mem_gb)):
         if value < 1:
             raise UserError(f"{option} {value}: must be at least 1")
     if gpus_per_job < 0:

@@ -15,6 +15,19 @@ def test_normalised_entropy_is_one_for_uniform_and_zero_for_certain_predictions(
     assert normalised_entropy(certain).item() == pytest.approx(0.0, abs=1e-4)
 
 
+def test_normalised_entropy_by_hand_on_a_2x2_case():
+    """Two classes, four pixels with probabilities (1/4, 3/4), (1/2, 1/2), (1, 0), (3/4, 1/4): the mean over pixels
+    of -sum_k p_k ln(p_k + 1e-6) / ln 2, written out."""
+    probs = torch.tensor([[0.25, 0.5, 1.0, 0.75], [0.75, 0.5, 0.0, 0.25]]).reshape(1, 2, 2, 2)
+    e = 1e-6
+    quarter = -(0.25 * math.log(0.25 + e) + 0.75 * math.log(0.75 + e)) / math.log(2)  # 0.8113
+    half = -(2 * 0.5 * math.log(0.5 + e)) / math.log(2)  # 1 - 2e-6
+    certain = -(1.0 * math.log(1.0 + e)) / math.log(2)  # -1.4e-6: the 1e-6 inside the log
+    expected = (quarter + half + certain + quarter) / 4
+    assert expected == pytest.approx(0.6556, abs=1e-4)
+    assert normalised_entropy(probs).item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_loss_is_the_supervised_loss_plus_the_ramped_entropy_of_the_whole_batch():
     torch.manual_seed(0)
     method = EntropyMinimization(EntropyMinConfig(), MethodContext(1, 4, 32, 30000, torch.device("cpu")))

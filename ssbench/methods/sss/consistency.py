@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ssbench.methods import perturb
 from ssbench.methods.sss import sam2_net
 from ssbench.methods.sss.config import SSSConfig
 from ssbench.methods.sss.dfe import DFE
@@ -43,19 +44,11 @@ def decode(net: SAM2Segmenter, feats: Features, prompts: dict, k: int) -> sam2_n
 
 
 def complementary_masks(n: int, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """UniMatch V2's complementary channel dropout for the two strong views of n images (dpt.py:148-161): view 1
-    keeps each channel with p 0.5 (x2), view 2 keeps exactly the others (x2); for a random half of the images
-    (int(n / 2) of them) both views keep everything. V2's four levels share one width and one mask; SAM-2's three
-    levels differ in width, so each level draws its own mask, for the same undropped images. Drawn on ``device``."""
-    kept = torch.randperm(n, device=device)[: int(n * 0.5)]
-    first, second = [], []
-    for c in CHANNELS:
-        m = torch.bernoulli(torch.full((n, c), 0.5, device=device)) * 2.0
-        other = 2.0 - m
-        m[kept], other[kept] = 1.0, 1.0
-        first.append(m[:, :, None, None])
-        second.append(other[:, :, None, None])
-    return first, second
+    """UniMatch V2's complementary channel dropout for the two strong views of n images (``perturb``): V2's four
+    levels share one width and one mask; SAM-2's three levels differ in width, so each level draws its own mask,
+    for the same undropped images. (n, c, 1, 1) masks per level."""
+    first, second = perturb.complementary_masks(n, CHANNELS, device)
+    return [m[:, :, None, None] for m in first], [m[:, :, None, None] for m in second]
 
 
 def unlabeled_losses(student: SAM2Segmenter, teacher: SAM2Segmenter | None, dfe: DFE | None, x_w: torch.Tensor,

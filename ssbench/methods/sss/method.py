@@ -96,10 +96,10 @@ class SSS(Method):
         return replace(config, model="sam2.1_hiera_t", pcsw_refresh=max(1, iters // 4), ema_decay=1 - 1 / horizon)
 
     @classmethod
-    def effective_config(cls, config: SSSConfig, synthetic_data: bool) -> SSSConfig:
-        """The initialisation a run will really have: the checkpoint's SHA-256 for a pretrained run whose file is
-        there; on the embedded phantom without one, random (the fallback, loud in run.json); on real data without
-        one, unchanged (the run downloads it, then the engine resolves again)."""
+    def resolve_config(cls, config: SSSConfig, synthetic: bool) -> SSSConfig:
+        """The initialisation a run will really have (Method.resolve_config): the checkpoint's SHA-256 for a
+        pretrained run whose file is there; on the embedded phantom without one, random (the fallback, loud in
+        run.json); on real data without one, unchanged (the run downloads it, then the engine resolves again)."""
         if config.init == "random":
             return replace(config, checkpoint_sha256=None)
         path = Path(config.checkpoint) if config.checkpoint else cls._cached_file(config)
@@ -111,7 +111,7 @@ class SSS(Method):
             return replace(config, checkpoint_sha256=sha)
         if config.checkpoint:
             raise UserError(f"sss.checkpoint {path}: file not found")
-        if synthetic_data:
+        if synthetic:
             return replace(config, init="random", checkpoint_sha256=None)
         return config
 
@@ -148,7 +148,7 @@ class SSS(Method):
         path = Path(cfg.checkpoint) if cfg.checkpoint else self._cached_file(cfg)
         if not cfg.checkpoint and not path.is_file():
             path = sam2_net.fetch_official(cfg.model, path.parent)
-        self.effective_config(cfg, self.ctx.synthetic_data)  # a required SHA-256 is checked against the file
+        self.resolve_config(cfg, self.ctx.synthetic_data)  # a required SHA-256 is checked against the file
         sam2_net.load_official(sam, path, cfg.model)
 
     # --- state -------------------------------------------------------------------------------------------
