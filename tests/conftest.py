@@ -99,3 +99,33 @@ def one_line(code, err, *needles):
     assert len(lines) == 1 and lines[0].startswith("ssbench: error: "), err
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def sam2_once():
+    """SAM-2 built once per test session: ``sam2_net.build`` answers each set of build arguments from a cache (a
+    deep copy of the model it first built), and leaves the torch RNG where the real build would have (builds from
+    the same RNG state draw the same weights), so tests stay independent of their order."""
+    import copy
+
+    import torch
+
+    from ssbench.methods.sss import sam2_net
+
+    built = {}
+    original = sam2_net.build
+
+    def build(*args, **kwargs):
+        before = torch.get_rng_state()
+        key = (args, tuple(sorted(kwargs.items())), bytes(before.numpy()))
+        if key not in built:
+            sam = original(*args, **kwargs)
+            built[key] = (sam, torch.get_rng_state())
+        sam, after = built[key]
+        torch.set_rng_state(after)
+        return copy.deepcopy(sam)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(sam2_net, "build", build)
+    yield built
+    patch.undo()

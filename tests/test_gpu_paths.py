@@ -46,9 +46,9 @@ def test_a_checkpoint_resumes_on_another_device_than_the_one_that_wrote_it(tiny_
     assert momenta and all(m.device == stand_in for m in momenta)  # placed beside their parameters
 
 
-def _step_on_stand_in_device(method_name, tiny_nnunet, tmp_path, steps=2, sets=()):
+def _step_on_stand_in_device(method_name, tiny_nnunet, tmp_path, steps=2, sets=(), setup=None):
     """``steps`` engine training steps of ``method_name`` (tiny run, data on the device) on the ``meta`` stand-in
-    device, recorded by ``HostSyncRecorder``."""
+    device, recorded by ``HostSyncRecorder``; ``setup(method)`` runs before the recording."""
     from ssbench.engine.hostsync import HostSyncRecorder
     from ssbench.engine.run import build_config, build_method, load_inputs
     from ssbench.engine.runtime import make_runtime
@@ -63,6 +63,8 @@ def _step_on_stand_in_device(method_name, tiny_nnunet, tmp_path, steps=2, sets=(
     method = build_method(cfg, method_cls, dataset, torch.device("cpu"), inputs).to(device)
     optimizer = make_optimizer(method, cfg.train, runtime)
     samplers = make_samplers(method_cls, cfg, inputs.pools, runtime)
+    if setup is not None:
+        setup(method)
     sums = {}
     with HostSyncRecorder() as rec:
         for it in range(steps):

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_line
 from ssbench.errors import UserError
 from ssbench.methods.sss.dfe import DFE, DFEBlock
 from ssbench.methods.sss.pcsw import component, continuity, largest_slice, pcsw, slice_boxes, window_lengths
+
+pytestmark = pytest.mark.usefixtures("sam2_once")  # SAM-2 built once per session (conftest)
 
 
 # --- PCSW ---------------------------------------------------------------------------------------------------
@@ -49,7 +52,18 @@ def test_first_continuous_window_wins_with_its_largest_slice():
     assert prompt.window == (1, 4)
     assert prompt.slice_index in (2, 3)
     assert prompt.box == (6.0, 5.0, 11.0, 9.0)  # x_min, y_min, x_max, y_max of the component on that slice
-    assert prompt.point == (8.5, 7.0)
+    assert prompt.point == (8.0, 7.0)  # the structure's pixel nearest to the box centre (8.5, 7), first of a tie
+
+
+def test_pcsw_point_lies_on_a_ring():
+    """A myocardium-like ring: the box centre lies in the hole (the left ventricle); the point is on the ring."""
+    p = _stack(s=4)
+    yy, xx = np.mgrid[:20, :20]
+    ring = ((yy - 10) ** 2 + (xx - 10) ** 2 <= 36) & ((yy - 10) ** 2 + (xx - 10) ** 2 >= 9)
+    p[:, ring] = 0.9
+    for prompt in (pcsw(p), pcsw(p, threshold=1.01)):  # a window hit and the largest-slice fallback
+        x, y = prompt.point
+        assert ring[int(y), int(x)] and prompt.point != (10.0, 10.0), prompt
 
 
 def test_threshold_controls_the_hit():
@@ -72,7 +86,8 @@ def test_fallback_largest_slice_and_empty():
     assert prompt.source == "largest-slice" and prompt.slice_index == 4
     ys, xs = np.nonzero(p[4] > 0.5)
     assert prompt.box == (xs.min(), ys.min(), xs.max(), ys.max())
-    assert prompt.point == pytest.approx((xs.mean(), ys.mean()))
+    nearest = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2)  # the foreground pixel nearest the centroid
+    assert prompt.point == (xs[nearest], ys[nearest])
     empty = pcsw(_stack(h=20, w=30))
     assert empty.source == "empty" and empty.box == (0.0, 0.0, 29.0, 19.0) and empty.point == (14.5, 9.5)
 
@@ -141,16 +156,16 @@ def test_dfe_shapes_at_every_scale(mode):
 
 # --- SAM-2 and the method -------------------------------------------------------------------------------------
 
-SMALL = dict(model="sam2.1_hiera_t", init="random", pcsw_refresh=2)
+SMALL = dict(model="sam2.1_hiera_t", init="random", pcsw_refresh=2, clip_length=3)  # short clips: cheap steps
 
 
-def _method(size=64, **kw):
+def _method(size=64, synthetic=False, **kw):
     from ssbench.methods.api import MethodContext
     from ssbench.methods.sss import SSS
     from ssbench.methods.sss.config import SSSConfig
 
     torch.manual_seed(0)
-    ctx = MethodContext(1, 4, size, 10, torch.device("cpu"), resize="bilinear")
+    ctx = MethodContext(1, 4, size, 10, torch.device("cpu"), synthetic, resize="bilinear")
     return SSS(SSSConfig(**{**SMALL, **kw}), ctx)
 
 
@@ -200,7 +215,7 @@ def test_input_protocol_is_sams_own():
 
     assert SSS.data_overrides("published") == {"train_size": 1024, "train_resize": "bilinear",
                                                "inference_resize": "bilinear"}
-    assert SSS.data_overrides("cpu-small")["train_size"] == 128
+    assert SSS.data_overrides("cpu-small")["train_size"] == 96
     from ssbench.methods.supervised import Supervised
 
     assert Supervised.data_overrides("published") == {}  # the UNet methods keep 256 / order 0
@@ -257,7 +272,9 @@ def test_one_training_step_changes_the_weights(variant):
     method.train()
     losses = method.training_step(lab, unl, StepInfo(0, 10))
     assert torch.isfinite(losses["loss"])
-    assert {"loss_x", "loss_mask", "loss_presence", "loss_coarse", "loss_s1", "loss_s2"} <= set(losses)
+    assert {"loss_x", "loss_mask", "loss_iou", "loss_presence", "loss_coarse", "loss_s1", "loss_s2"} <= set(losses)
+    assert {f"u_{what}_c{c}" for what in ("slots", "valid", "fg") for c in (1, 2, 3)} <= set(losses)
+    assert [float(losses[f"u_slots_c{c}"]) for c in (1, 2, 3)] == [2.0, 2.0, 2.0]  # 2 slices, every class prompted
     assert losses["loss_s1"] > 0 and losses["loss_mask"] > 0  # both branches are supervised
     opt.zero_grad()
     losses["loss"].backward()
@@ -290,6 +307,65 @@ def test_unlabeled_slices_without_the_structure_get_no_loss():
     method.train()
     losses = method.training_step(lab, unl, StepInfo(0, 10))
     assert losses["loss_s1"] == 0 and losses["loss_s2"] == 0 and losses["conf_ratio"] == 0
+    assert all(losses[f"u_slots_c{c}"] == 0 and losses[f"u_fg_c{c}"] == 0 for c in (1, 2, 3))  # inactive, visibly
+
+
+def test_activity_cannot_read_high_when_no_foreground_is_confident():
+    """The teacher confidently says background around an unconfident foreground: nothing of the structure is
+    taught, and conf_ratio says 0 (the fraction of all confident pixels, its old definition, read ~0.9 here)."""
+    from ssbench.methods.sss.consistency import activity
+
+    n, k, s = 2, 3, 16
+    probs = torch.full((n * k, s, s), 0.01)  # background, confident
+    probs[:, 4:8, 4:8] = 0.7  # foreground (pseudo-label 1), not confident at 0.95
+    pseudo, pixels = probs > 0.5, torch.maximum(probs, 1 - probs) >= 0.95
+    slots = torch.tensor([True, False, False, True, True, False])  # image 0: class 1; image 1: classes 1, 2
+    there, presences = torch.ones(n * k, dtype=torch.bool), slots.clone()
+    out = activity(pseudo, pixels, there, presences, slots, n, k)
+    assert pixels[slots].float().mean() > 0.9  # what conf_ratio used to report
+    assert float(out["conf_ratio"]) == 0 and all(float(out[f"u_fg_c{c}"]) == 0 for c in (1, 2, 3))
+    assert [float(out[f"u_slots_c{c}"]) for c in (1, 2, 3)] == [2.0, 1.0, 0.0]
+    assert [float(out[f"u_valid_c{c}"]) for c in (1, 2, 3)] == [1.0, 1.0, 0.0]
+    probs[:, 4:8, 4:8] = 0.99  # now confident: taught, and said so
+    probs[4, 8:12, 4:8] = 0.99  # image 1, class 2: twice the foreground
+    pseudo, pixels = probs > 0.5, torch.maximum(probs, 1 - probs) >= 0.95
+    out = activity(pseudo, pixels, there, presences, slots, n, k)
+    assert float(out["conf_ratio"]) == 1 and float(out["u_fg_c1"]) == pytest.approx(16 / 256)
+    assert float(out["u_fg_c2"]) == pytest.approx(32 / 256) and float(out["u_fg_c3"]) == 0  # per class
+
+
+def test_predict_treats_a_batch_as_separate_slices():
+    """The Method API's predict takes slices that need not be one volume: each is decoded as its own; a volume's
+    slices go through predict_volume."""
+    method = _method()
+    with torch.no_grad():
+        method.student.sam.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(20.0)
+        method.student.coarse.fuse[-1].bias.copy_(torch.tensor([-5.0, 5.0, -5.0, -5.0]))  # class 1 everywhere
+    method.eval()
+    x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    together = method.predict(x)
+    for i in range(3):
+        torch.testing.assert_close(together[i : i + 1], method.predict_volume(x[i : i + 1]))
+    assert not torch.equal(together, method.predict_volume(x))  # a volume is propagated through memory
+
+
+def test_video_predictor_postprocessing_is_a_recorded_option():
+    """sss.postprocess (on: SAM-2's video predictor, as MedSAM-2 builds it): the stability fallback in the mask
+    decoder and holes up to 8 low-resolution pixels filled (8-connected background components, as SAM-2's kernel)."""
+    from ssbench.methods.sss.sam2_net import fill_holes
+
+    on, off = _method(), _method(postprocess=False)
+    assert on.student.sam.sam_mask_decoder.dynamic_multimask_via_stability and on.fill_hole_area == 8
+    assert not off.student.sam.sam_mask_decoder.dynamic_multimask_via_stability and off.fill_hole_area == 0
+    logits = torch.full((1, 1, 12, 12), 5.0)
+    logits[0, 0, 6:8, 1:3] = -1.0  # a hole of 4 pixels: filled
+    logits[0, 0, 8:11, 6:9] = -1.0  # a hole of 9 pixels: kept
+    logits[0, 0, 0:3, 0:6] = -1.0  # a background region of 18 pixels ...
+    logits[0, 0, 3, 6] = -1.0  # ... and a pixel touching it diagonally: 8-connected to it, so not a hole
+    filled = fill_holes(logits, 8)
+    assert (filled[0, 0, 6:8, 1:3] == 0.1).all() and (filled[0, 0, 8:11, 6:9] == -1.0).all()
+    assert filled[0, 0, 3, 6] == -1.0 and (filled > 0).sum() == 144 - 9 - 18 - 1
+    assert torch.equal(fill_holes(torch.full((1, 1, 4, 4), -1024.0), 8), torch.full((1, 1, 4, 4), -1024.0))
 
 
 def test_point_prompts_in_training_lie_on_the_structure():
@@ -358,33 +434,38 @@ def test_unlabeled_volume_prompts_from_native_slices_of_any_shape():
 
 @pytest.mark.slow
 def test_sss_run_on_real_format_data_and_offline_reevaluation(tmp_path, bhsd_phantom, cli, monkeypatch):
-    """An SSS run on data given by --data-root (data.synthetic false: the published recipe and input protocol),
-    then `ssbench eval` with the network gone and no SAM-2 checkpoint anywhere: it rebuilds SSS from the run's own
+    """An SSS run on data given by --data-root (data.synthetic false: the published recipe and input protocol)
+    whose pretrained checkpoint is downloaded by the run: config.yaml records the downloaded file's SHA-256. Then
+    `ssbench eval` with the network gone and no SAM-2 checkpoint anywhere: it rebuilds SSS from the run's own
     checkpoint and reproduces the run's per-case metrics."""
-    import json
+    import shutil
 
     import pandas as pd
     import yaml
 
     from ssbench.engine.run import RunRequest, execute
+    from ssbench.methods.sss import sam2_net
 
-    def offline(url, dst, progress=True):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    sets = ("sss.init=random", "data.train_size=64", "train.batch_labeled=1", "train.batch_unlabeled=1",
-            "train.eval_batch=32")
+    official = tmp_path / "official.pt"
+    sam2_net.save_official(sam2_net.build("sam2.1_hiera_t", 64, torch.device("cpu")), official)
+    monkeypatch.setenv("SSBENCH_CACHE", str(tmp_path / "cache"))  # no checkpoint there: the run downloads it
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, progress=True: shutil.copy(official, dst))
+    sets = ("sss.model=sam2.1_hiera_t", "data.train_size=64", "train.batch_labeled=1", "train.batch_unlabeled=1",
+            "train.eval_batch=32", "sss.clip_length=3")
     run = execute(RunRequest(method="sss", dataset="bhsd", data_root=str(bhsd_phantom), split="10%", iters=1,
                              sets=sets, out=str(tmp_path), device="cpu", quiet=True))
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["data"]["synthetic"] is False and cfg["train"]["recipe"] == "published"
     assert cfg["data"]["train_resize"] == "bilinear" and cfg["data"]["inference_resize"] == "bilinear"
     assert "image_size" not in cfg["sss"] and cfg["sss"]["memory"] is True
-    info = json.loads((run / "run.json").read_text())
-    assert any("randomly initialised (sss.init=random)" in w for w in info["warnings"])
+    assert cfg["sss"]["init"] == "pretrained" and cfg["sss"]["checkpoint_sha256"] == sam2_net.checkpoint_sha256(official)
+    assert run.parent.parent.name == "sss@model=sam2.1_hiera_t,clip_length=3"  # the hash names no folder
     frame = pd.read_csv(run / "metrics_per_case.csv")
     assert len(frame) == 20 * 5 * 2  # test volumes x classes x checkpoints
-    assert run.parent.parent.name == "sss@init=random"  # set away from the recipe: its own folder
+    log = pd.read_csv(run / "train_log.csv")
+    assert {"conf_ratio", "u_slots_c1", "u_valid_c5", "u_fg_c3", "loss_iou"} <= set(log.columns)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    shutil.rmtree(tmp_path / "cache")
     code, _, err = cli("eval", run, "--hd-units", "voxel", "--device", "cpu")
     assert code == 0, err
     again = pd.read_csv(run / "evals" / "worst-voxel" / "metrics_per_case.csv")
@@ -393,6 +474,69 @@ def test_sss_run_on_real_format_data_and_offline_reevaluation(tmp_path, bhsd_pha
     merged = frame.merge(again, on=key, suffixes=("", "_eval"))
     bad = merged[merged["dice"].ne(merged["dice_eval"]) & ~(merged["dice"].isna() & merged["dice_eval"].isna())]
     assert bad.empty, bad.head(8).to_string()  # the same predictions, rebuilt offline
+
+
+def _sss_config(*sets):
+    from ssbench.engine.run import RunRequest, build_config, run_dir_for
+
+    cfg, _, _ = build_config(RunRequest(method="sss", sets=sets))
+    return cfg, run_dir_for(cfg, "results")
+
+
+def test_a_random_fallback_is_recorded_as_random(acdc_phantom, tmp_path, monkeypatch):
+    """On the embedded phantom a missing checkpoint falls back to random weights: the config says so, with its
+    own hash and folder; with the checkpoint in the cache the run is pretrained and records the file's SHA-256."""
+    import hashlib
+
+    monkeypatch.setenv("SSBENCH_CACHE", str(tmp_path))
+    (tmp_path / acdc_phantom.name).symlink_to(acdc_phantom)  # the same phantom, in a cache without SAM-2 weights
+    fallback, folder = _sss_config()
+    assert fallback.method_config.init == "random" and fallback.method_config.checkpoint_sha256 is None
+    assert folder.parent.parent.name == "sss@init=random"
+    assert fallback.to_dict()["sss"]["init"] == "random"
+    explicit, same = _sss_config("sss.init=random")  # the same training as asking for random weights
+    assert explicit.hash() == fallback.hash() and same == folder
+    ckpt = tmp_path / "sam2" / "sam2.1_hiera_tiny.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"stand-in for the official file")
+    pretrained, plain = _sss_config()
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert pretrained.method_config.init == "pretrained" and pretrained.method_config.checkpoint_sha256 == sha
+    assert plain.parent.parent.name == "sss" and pretrained.hash() != fallback.hash()
+    assert pretrained.to_dict()["sss"]["checkpoint_sha256"] == sha
+    with pytest.raises(UserError, match=f"sss.checkpoint_sha256 abc: the checkpoint .*has SHA-256 {sha}"):
+        _sss_config("sss.checkpoint_sha256=abc")
+    ckpt.write_bytes(b"another file")  # another checkpoint: another hash, the same folder
+    other, again = _sss_config()
+    assert other.hash() != pretrained.hash() and again == plain
+
+
+def test_fallback_warning_names_the_missing_checkpoint(tmp_path):
+    method = _method(cache_dir=str(tmp_path), synthetic=True)
+    assert "randomly initialised (sss.init=random)" in method.warnings[0]
+    assert str(tmp_path / "sam2.1_hiera_tiny.pt") in method.warnings[0]
+
+
+def test_settings_sss_does_not_use_are_not_recorded_and_refused(acdc_phantom, cli):
+    """SSS augments its own inputs and trains with AdamW: train.augment and train.momentum do not act, so its
+    config leaves them out (and --set refuses them); a method that uses them records them."""
+    from ssbench.engine.run import RunRequest, build_config
+
+    cfg, _ = _sss_config()
+    assert "augment" not in cfg.to_dict()["train"] and "momentum" not in cfg.to_dict()["train"]
+    sup, _, _ = build_config(RunRequest(method="supervised"))
+    assert {"augment", "momentum"} <= set(sup.to_dict()["train"])
+    code, _, err = cli("config", "--method", "sss", "--set", "train.momentum=0.5")
+    one_line(code, err, "--set train.momentum", "does not act in a sss run")
+    code, _, err = cli("config", "--method", "sss", "--set", "train.augment=none")
+    one_line(code, err, "--set train.augment", "does not act in a sss run")
+    code, out, err = cli("config", "--method", "sss", "--set", "train.optimizer=sgd", "--set", "train.momentum=0.5")
+    assert code == 0 and "momentum: 0.5" in out and "augment" not in out, err
+
+
+def test_an_untrained_coarse_head_is_refused(acdc_phantom, cli):
+    code, _, err = cli("config", "--method", "sss", "--set", "sss.train_coarse_head=false")
+    one_line(code, err, "sss.train_coarse_head=false", "PCSW prompts from the coarse head")
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -412,3 +556,25 @@ def test_prompt_boxes_follow_the_weak_crop(flip):
     p = crop.point(point, size).round().long()
     assert moved[p[1], p[0]]
     assert crop.box(torch.tensor([0.0, 0.0, 5.0, 5.0]), size) is None  # cropped away: the structure is not there
+
+
+def test_sss_training_step_waits_for_the_device_only_where_listed(tiny_nnunet, tmp_path):
+    """SSS's step on the stand-in device (tests/test_gpu_paths.py): labeled clips resized, cropped and prompted on
+    the device, the unlabeled prompts cached there, losses as weighted means. What remains is SAM-2's own memory
+    read, which builds the object pointers' temporal positions on the host (sam2_base.py ``torch.tensor(pos_list)
+    .to(device, non_blocking=True)``) once per propagated slice of a labeled clip: clip length - 1 per step. The
+    prompts' re-propagation (every sss.pcsw_refresh iterations per unlabeled volume) is outside this record: the
+    cache is filled first."""
+    from ssbench.methods.sss.sequence import SlicePrompts
+    from test_gpu_paths import _step_on_stand_in_device
+
+    def fill_cache(method):
+        for cid, vol in method.unlabeled.items():
+            d, device = vol.shape[0], method.student.sam.maskmem_tpos_enc.device
+            boxes = torch.tensor([[4.0, 4, 20, 20], [8, 8, 24, 24], [2, 12, 14, 28]]).expand(d, 3, 4).to(device)
+            method.cache[cid] = (SlicePrompts(boxes, boxes[..., :2], torch.ones(d, 3, dtype=torch.bool).to(device)), 0)
+
+    sets = ("sss.model=sam2.1_hiera_t", "sss.init=random", "sss.clip_length=3", "sss.pcsw_refresh=1000")
+    rec = _step_on_stand_in_device("sss", tiny_nnunet, tmp_path, steps=2, sets=sets, setup=fill_cache)
+    expected = "host-to-device copy (aten._to_copy.default, non_blocking)"
+    assert [str(e).split(" at ")[0] for e in rec.events] == [expected] * 2 * (3 - 1), "\n" + rec.report()

@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
+pytestmark = pytest.mark.usefixtures("sam2_once")  # SAM-2 built once per session (conftest)
+
 
 def _steps(n=2):
     from ssbench.methods.api import StepInfo
@@ -56,7 +58,7 @@ RUN = """
 import sys
 from ssbench.engine.run import RunRequest, execute
 sets = ("data.train_size=64", "train.val_every=2", "train.batch_labeled=2", "train.batch_unlabeled=2",
-        "train.eval_batch=32", "sss.pcsw_refresh=1")
+        "train.eval_batch=32", "sss.pcsw_refresh=1", "sss.clip_length=3")  # short clips: the test is about repeats
 print(execute(RunRequest(method="sss", dataset="bhsd", split="10%", iters=4, sets=sets, out=sys.argv[1], device="cpu",
                          quiet=True)))
 """

@@ -14,6 +14,8 @@ from torch import nn
 from ssbench.methods.sss.pcsw import component, pcsw, slice_boxes
 from ssbench.methods.sss.sam2_net import NO_OBJECT
 
+pytestmark = pytest.mark.usefixtures("sam2_once")  # SAM-2 built once per session (conftest)
+
 S, D = 64, 7
 
 
@@ -43,7 +45,9 @@ def coarse_map(regions: dict[int, tuple[range, tuple[slice, slice]]]) -> torch.T
 REGIONS = {1: (range(1, 4), (slice(10, 30), slice(8, 26))), 2: (range(3, 7), (slice(34, 54), slice(30, 50)))}
 
 
-def make(coarse: torch.Tensor, **kw):
+def make(coarse: torch.Tensor | None, **kw):
+    """The method with random SAM-2 weights; ``coarse``: the fixed coarse map PCSW reads (None: the trained head,
+    as the labeled clips need)."""
     from ssbench.methods.api import MethodContext
     from ssbench.methods.sss import SSS
     from ssbench.methods.sss.config import SSSConfig
@@ -51,7 +55,8 @@ def make(coarse: torch.Tensor, **kw):
     torch.manual_seed(0)
     ctx = MethodContext(1, 4, S, 10, torch.device("cpu"), resize="bilinear")
     method = SSS(SSSConfig(**{"model": "sam2.1_hiera_t", "init": "random", **kw}), ctx)
-    method.student.coarse = FixedCoarse(coarse)
+    if coarse is not None:
+        method.student.coarse = FixedCoarse(coarse)
     method.eval()
     return method
 
@@ -212,24 +217,32 @@ def test_test_labels_change_no_prediction():
     assert not np.array_equal(preds[0], other) and preds[0].any()
 
 
-def test_training_clip_prompts_present_and_absent_classes():
-    """A labeled clip starts at the drawn slice; present classes get their ground-truth box, an absent one a decoy
-    (its box on the nearest slice that holds it), a class absent from the volume a random box."""
-    from ssbench.methods.sss.clips import LabeledVolume, draw_clip
-    from ssbench.methods.sss.geometry import Crop, mask_box
+def _clip_volume():
+    """6 slices: class 1 on slices 2-3, class 2 on 4-5, class 3 nowhere."""
+    from ssbench.methods.sss.clips import LabeledVolume
 
     label = np.zeros((6, 64, 64), np.uint8)
     label[2:4, 10:20, 12:30] = 1
     label[4:6, 40:50, 30:44] = 2
-    vol = LabeledVolume.of(np.random.default_rng(0).random((6, 64, 64)).astype(np.float32), label, 3)
+    return LabeledVolume.of(np.random.default_rng(0).random((6, 64, 64)).astype(np.float32), label, 3), label
+
+
+def test_training_clip_prompts_present_and_absent_classes():
+    """A labeled clip starts at the drawn slice; present classes get their ground-truth box, an absent one a decoy
+    (its box on the nearest slice that holds it), a class absent from the volume a random box."""
+    from ssbench.methods.sss.clips import draw_clip
+    from ssbench.methods.sss.geometry import Crop, mask_box
+
+    vol, label = _clip_volume()
     torch.manual_seed(3)
     crop = Crop.random(64, (1.0, 1.0))  # the first draw of the clip's crop with this seed
     torch.manual_seed(3)
-    images, labels, boxes, points = draw_clip(vol, 2, 2, 64, "bilinear", (1.0, 1.0), decoys=True)
+    images, labels, boxes, points, present = draw_clip(vol, 2, 2, 64, "bilinear", (1.0, 1.0))
     assert images.shape == (2, 1, 64, 64) and labels.shape == (2, 64, 64)
     flip = crop.flip
     expected_label = torch.from_numpy(label[2:4].astype(np.int64))
     assert torch.equal(labels, expected_label.flip(-1) if flip else expected_label)
+    assert present.tolist() == [True, False, False]
     torch.testing.assert_close(boxes[0], mask_box(labels[0] == 1))  # class 1 there: its GT box
     decoy = crop.box(mask_box(torch.from_numpy(label[4] == 2)), 64)  # class 2: nearest holding slice, 4
     torch.testing.assert_close(boxes[1], decoy)
@@ -238,29 +251,158 @@ def test_training_clip_prompts_present_and_absent_classes():
     assert 0 <= b[0] < b[2] <= 63 and 0 <= b[1] < b[3] <= 63
     assert labels[0][int(points[0, 1]), int(points[0, 0])] == 1  # the point lies on the structure
     # the clip is moved back to fit the volume
-    _, late, _, _ = draw_clip(vol, 5, 2, 64, "bilinear", (1.0, 1.0), decoys=True)
+    late = draw_clip(vol, 5, 2, 64, "bilinear", (1.0, 1.0))[1]
     assert (late == 2).any(dim=(1, 2)).tolist() == [True, True]
+    # a clip down the volume: slices 3, 2, 1 in that order, prompted on slice 3
+    down = draw_clip(vol, 3, 3, 64, "bilinear", (1.0, 1.0), backward=True)
+    holds = (down[1] == 1).any(dim=(1, 2)).tolist()
+    assert holds == [True, True, False] and down[4].tolist() == [True, False, False]
+    assert draw_clip(vol, 1, 3, 64, "bilinear", (1.0, 1.0), backward=True)[1].shape[0] == 3  # moved up to fit
+
+
+def test_clips_run_both_ways_unless_forward():
+    method = make(None, clip_length=3)
+    vol, label = _clip_volume()
+    from ssbench.methods.api import Batch
+
+    method.labeled = {"v": vol}
+    batch = Batch(torch.zeros(1, 1, S, S), torch.zeros(1, S, S, dtype=torch.long), ["v"], [2])
+    orders = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        holds = (method._labeled_clips(batch).labels[0] == 1).any(dim=(1, 2)).tolist()
+        orders.add(tuple(holds))  # up from 2: slices 2, 3, 4 -> T T F; down: 2, 1, 0 -> T F F
+    assert orders == {(True, True, False), (True, False, False)}
+    forward = make(coarse_map(REGIONS), clip_length=3, clip_directions="forward")
+    forward.labeled = {"v": vol}
+    for seed in range(6):
+        torch.manual_seed(seed)
+        assert (forward._labeled_clips(batch).labels[0] == 1).any(dim=(1, 2)).tolist() == [True, True, False]
+
+
+def _clip_batch(length: int, n: int = 1):
+    """n clips of ``length`` slices: class 1 on every slice, class 2 absent from the first slice and present on the
+    others, class 3 nowhere."""
+    from ssbench.methods.sss.clips import ClipBatch
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.zeros(n, length, S, S, dtype=torch.long)
+    labels[:, :, 10:30, 10:30] = 1
+    labels[:, 1:, 36:56, 30:50] = 2
+    boxes = torch.tensor([[[10.0, 10, 29, 29], [30, 30, 50, 50], [5, 40, 20, 60]]] * n)
+    present = torch.tensor([[True, False, False]] * n)
+    return ClipBatch(torch.rand(n, length, 1, S, S, generator=g), labels, boxes, boxes[..., :2], present)
 
 
 def test_clip_losses_train_memory_and_object_score():
-    """One clip step: the memory modules and the object-score head get gradients; absent classes are supervised
-    to absent."""
-    from ssbench.methods.sss.clips import ClipBatch, clip_losses
+    """One clip step: a prompted first slice, then memory; every class decoded; the memory modules and the
+    object-score head get gradients."""
+    from ssbench.methods.sss.clips import clip_losses
 
-    method = make(coarse_map(REGIONS))
+    method = make(None)
     method.train()
-    torch.manual_seed(0)
-    labels = torch.zeros(2, 2, S, S, dtype=torch.long)
-    labels[:, :, 10:30, 10:30] = 1
-    boxes = torch.tensor([[[10.0, 10, 29, 29], [30, 30, 50, 50], [5, 40, 20, 60]]] * 2)
-    batch = ClipBatch(torch.rand(2, 2, 1, S, S), labels, boxes, boxes[..., :2])
+    batch = _clip_batch(2, n=2)
     sam = method.student.sam
-    spy = DecoderSpy(sam, batch.images[0])  # records presence targets implicitly via the calls
-    losses = clip_losses(method.student, batch, with_point=False, train_coarse=False)
+    spy = DecoderSpy(sam, batch.images[0])
+    losses = clip_losses(method.student, batch, with_point=False, absent_prompts=True)
     spy.close()
     assert len(spy.calls) == 2 and spy.calls[0][1] and not spy.calls[1][1]  # prompted first slice, then memory
-    assert len(spy.calls[0][0]) == 6  # 2 clips x 3 classes, absent ones included
+    assert len(spy.calls[0][0]) == 6  # 2 clips x 3 classes, absent ones included (weighted 0 where untracked)
     sum(losses.values()).backward()
     for part in ("memory_attention", "memory_encoder", "sam_mask_decoder.pred_obj_score_head"):
         grads = [p.grad for n, p in sam.named_parameters() if n.startswith(part)]
         assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), part
+
+
+def _losses(method, batch, absent_prompts: bool) -> dict:
+    from ssbench.methods.sss.clips import clip_losses
+
+    torch.manual_seed(0)  # the same dropout in memory attention
+    out = clip_losses(method.student, batch, with_point=False, absent_prompts=absent_prompts)
+    return {k: float(v.detach()) for k, v in out.items() if k != "loss_coarse"}  # the coarse head learns every class
+
+
+@pytest.mark.parametrize("absent_prompts", [True, False])
+def test_a_class_absent_from_the_prompted_slice_is_not_tracked(absent_prompts):
+    """MedSAM-2 tracks only the prompted slice's objects. Class 2 (absent from slice 0, present on 1 and 2): what
+    the later slices say about it changes no loss; its decoy box matters (the presence head learns "not here" under
+    it) only with absent_prompts; without, it is not prompted at all."""
+    method = make(None)
+    method.train()
+    batch = _clip_batch(3)
+    base = _losses(method, batch, absent_prompts)
+    gone = _clip_batch(3)
+    gone.labels[gone.labels == 2] = 0  # class 2 nowhere on the later slices
+    assert _losses(method, gone, absent_prompts) == base
+    moved = _clip_batch(3)
+    moved.boxes[0, 1] = torch.tensor([2.0, 2, 60, 60])  # another decoy box for class 2
+    assert (_losses(method, moved, absent_prompts) == base) is (not absent_prompts)
+
+
+def _slots_with_gradient(sam) -> set[int]:
+    g = sam.maskmem_tpos_enc.grad
+    return set() if g is None else {i for i in range(len(g)) if g[i].abs().sum() > 0}
+
+
+@pytest.fixture(scope="module")
+def trained_clip():
+    """One labeled step on a clip of the default length (8 slices) and what evaluation reads on a 10-slice volume:
+    (the model after the step's backward, the memory slots evaluation reads)."""
+    from ssbench.methods.sss import sam2_net, sequence
+    from ssbench.methods.sss.clips import clip_losses
+
+    method = make(None)
+    sam = method.student.sam
+    with torch.no_grad():  # every object decoded "present": evaluation reads all of its memory
+        sam.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(20.0)
+    # evaluation: a 10-slice volume, one class prompted on the first slice (read forward), one on the last (read
+    # backward); the memory slots it reads are those its outputs depend on
+    x = torch.rand(10, 1, S, S, generator=torch.Generator().manual_seed(1))
+    prompts = [sequence.ClassPrompt(0, (10.0, 10, 30, 30), (20.0, 20)), sequence.ClassPrompt(9, (20.0, 20, 40, 40),
+                                                                                           (30.0, 30))]
+    logits, scores = sequence.propagate(sam, sam2_net.encode(sam, x), prompts, with_point=False)
+    (logits.clamp(-50, 50).sum() + scores.sum()).backward()
+    read = _slots_with_gradient(sam)
+    method.zero_grad(set_to_none=True)
+    method.train()
+    batch = _clip_batch(method.config.clip_length)  # the default length (8)
+    sum(clip_losses(method.student, batch, with_point=False, absent_prompts=True).values()).backward()
+    return method, read
+
+
+def test_every_memory_slot_evaluation_reads_is_trained(trained_clip):
+    """Evaluation reads the prompt's memory and the 6 propagated slices before the current one (both directions
+    read the same slots): all 7 temporal slots. An 8-slice clip trains each of them (2-slice clips trained one)."""
+    method, read = trained_clip
+    sam = method.student.sam
+    assert read == set(range(sam.num_maskmem))
+    assert read <= _slots_with_gradient(sam)
+    proj = [p.grad for p in sam.obj_ptr_tpos_proj.parameters()]  # the object pointers' temporal distances
+    assert proj and all(g is not None and g.abs().sum() > 0 for g in proj)
+
+
+def test_mask_choice_is_trained_as_sam2_trains_it(trained_clip):
+    """Propagated slices are decoded as 3 candidate masks and the one with the highest predicted IoU is kept: the
+    IoU head is trained (it had no gradient at all)."""
+    method, _ = trained_clip
+    sam = method.student.sam
+    assert sam.multimask_output_for_tracking and sam._use_multimask(False, None)  # 3 candidates when propagating
+    grads = [p.grad for p in sam.sam_mask_decoder.iou_prediction_head.parameters()]
+    assert grads and all(g is not None for g in grads) and all(g.abs().sum() > 0 for g in grads)
+
+
+def test_only_the_lowest_loss_candidate_is_back_propagated():
+    from ssbench.methods.sss.losses import best_mask_losses, iou_losses
+
+    target = torch.zeros(2, 8, 8, dtype=torch.bool)
+    target[:, 2:6, 2:6] = True
+    logits = torch.full((2, 3, 8, 8), -4.0)
+    logits[0, 1, 2:6, 2:6] = 4.0  # object 0: candidate 1 fits
+    logits[1, 2, 2:6, 2:7] = 4.0  # object 1: candidate 2 nearly fits
+    logits.requires_grad_(True)
+    best_mask_losses(logits, target).sum().backward()
+    touched = logits.grad.flatten(2).abs().sum(-1) > 0
+    assert touched.tolist() == [[False, True, False], [False, False, True]]
+    ious = torch.tensor([[0.5, 1.0, 0.0], [0.0, 0.0, 0.8]])
+    actual = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 16 / 20]])  # each candidate's IoU with the target
+    torch.testing.assert_close(iou_losses(logits.detach(), target, ious), (ious - actual).abs().mean(1))

@@ -136,6 +136,7 @@ class RunConfig:
     method_name: str
     variant: str = ""  # method fields set away from the recipe, e.g. 'dfe=false' (derived; names the folder)
     protocol_variant: str = ""  # evaluation protocol away from the recipe, e.g. 'legacy-valtest' (derived)
+    unused: tuple[str, ...] = ()  # shared fields that do not act in this run (derived; not recorded): unused_fields
 
     def sections(self) -> dict:
         return {
@@ -148,6 +149,9 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         out = {name: to_dict(section) for name, section in self.sections().items()}
+        for dotted in self.unused:
+            section, _, key = dotted.partition(".")
+            out[section].pop(key, None)
         out["method"] = self.method_name
         return out
 
@@ -191,11 +195,24 @@ class RunConfig:
         extra = set(d) - known
         if extra:
             raise ConfigError(f"config: unknown section {sorted(extra)[0]!r}")
+        train = from_dict(TrainConfig, d.get("train", {}), "train")
         return cls(
             data=data,
-            train=from_dict(TrainConfig, d.get("train", {}), "train"),
+            train=train,
             eval=from_dict(MetricPolicy, d.get("eval", {}), "eval"),
             dataset_options=from_dict(dataset_cls.Options, d.get(data.dataset, {}), data.dataset),
             method_config=from_dict(method_cls.Config, d.get(method_name, {}), method_name),
             method_name=method_name,
+            unused=unused_fields(method_cls, train),
         )
+
+
+def unused_fields(method_cls, train: TrainConfig) -> tuple[str, ...]:
+    """Shared fields that cannot act in a run of ``method_cls`` with ``train``: left out of its config.yaml and hash
+    (and refused on the command line), so that the record lists only what shaped the run."""
+    out = []
+    if train.optimizer != "sgd":
+        out.append("train.momentum")  # AdamW has no momentum field (its betas are PyTorch's defaults)
+    if not method_cls.engine_weak_augmentation:
+        out.append("train.augment")  # the method augments its own inputs
+    return tuple(out)

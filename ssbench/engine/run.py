@@ -24,7 +24,7 @@ from ssbench.atomic import make_dirs, write_csv, write_json, write_text, write_y
 from ssbench.config import from_dict, to_dict
 from ssbench.datasets.base import check_case
 from ssbench.engine.config import (CPU_SMALL, CPU_SMALL_TRAIN_SIZE, SET_BY_ENGINE, DataConfig, RunConfig,
-                                   TrainConfig)
+                                   TrainConfig, unused_fields)
 from ssbench.errors import ConfigError, UserError
 from ssbench.metrics.evaluation import MetricPolicy
 from ssbench.splits import split_tag
@@ -122,6 +122,12 @@ def build_config(req: RunRequest):
     # What depends on this machine (e.g. whether pretrained weights are there) as it will run: recorded, so that
     # the config, its hash and the folder say what ran (Method.resolve_config).
     cfg = dataclasses.replace(cfg, method_config=method_cls.resolve_config(cfg.method_config, cfg.data.synthetic))
+    cfg = dataclasses.replace(cfg, unused=unused_fields(method_cls, cfg.train))
+    for item in req.sets:
+        key = item.partition("=")[0].strip()
+        if key in cfg.unused:
+            raise ConfigError(f"--set {key}: does not act in a {cfg.method_name} run with train.optimizer="
+                              f"{cfg.train.optimizer} (so its config does not record it)")
     _check_values(cfg.check(), method_cls)
     cfg = dataclasses.replace(cfg, variant=variant_tag(recipe.method_config, cfg.method_config),
                               protocol_variant=protocol_tag(recipe, cfg))
@@ -130,9 +136,13 @@ def build_config(req: RunRequest):
 
 
 def variant_tag(recipe_config, config) -> str:
-    """'dfe=false,pcsw=false' for the method fields set away from the recipe (an ablation gets its own folder)."""
+    """'dfe=false,pcsw=false' for the method fields set away from the recipe (an ablation gets its own folder).
+    Fields the Config lists in ``resolved_fields`` (e.g. a checkpoint's hash) are recorded but name nothing."""
     parts = []
+    resolved = getattr(type(config), "resolved_fields", ())
     for f in dataclasses.fields(config):
+        if f.name in resolved:
+            continue
         a, b = getattr(recipe_config, f.name), getattr(config, f.name)
         if a != b:
             text = ",".join(map(str, b)) if isinstance(b, tuple) else str(b)
@@ -348,6 +358,8 @@ def execute(req: RunRequest, console=None) -> Path:
             _barrier(world)
             return final_dir
     method = build_method(cfg, method_cls, dataset, device, inputs)
+    # resolved again now that the method holds its weights (a download may have completed): what config.yaml records
+    cfg = dataclasses.replace(cfg, method_config=method_cls.resolve_config(cfg.method_config, cfg.data.synthetic))
     if rank > 0:  # model-side randomness (dropout, strong views) differs per rank; rank 0 keeps the 1-process stream
         torch.manual_seed(cfg.train.seed + rank)
     for w in method.warnings:

@@ -123,7 +123,10 @@ class Method(nn.Module):
         (e.g. whether pretrained weights are there) set to that value, so that config.yaml, its hash and the run's
         folder say what ran (UniMatch V2 without DINOv2 weights on the embedded phantom: ``init: random``).
         ``synthetic``: the run is on the embedded phantom. Raise ``UserError`` for a run that cannot start.
-        Not called again by ``ssbench eval``. Default: the config unchanged."""
+        ``ssbench run`` calls it again once the method is built (a download may have completed: SSS records the
+        checkpoint's SHA-256 then), so it must be idempotent; ``ssbench eval`` does not call it. Fields the Config
+        lists in a ``resolved_fields`` ClassVar are recorded and hashed but do not name the run's folder.
+        Default: the config unchanged."""
         return config
 
     @classmethod

@@ -10,7 +10,9 @@ released content: README and figures); "MedSAM-2" = SuperMedIntel/Medical-SAM2, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
 
 
 @dataclass(frozen=True)
@@ -18,21 +20,39 @@ class SSSConfig:
     # --- SAM-2 (the input size is data.train_size: 1024 published, as SAM-2 and the SSS README's -image_size) ---
     model: str = "sam2_hiera_s"  # paper / SSS README: Hiera-S (-sam_config sam2_hiera_s, sam2_hiera_small.pt)
     checkpoint: str | None = None  # an official SAM-2 checkpoint file; None: the cache folder, else download
-    init: Literal["pretrained", "random"] = "pretrained"  # paper: pretrained SAM-2; random: ssbench's CPU smoke runs
+    # paper: pretrained SAM-2. The effective initialisation is recorded: on the embedded phantom without a checkpoint
+    # a run falls back to random (loudly), and its config says random, with its own hash and folder (sss@init=random)
+    init: Literal["pretrained", "random"] = "pretrained"
+    # SHA-256 of the checkpoint file a pretrained run loads: resolved and recorded by ssbench (part of the config
+    # hash, not of the folder name); set it to require exactly that file
+    checkpoint_sha256: str | None = None
     cache_dir: str | None = None  # ssbench: default ~/.cache/ssbench/sam2 (or $SSBENCH_CACHE/sam2)
 
     # --- volumes as sequences ---
     # MedSAM-2 (the paper's framework): a volume is a sequence; the prompt goes on one slice and SAM-2's memory
     # carries it through the others, forward and backward. false: the per-slice image-mode ablation (ssbench).
     memory: bool = True
-    # MedSAM-2 cfg.py:23 (-video_length 2) with cfg.py:12 / SSS README (-prompt_freq 2): labeled training clips of
-    # 2 consecutive slices, a box on the first (func_3d/function.py:86); memory=false trains on single slices.
-    clip_length: int = 2
-    # SAM-2 training/loss_fns.py:245-291: an object absent from a frame has object-score target 0 and no mask
-    # loss. ssbench: every class is prompted on the clip's first slice; one absent there gets a decoy box (its box
-    # on the nearest slice holding it, else a random box) so that "not here" is learnt under a prompt.
+    # SAM-2 (sam2.1 training config: num_frames 8): labeled training clips of 8 consecutive slices (fewer when the
+    # volume has fewer), a box on the first. 8 is the shortest clip whose last slice reads every memory slot that
+    # evaluation reads (the prompt and 6 propagated slices: num_maskmem 7). MedSAM-2 trains 2-slice clips
+    # (cfg.py -video_length 2) with its memory modules at lr 1e-8 (train_3d.py): trained memory is used instead.
+    clip_length: Annotated[int, Field(ge=1)] = 8
+    # both: each clip runs up or down the volume with p 0.5, as evaluation propagates from the prompt both ways
+    # (SAM-2's sampler option reverse_time_prob; the probability: ssbench); forward: increasing slice order only
+    clip_directions: Literal["both", "forward"] = "both"
+    # A class absent from a clip's first slice is not tracked (MedSAM-2 tracks only the prompted frame's objects).
+    # true: it gets a decoy box there (its box on the nearest slice holding it, else a random box) and presence
+    # target 0 on that slice (SAM-2 training/loss_fns.py: absent -> object score 0, no mask loss), so that "not
+    # here" is learnt under a prompt (ssbench); false: it is not prompted at all (MedSAM-2)
     absent_prompts: bool = True
     point_prompt: bool = False  # MedSAM-2 3-D / SSS README: boxes (-prompt bbox); true adds a positive point
+    # SAM-2's configs: a propagated slice is decoded as 3 masks and the one with the highest predicted IoU is kept;
+    # training back-propagates the lowest-loss one and trains the IoU head (SAM-2 loss_fns.py). false: 1 mask
+    multimask_tracking: bool = True
+    # SAM-2's video predictor (build_sam2_video_predictor, apply_postprocessing; MedSAM-2 builds it so): at
+    # evaluation a single mask below stability 0.98 falls back to the best of 3, and holes up to 8 low-res pixels
+    # are filled in the masks returned
+    postprocess: bool = True
 
     # --- DFE and PCSW (paper) ---
     dfe: bool = True
@@ -41,7 +61,9 @@ class SSSConfig:
     pcsw_threshold: float = 0.8  # paper: continuity C >= 0.8
     pcsw_connectivity: Literal[6, 26] = 6  # 6: SciPy's default (the released code); 26: what its comment says
     pcsw_refresh: int = 500  # ssbench: iterations between re-propagations of an unlabeled volume's pseudo-label prompts
-    train_coarse_head: bool = True  # ssbench: the coarse head PCSW reads is trained on labeled slices (CE + Dice)
+    # ssbench: the coarse head PCSW reads is trained on labeled slices (CE + Dice); false is refused (untrained, it
+    # finds every class absent and the unlabeled branch never acts)
+    train_coarse_head: bool = True
 
     # --- weak-to-strong consistency ---
     teacher: Literal["unimatch-v2", "released"] = "unimatch-v2"  # V2's recipe; released: own weak prediction, L = Lx + Lu
@@ -56,3 +78,14 @@ class SSSConfig:
     crop_scale: tuple[float, float] = (0.7, 1.0)  # paper: weak = crop, resize, flip; the crop's area range: ssbench
     # V2 unimatch_v2.py:255: the best checkpoint is chosen by the student's score (the EMA model is only logged)
     evaluate: Literal["student", "teacher"] = "student"
+    # the unlabeled losses' weight: 1 = the paper; 0 = SSS's labeled-only ablation (the unlabeled branch still runs
+    # and is logged, but teaches nothing: benchmarks/sss_ssl_effect.py)
+    unlabeled_weight: Annotated[float, Field(ge=0)] = 1.0
+
+    # recorded and hashed, but not part of the run folder's name (the engine's variant tag)
+    resolved_fields: ClassVar[tuple[str, ...]] = ("checkpoint_sha256",)
+
+    def __post_init__(self):
+        if not self.train_coarse_head:
+            raise ValueError("train_coarse_head=false is refused: PCSW prompts from the coarse head, which untrained "
+                             "finds every class absent, so the unlabeled branch would never act")

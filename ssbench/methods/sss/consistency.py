@@ -10,6 +10,16 @@ For the others, as UniMatch V2 (the default teacher):
   the three feature levels, V2's complementary channel dropout, decoded under the same prompts;
   loss per view = BCE + Dice on the masks + BCE on the object score.
 Teacher ``released``: the student's own weak decoding, thresholded at 0.5, every pixel kept.
+
+The slices are decoded one by one in image mode (SAM-2 without memory): the consistency signal reaches the
+sequence predictions of evaluation only through the weights the two share (image encoder, prompt encoder, mask
+decoder), never through memory attention or the memory encoder, which only the labeled clips train.
+
+What the branch did in a step is returned beside the losses (and logged): per class c, ``u_slots_c<c>`` prompted
+(slice, class) slots, ``u_valid_c<c>`` the fraction of them whose presence is confident (where the presence loss
+acts), ``u_fg_c<c>`` the fraction of their pixels that are confident foreground (the foreground the mask loss
+teaches); ``conf_ratio`` the fraction of the pseudo-labels' foreground pixels that are confident (0 when there is
+none: it cannot read high when no foreground pixel is confident).
 """
 
 from __future__ import annotations
@@ -20,16 +30,16 @@ from ssbench.methods import perturb
 from ssbench.methods.sss import sam2_net
 from ssbench.methods.sss.config import SSSConfig
 from ssbench.methods.sss.dfe import DFE
-from ssbench.methods.sss.losses import decoded_mask_loss, presence_loss
+from ssbench.methods.sss.losses import best_mask_losses, decoded, presence_losses, weighted_mean
 from ssbench.methods.sss.network import SAM2Segmenter
 from ssbench.methods.sss.sam2_net import Features
-from ssbench.methods.strong import cutmix_box, strong_view
+from ssbench.methods.strong import cutmix_boxes, strong_view
 
 CHANNELS = (32, 64, 256)  # SAM-2's feature levels as its decoder reads them
 
 
-def decode(net: SAM2Segmenter, feats: Features, prompts: dict, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image mode (no memory): every image's K prompts -> mask logits (B*K, S, S), object scores (B*K,)."""
+def decode(net: SAM2Segmenter, feats: Features, prompts: dict, k: int) -> sam2_net.Frame:
+    """Image mode (no memory): every image's K prompts -> one frame of B*K objects."""
     return sam2_net.track(net.sam, feats.repeat(k), 0, sam2_net.new_memory(), 1, prompts, store=False)
 
 
@@ -52,15 +62,14 @@ def unlabeled_losses(student: SAM2Segmenter, teacher: SAM2Segmenter | None, dfe:
     feats_w = student.encode(x_w)
     with torch.no_grad():
         if teacher is not None:
-            logits_t, scores_t = decode(teacher, teacher.encode(x_w), prompts, k)
+            weak = decode(teacher, teacher.encode(x_w), prompts, k)
         else:
-            detached = Features([m.detach() for m in feats_w.maps], feats_w.pos)
-            logits_t, scores_t = decode(student, detached, prompts, k)
-        probs, there = torch.sigmoid(logits_t), scores_t > 0
+            weak = decode(student, Features([m.detach() for m in feats_w.maps], feats_w.pos), prompts, k)
+        probs, there = torch.sigmoid(weak.mask), weak.score > 0
         pseudo = probs > 0.5
         if teacher is not None:
             pixels = torch.maximum(probs, 1 - probs) >= cfg.conf_thresh
-            q = torch.sigmoid(scores_t)
+            q = torch.sigmoid(weak.score)
             presences = torch.maximum(q, 1 - q) >= cfg.conf_thresh
         else:
             pixels, presences = torch.ones_like(pseudo), torch.ones_like(there)
@@ -72,7 +81,7 @@ def unlabeled_losses(student: SAM2Segmenter, teacher: SAM2Segmenter | None, dfe:
         s = strong_view(x_w, brightness=b, contrast=c)
         valid_px, valid_pr = pixels, presences
         if cfg.cutmix == "ignore-pasted":  # V2 pastes from the reversed batch; here the pasted pixels are ignored
-            box = torch.stack([cutmix_box(size, p=cfg.cutmix_p) for _ in range(n)]).to(x_w.device)
+            box = cutmix_boxes(n, size, p=cfg.cutmix_p, device=x_w.device)
             s = torch.where(box[:, None], s.flip(0), s)
             valid_px = valid_px & ~box.repeat_interleave(k, 0)
             valid_pr = valid_pr & ~box.flatten(1).any(1).repeat_interleave(k)  # presence unknown once mixed
@@ -81,9 +90,25 @@ def unlabeled_losses(student: SAM2Segmenter, teacher: SAM2Segmenter | None, dfe:
             feats_s = feats_s.with_maps(dfe(feats_w.maps, feats_s.maps))
         if drop is not None:
             feats_s = feats_s.with_maps([f * m for f, m in zip(feats_s.maps, drop[view])])
-        logits_s, scores_s = decode(student, feats_s, prompts, k)
-        loss = decoded_mask_loss(logits_s[slots], scores_s[slots], pseudo[slots], there[slots], valid_px[slots])
-        loss = loss + presence_loss(scores_s[slots], there[slots], valid_pr[slots])
+        strong = decode(student, feats_s, prompts, k)
+        loss = weighted_mean(best_mask_losses(strong.masks, pseudo, valid_px), slots & there & decoded(strong.score))
+        loss = loss + weighted_mean(presence_losses(strong.score, there), slots & valid_pr)
         out[f"loss_s{view + 1}"] = loss
-    out["conf_ratio"] = pixels[slots].float().mean() if slots.any() else torch.zeros((), device=x_w.device)
+    out.update(activity(pseudo, pixels, there, presences, slots, n, k))
+    return out
+
+
+def activity(pseudo: torch.Tensor, pixels: torch.Tensor, there: torch.Tensor, presences: torch.Tensor,
+             slots: torch.Tensor, n: int, k: int) -> dict[str, torch.Tensor]:
+    """What the unlabeled branch taught in this step (module docstring), as device tensors. Inputs are per object
+    (image i * K + class - 1): pseudo-label and confident pixels (N*K, S, S), teacher presence and confident
+    presence (N*K,), prompted slots (N*K,)."""
+    fg = pseudo & (slots & there)[:, None, None]  # the pseudo-labels' foreground
+    confident_fg = fg & pixels
+    slot_count = slots.float().view(n, k).sum(0)  # (K,)
+    valid = (slots & presences).float().view(n, k).sum(0) / slot_count.clamp_min(1)
+    fg_share = confident_fg.flatten(1).float().sum(1).view(n, k).sum(0) / (slot_count * pseudo[0].numel()).clamp_min(1)
+    out = {"conf_ratio": confident_fg.float().sum() / fg.float().sum().clamp_min(1)}
+    for c in range(k):
+        out[f"u_slots_c{c + 1}"], out[f"u_valid_c{c + 1}"], out[f"u_fg_c{c + 1}"] = slot_count[c], valid[c], fg_share[c]
     return out

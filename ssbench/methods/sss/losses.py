@@ -1,10 +1,17 @@
-"""SSS's mask and presence losses.
+"""SSS's mask, IoU and presence losses, as SAM-2's training computes them (training/loss_fns.py,
+MultiStepMultiMasksAndIous) with the paper's mask loss.
 
-Masks: BCE + soft Dice per prompted mask (the paper's supervised loss). Presence: BCE on SAM-2's object-score
-logit (SAM-2's ``loss_class``, weight 1, focal gamma 0 = plain BCE: training/loss_fns.py, and the MOSE fine-tuning
-config). As in SAM-2 (loss_fns.py:289-291) a mask is only supervised where the object is there; where the model's
-own object-score head says absent its mask is the constant NO_OBJECT, whose loss has no gradient, so those masks are
-left out of the mean here (same gradients as SAM-2, without a constant of ~1000 in the logged loss).
+Masks: BCE + soft Dice per mask (the paper's supervised loss; SAM-2 weighs focal 20 : Dice 1). With several
+candidate masks (a propagated frame with multimask tracking) only the candidate with the lowest mask loss is
+back-propagated (loss_fns.py:262-279). IoU: SAM-2's IoU head is trained to predict each candidate's IoU with the
+target, L1, over all candidates (the SAM 2.1 training config: iou_use_l1_loss, supervise_all_iou; weight 1), only
+where the object is there. Presence: BCE on SAM-2's object-score logit (``loss_class``, weight 1, focal gamma 0 =
+plain BCE). As in SAM-2 (loss_fns.py:289-291) masks are only supervised where the object is there; where the
+model's own object-score head says absent its mask is the constant NO_OBJECT, whose loss has no gradient, so those
+masks are left out of the mean here (same gradients as SAM-2, without a constant of ~1000 in the logged loss).
+
+Every loss is a weighted mean over fixed-shape tensors (weights 0 or 1): no boolean indexing, no host
+synchronisation.
 """
 
 from __future__ import annotations
@@ -13,30 +20,44 @@ import torch
 import torch.nn.functional as F
 
 
-def mask_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """BCE + soft Dice per mask, averaged. logits/target/valid: (N, S, S); invalid pixels are left out; 0 if N = 0."""
-    if logits.shape[0] == 0:
-        return logits.sum() * 0
-    target = target.float()
-    valid = torch.ones_like(target) if valid is None else valid.float()
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum(w * v) / sum(w), and 0 when every weight is 0."""
+    w = weights.to(values.dtype)
+    return (values * w).sum() / w.sum().clamp_min(1)
+
+
+def mask_losses(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE + soft Dice of each candidate: logits (N, M, S, S), target and valid (N, S, S) -> (N, M); invalid
+    pixels are left out."""
+    target = target.float()[:, None].expand_as(logits)
+    valid = torch.ones_like(target) if valid is None else valid.float()[:, None].expand_as(logits)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    bce = (bce * valid).sum((1, 2)) / valid.sum((1, 2)).clamp_min(1)
+    bce = (bce * valid).sum((-2, -1)) / valid.sum((-2, -1)).clamp_min(1)
     p = torch.sigmoid(logits) * valid
     t = target * valid
-    dice = 1 - (2 * (p * t).sum((1, 2)) + 1) / (p.sum((1, 2)) + t.sum((1, 2)) + 1)
-    return (bce + dice).mean()
+    dice = 1 - (2 * (p * t).sum((-2, -1)) + 1) / (p.sum((-2, -1)) + t.sum((-2, -1)) + 1)
+    return bce + dice
 
 
-def presence_loss(scores: torch.Tensor, present: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """BCE of object-score logits (N,) against presence (N,) bool, over the valid entries; 0 if none."""
-    valid = torch.ones_like(present, dtype=torch.bool) if valid is None else valid
-    if not valid.any():
-        return scores.sum() * 0
-    return F.binary_cross_entropy_with_logits(scores[valid], present[valid].float())
+def best_mask_losses(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,): the lowest candidate loss of each object (its gradient reaches that candidate only)."""
+    return mask_losses(logits, target, valid).min(1).values
 
 
-def decoded_mask_loss(logits: torch.Tensor, scores: torch.Tensor, target: torch.Tensor, present: torch.Tensor,
-                      valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Mask loss on the objects that are there (``present``) and that the model decoded (score > 0)."""
-    keep = present & (scores.detach() > 0)
-    return mask_loss(logits[keep], target[keep], None if valid is None else valid[keep])
+def iou_losses(logits: torch.Tensor, target: torch.Tensor, ious: torch.Tensor) -> torch.Tensor:
+    """(N,): L1 between the predicted IoU (N, M) and each candidate's IoU with the target (N, S, S), averaged over
+    the candidates."""
+    pred = logits.flatten(2) > 0
+    gt = target.flatten(1)[:, None] > 0
+    actual = (pred & gt).sum(-1).float() / (pred | gt).sum(-1).float().clamp_min(1)
+    return F.l1_loss(ious.float(), actual, reduction="none").mean(1)
+
+
+def presence_losses(scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """(N,): BCE of object-score logits against presence."""
+    return F.binary_cross_entropy_with_logits(scores, present.float(), reduction="none")
+
+
+def decoded(scores: torch.Tensor) -> torch.Tensor:
+    """Objects the model decoded (object score > 0): the others' masks are NO_OBJECT, without gradient."""
+    return scores.detach() > 0

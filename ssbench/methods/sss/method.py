@@ -3,16 +3,24 @@ the MedSAM-2 framework the paper builds on: a volume is a sequence of slices and
 per structure through it.
 
 One training step (the sources of every choice are in ``config.py``):
-* labeled: clips of consecutive slices with memory, every class prompted on the first slice (absent ones with a
-  decoy box and presence target 0), BCE + Dice on masks, BCE on SAM-2's object score, the coarse head's CE + Dice
-  (``clips.py``);
+* labeled: clips of consecutive slices (8 by default, up or down the volume) with memory, every class present on
+  the first slice prompted there and tracked, the others decoy-prompted there only (``absent_prompts``); BCE + Dice
+  on the lowest-loss candidate mask, L1 on SAM-2's IoU predictions, BCE on its object score, the coarse head's
+  CE + Dice (``clips.py``);
 * unlabeled: each slice prompted by its volume's sequence (PCSW on the prompt network's coarse prediction, carried
   by memory; refreshed every ``pcsw_refresh`` iterations), weak-to-strong consistency with DFE and UniMatch V2's
-  teacher (``consistency.py``);
+  teacher, decoded per slice in image mode (``consistency.py``), with what it taught returned per class;
 * loss ``unimatch-v2``: (L_x + (L_s1 + L_s2) / 2) / 2 (V2 unimatch_v2.py:202-204); ``released``: L_x + L_u.
 
 Evaluation (``predict_volume``): the model's own coarse prediction, PCSW per class, the sequence (``sequence.py``).
 No label is read at test time.
+
+Host synchronisation in the step: the labeled volumes live on the run's device at native size and each clip is
+resized, cropped and prompted there; the unlabeled slices' prompts are cached there; every loss is a weighted mean
+of fixed-shape tensors. What remains (the lead's recorder in tests/ counts it): SAM-2's own memory read, which
+builds the object pointers' temporal positions on the host once per propagated frame (sam2_base.py
+``torch.tensor(pos_list)``), and, every ``pcsw_refresh`` iterations per unlabeled volume, its re-propagation
+(the volume copied to the device, PCSW's connected components on the host).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssbench.errors import UserError
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
 from ssbench.methods.ema import ema_alpha, ema_update, freeze
 from ssbench.methods.sss import clips, sam2_net, sequence
@@ -50,24 +59,25 @@ class SSS(Method):
         # ssbench's choices (the SSS paper's optimiser and schedule are not on record): AdamW 1e-4 (MedSAM-2 uses
         # Adam 1e-4, train_3d.py:50), weight decay 1e-4, the engine's poly schedule; batch 4 (SSS README: -b 4).
         common = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4}
-        if recipe == "cpu-small":  # the README's first command: within 5 minutes on 2 cores
-            return {**common, "iters": 80, "batch_labeled": 2, "batch_unlabeled": 2, "val_every": 40,
-                    "checkpoint_every": 40, "eval_batch": 32}
+        if recipe == "cpu-small":  # the README's first command: within 5 minutes on 2 cores (one 8-slice clip)
+            return {**common, "iters": 64, "batch_labeled": 1, "batch_unlabeled": 2, "val_every": 32,
+                    "checkpoint_every": 32, "eval_batch": 32}
         return {**common, "batch_labeled": 4, "batch_unlabeled": 4}
 
     @classmethod
     def data_overrides(cls, recipe: str) -> dict:
         # SAM-2 reads 1024x1024 (its configs' image_size; SSS README: -image_size 1024), resized from the native
         # slice bilinearly (SAM2Transforms: torchvision Resize, bilinear) and its mask logits resized back
-        # bilinearly (SAM2Transforms.postprocess_masks). The CPU recipe keeps the protocol at 128.
-        return {"train_size": 128 if recipe == "cpu-small" else 1024, "train_resize": "bilinear",
+        # bilinearly (SAM2Transforms.postprocess_masks). The CPU recipe keeps the protocol at 96 (a multiple of 32).
+        return {"train_size": 96 if recipe == "cpu-small" else 1024, "train_resize": "bilinear",
                 "inference_resize": "bilinear"}
 
     @classmethod
     def prepare(cls, config, synthetic_data=False):
         # A sweep fetches the official weights once, before its jobs start (on the embedded phantom a missing
-        # checkpoint means random initialisation, so nothing is fetched there).
-        if config.checkpoint or config.init != "pretrained" or synthetic_data:
+        # checkpoint means random initialisation, so nothing is fetched there; a file already in the cache is not
+        # fetched again, and the configs of the sweep's other runs then record its SHA-256).
+        if config.checkpoint or config.init != "pretrained" or synthetic_data or cls._cached_file(config).is_file():
             return []
         file = sam2_net.fetch_official(config.model, _weights_cache(config))
         return [f"sss: pretrained {config.model} at {file}"]
@@ -78,16 +88,42 @@ class SSS(Method):
 
     @classmethod
     def short_recipe(cls, config, iters, published_iters=30000):
-        # The embedded CPU default: the smallest SAM-2, prompts re-propagated four times over the run.
-        return replace(config, model="sam2.1_hiera_t", pcsw_refresh=max(1, iters // 4))
+        # The embedded CPU default: the smallest SAM-2, prompts re-propagated four times over the run, and the EMA
+        # teacher's horizon (1 / (1 - decay) = 250 of V2's ~30k iterations) scaled to the run, at least 2
+        # iterations: at 0.996 the teacher of an 80-iteration run is the mean of every weight since the start, whose
+        # coarse head finds no class for half the run, so PCSW prompts nothing and the unlabeled branch never acts.
+        horizon = max(2.0, iters / published_iters / (1 - config.ema_decay))
+        return replace(config, model="sam2.1_hiera_t", pcsw_refresh=max(1, iters // 4), ema_decay=1 - 1 / horizon)
+
+    @classmethod
+    def resolve_config(cls, config: SSSConfig, synthetic: bool) -> SSSConfig:
+        """The initialisation a run will really have (Method.resolve_config): the checkpoint's SHA-256 for a
+        pretrained run whose file is there; on the embedded phantom without one, random (the fallback, loud in
+        run.json); on real data without one, unchanged (the run downloads it, then the engine resolves again)."""
+        if config.init == "random":
+            return replace(config, checkpoint_sha256=None)
+        path = Path(config.checkpoint) if config.checkpoint else cls._cached_file(config)
+        if path.is_file():
+            sha = sam2_net.checkpoint_sha256(path)
+            if config.checkpoint_sha256 not in (None, sha):
+                raise UserError(f"sss.checkpoint_sha256 {config.checkpoint_sha256}: the checkpoint {path} has "
+                                f"SHA-256 {sha}")
+            return replace(config, checkpoint_sha256=sha)
+        if config.checkpoint:
+            raise UserError(f"sss.checkpoint {path}: file not found")
+        if synthetic:
+            return replace(config, init="random", checkpoint_sha256=None)
+        return config
+
+    @staticmethod
+    def _cached_file(config: SSSConfig) -> Path:
+        cache = _weights_cache(config)
+        return cache / sam2_net.MODELS[config.model][1] if config.model in sam2_net.MODELS else cache / config.model
 
     def __init__(self, config: SSSConfig, ctx: MethodContext):
         super().__init__(config, ctx)
-        if config.clip_length < 1:
-            from ssbench.errors import ConfigError
-
-            raise ConfigError(f"sss.clip_length {config.clip_length}: must be at least 1")
-        sam = sam2_net.build(config.model, ctx.image_size, torch.device("cpu"))
+        sam = sam2_net.build(config.model, ctx.image_size, torch.device("cpu"), config.multimask_tracking,
+                             config.postprocess)
         self._init_weights(sam)
         self.student = SAM2Segmenter(sam, ctx.num_classes)
         self.dfe = DFE(mode=config.dfe_mode) if config.dfe else None
@@ -96,27 +132,24 @@ class SSS(Method):
         self.unlabeled: dict[str, np.ndarray] = {}
         self.labeled: dict[str, clips.LabeledVolume] = {}
         self.cache: dict[str, tuple[SlicePrompts, int]] = {}  # unlabeled case -> its slices' prompts, iteration
+        self.fill_hole_area = 8 if config.postprocess else 0  # SAM-2's video predictor: fill_hole_area=8
 
     def _init_weights(self, sam) -> None:
         cfg = self.config
         if self.ctx.weights_from_checkpoint:
             return  # `ssbench eval`: the run's checkpoint replaces every weight; nothing is loaded or fetched
-        if cfg.checkpoint:
-            sam2_net.load_official(sam, cfg.checkpoint, cfg.model)
-            return
         if cfg.init == "random":
+            fallback = (f" On the embedded phantom this is also what a run without a pretrained checkpoint at "
+                        f"{self._cached_file(cfg)} does." if self.ctx.synthetic_data else "")
             self.warnings.append(f"SSS: SAM-2 ({cfg.model}) randomly initialised (sss.init=random): not the paper's "
-                                 "pretrained model")
+                                 f"pretrained model; these numbers say nothing about SSS with pretrained SAM-2."
+                                 + fallback)
             return
-        cache = _weights_cache(cfg)
-        file = cache / sam2_net.MODELS[cfg.model][1]
-        if not file.is_file() and self.ctx.synthetic_data:
-            self.warnings.append(
-                f"SSS: no pretrained {cfg.model} checkpoint at {file}; on the embedded synthetic data SAM-2 is "
-                "RANDOMLY INITIALISED. These numbers say nothing about SSS with pretrained SAM-2."
-            )
-            return
-        sam2_net.load_official(sam, sam2_net.fetch_official(cfg.model, cache), cfg.model)
+        path = Path(cfg.checkpoint) if cfg.checkpoint else self._cached_file(cfg)
+        if not cfg.checkpoint and not path.is_file():
+            path = sam2_net.fetch_official(cfg.model, path.parent)
+        self.resolve_config(cfg, self.ctx.synthetic_data)  # a required SHA-256 is checked against the file
+        sam2_net.load_official(sam, path, cfg.model)
 
     # --- state -------------------------------------------------------------------------------------------
 
@@ -134,9 +167,9 @@ class SSS(Method):
         return {
             "cases": cases,
             "slices": torch.tensor([len(e.present) for e in entries]),
-            "boxes": torch.cat([e.boxes for e in entries]),
-            "points": torch.cat([e.points for e in entries]),
-            "present": torch.cat([e.present for e in entries]),
+            "boxes": torch.cat([e.boxes for e in entries]).cpu(),
+            "points": torch.cat([e.points for e in entries]).cpu(),
+            "present": torch.cat([e.present for e in entries]).cpu(),
             "stamps": torch.tensor([self.cache[c][1] for c in cases]),
         }
 
@@ -148,13 +181,27 @@ class SSS(Method):
         for i, c in enumerate(state["cases"]):
             a, b = int(bounds[i]), int(bounds[i + 1])
             entry = SlicePrompts(state["boxes"][a:b], state["points"][a:b], state["present"][a:b])
-            self.cache[c] = (entry, int(state["stamps"][i]))
+            self.cache[c] = (entry.to(self.student.sam.maskmem_tpos_enc.device), int(state["stamps"][i]))
+
+    def _apply(self, fn, *args, **kwargs):
+        """``.to(device)`` and the like also move what SSS keeps beside its weights: the labeled volumes and the
+        cached prompts live with the model (state for the step, not weights: not in the state dict)."""
+        super()._apply(fn, *args, **kwargs)
+        device = self.student.sam.maskmem_tpos_enc.device
+        for net in filter(None, (getattr(self, "student", None), getattr(self, "teacher", None))):
+            sam2_net.move_rope_tables(net.sam, device)
+        for v in getattr(self, "labeled", {}).values():
+            v.image, v.label = v.image.to(device), v.label.to(device)
+        self.cache = {c: (e.to(device), stamp) for c, (e, stamp) in getattr(self, "cache", {}).items()}
+        return self
 
     def attach_unlabeled_volumes(self, volumes: dict) -> None:
         self.unlabeled = volumes
 
     def attach_labeled_volumes(self, volumes: dict) -> None:
-        self.labeled = {cid: clips.LabeledVolume.of(img, lab, self.k) for cid, (img, lab) in volumes.items()}
+        # native volumes on the run's device, once: each clip is resized and cropped there, outside the host
+        device = self.student.sam.maskmem_tpos_enc.device
+        self.labeled = {cid: clips.LabeledVolume.of(img, lab, self.k, device) for cid, (img, lab) in volumes.items()}
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -187,7 +234,8 @@ class SSS(Method):
         feats = net.encode_chunks(x, batch)
         prompts = sequence.class_prompts(net.coarse_probs(feats), self.config.pcsw, self.config.pcsw_threshold,
                                          self.config.pcsw_connectivity, with_slices=not self.config.memory)
-        return sequence.segment_volume(net.sam, feats, prompts, self.config.memory, self.config.point_prompt)
+        return sequence.segment_volume(net.sam, feats, prompts, self.config.memory, self.config.point_prompt,
+                                       self.fill_hole_area)
 
     def _slice_prompts(self, case_id: str, iteration: int, device) -> SlicePrompts:
         """The sequence's prompts for every slice of an unlabeled volume, re-propagated when stale."""
@@ -206,42 +254,38 @@ class SSS(Method):
         cfg = self.config
         volumes = [self.labeled[c] for c in labeled.case_ids]
         length = clips.clip_length(volumes, cfg.clip_length if cfg.memory else 1)
-        drawn = [clips.draw_clip(v, z, length, self.size, self.ctx.resize, cfg.crop_scale, cfg.absent_prompts)
-                 for v, z in zip(volumes, labeled.slice_indices)]
-        device = labeled.image.device
-        return clips.ClipBatch(*(torch.stack([d[i] for d in drawn]).to(device) for i in range(4)))
+        drawn = []
+        for v, z in zip(volumes, labeled.slice_indices):
+            backward = cfg.clip_directions == "both" and bool(torch.rand(()) < 0.5)  # host RNG: no device read
+            drawn.append(clips.draw_clip(v, z, length, self.size, self.ctx.resize, cfg.crop_scale, backward))
+        return clips.ClipBatch(*(torch.stack([d[i] for d in drawn]) for i in range(5)))
 
     def _weak_unlabeled(self, unlabeled: Batch, iteration: int):
         """Weak views of the unlabeled slices and their sequence prompts, moved through the same crop; a structure
-        the crop removes is absent from the view."""
+        the crop removes is absent from the view. Device arithmetic only (the crop is drawn on the host)."""
         x_w, boxes, points, present = [], [], [], []
         device = unlabeled.image.device
         for img, cid, z in zip(unlabeled.image, unlabeled.case_ids, unlabeled.slice_indices):
             prompts = self._slice_prompts(cid, iteration, device)
             crop = Crop.random(self.size, self.config.crop_scale)
             x_w.append(crop.image(img, self.size))
-            b, p, there = torch.zeros(self.k, 4), torch.zeros(self.k, 2), prompts.present[z].clone()
-            for c in range(self.k):
-                moved = crop.box(prompts.boxes[z, c], self.size) if there[c] else None
-                there[c] = moved is not None
-                if moved is not None:
-                    b[c], p[c] = moved, crop.point(prompts.points[z, c], self.size)
-            boxes.append(b)
-            points.append(p)
+            moved, inside = crop.boxes(prompts.boxes[z], self.size)
+            there = prompts.present[z] & inside
+            boxes.append(torch.where(there[:, None], moved, 0.0))
+            points.append(torch.where(there[:, None], crop.point(prompts.points[z], self.size), 0.0))
             present.append(there)
-        return (torch.stack(x_w), torch.stack(boxes).to(device), torch.stack(points).to(device),
-                torch.stack(present).to(device))
+        return torch.stack(x_w), torch.stack(boxes), torch.stack(points), torch.stack(present)
 
     def training_step(self, labeled: Batch, unlabeled: Batch | None, step: StepInfo) -> dict[str, torch.Tensor]:
         cfg = self.config
-        parts = clips.clip_losses(self.student, self._labeled_clips(labeled), cfg.point_prompt, cfg.train_coarse_head)
+        parts = clips.clip_losses(self.student, self._labeled_clips(labeled), cfg.point_prompt, cfg.absent_prompts)
         loss_x = sum(parts.values())
         out = {k: v.detach() for k, v in parts.items()}
         out["loss_x"] = loss_x.detach()
         x_w, boxes, points, present = self._weak_unlabeled(unlabeled, step.iteration)
         u = unlabeled_losses(self.student, self.teacher, self.dfe, x_w, boxes, points, present, cfg)
-        loss_u = (u["loss_s1"] + u["loss_s2"]) / 2
-        out.update(loss_s1=u["loss_s1"].detach(), loss_s2=u["loss_s2"].detach(), conf_ratio=u["conf_ratio"])
+        loss_u = cfg.unlabeled_weight * (u["loss_s1"] + u["loss_s2"]) / 2
+        out.update({k: v.detach() for k, v in u.items()})
         out["loss"] = (loss_x + loss_u) / 2 if self.teacher is not None else loss_x + loss_u
         return out
 
@@ -267,7 +311,8 @@ class SSS(Method):
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor) -> torch.Tensor:
-        return self.predict_volume(image)
+        """(B, 1, S', S') slices that need not form a volume (the Method API): each is its own one-slice volume."""
+        return torch.cat([self.predict_volume(image[i : i + 1]) for i in range(len(image))])
 
 
 def _weights_cache(cfg) -> Path:

@@ -5,9 +5,13 @@ For one foreground class of one volume, from the current model's per-slice foreg
   2. window lengths N from the middle of [max(2, S//3), max(3, S//2)] upward, each slid with stride 1;
   3. continuity C = voxels of the window's largest 3-D connected component / all its foreground voxels;
   4. the first window with C >= 0.8 wins: its slice where that component has the largest area gives the box
-     [x_min, y_min, x_max, y_max] of the component there and the box's centre point;
-  5. otherwise the slice with the largest raw foreground area gives the box over its foreground and a point at
-     its centroid; an all-empty stack gives the whole-image box and the image centre.
+     [x_min, y_min, x_max, y_max] of the component there and a point;
+  5. otherwise the slice with the largest raw foreground area gives the box over its foreground and a point;
+     an all-empty stack gives no prompt (``source = "empty"``): the released code would prompt the whole image
+     there, ssbench treats the class as absent from the volume and never prompts it (``sequence.class_prompts``).
+The point is the structure's pixel nearest to the box centre (step 4; the paper: the box centre) or to the
+foreground's centroid (step 5; the paper: the centroid), so that it lies on the structure also when the structure
+is a ring (the myocardium around the left ventricle): ssbench's change, used with ``sss.point_prompt`` only.
 Connectivity is explicit: 6 (SciPy's default, what the released code uses) or 26 (what its comment says).
 
 ``component`` gives the 3-D extent of what PCSW found (the connected components of the whole stack that hold the
@@ -69,21 +73,30 @@ def pcsw(probs: np.ndarray, threshold: float = 0.8, connectivity: Literal[6, 26]
                 areas = largest.sum(axis=(1, 2))
                 k = int(np.argmax(areas))
                 box = _box(largest[k])
-                centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-                return Prompt(box, centre, "window", start + k, (start, start + n), largest[k])
+                point = _point_on(largest[k], (box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+                return Prompt(box, point, "window", start + k, (start, start + n), largest[k])
     return largest_slice(probs, prob_threshold)
 
 
 def largest_slice(probs: np.ndarray, prob_threshold: float = 0.5) -> Prompt:
-    """Step 5 alone (``sss.pcsw = false``): the slice with the largest foreground area, or the empty prompt."""
+    """Step 5 alone (``sss.pcsw = false``): the slice with the largest foreground area, or the empty prompt (its
+    whole-image box is the released code's; ssbench never uses it)."""
     binary = np.asarray(probs) > prob_threshold
     _, h, w = binary.shape
     areas = binary.sum(axis=(1, 2))
     if areas.max() > 0:
         k = int(np.argmax(areas))
         ys, xs = np.nonzero(binary[k])
-        return Prompt(_box(binary[k]), (float(xs.mean()), float(ys.mean())), "largest-slice", k, None, binary[k])
+        point = _point_on(binary[k], float(xs.mean()), float(ys.mean()))
+        return Prompt(_box(binary[k]), point, "largest-slice", k, None, binary[k])
     return Prompt((0.0, 0.0, float(w - 1), float(h - 1)), ((w - 1) / 2, (h - 1) / 2), "empty", -1)
+
+
+def _point_on(mask2d: np.ndarray, x: float, y: float) -> tuple[float, float]:
+    """The pixel of ``mask2d`` nearest to (x, y) (the first in row-major order on ties), as (x, y)."""
+    ys, xs = np.nonzero(mask2d)
+    k = int(np.argmin((xs - x) ** 2 + (ys - y) ** 2))
+    return float(xs[k]), float(ys[k])
 
 
 def component(probs: np.ndarray, prompt: Prompt, connectivity: Literal[6, 26] = 6,

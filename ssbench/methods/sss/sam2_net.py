@@ -11,10 +11,13 @@ correction clicks from the ground truth with its own unseeded generator, which i
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ssbench.errors import UserError
@@ -37,8 +40,15 @@ STD = (0.229, 0.224, 0.225)
 NO_OBJECT = -1024.0  # sam2's NO_OBJ_SCORE: the mask logit of a frame where the object-score head says absent
 
 
-def build(model: str, image_size: int, device: torch.device):
-    """A SAM2Base built by sam2 itself from its config, with random weights, at ``image_size``."""
+def build(model: str, image_size: int, device: torch.device, multimask_tracking: bool = True,
+          postprocess: bool = False):
+    """A SAM2Base built by sam2 itself from its config, with random weights, at ``image_size``.
+
+    ``multimask_tracking``: the configs' setting (3 masks on every propagated frame, the one with the highest
+    predicted IoU kept); false decodes one mask there. ``postprocess``: the video predictor's mask decoder setting
+    (build_sam2_video_predictor with apply_postprocessing): in eval, a single-mask output whose stability score is
+    below 0.98 falls back to the best of the 3 masks. The predictor's other post-processing, hole filling, is
+    ``fill_holes`` below."""
     from sam2.build_sam import build_sam2
 
     if model not in MODELS:
@@ -56,8 +66,20 @@ def build(model: str, image_size: int, device: torch.device):
         # frame encodes its binarised mask
         "++model.binarize_mask_from_pts_for_mem_enc=true",
     ]
+    if not multimask_tracking:
+        overrides.append("++model.multimask_output_for_tracking=false")
+    # apply_postprocessing=True would also add the stability fallback; it is asked for explicitly (recorded option)
     return build_sam2(MODELS[model][0], None, device=str(device), mode="train", hydra_overrides_extra=overrides,
-                      apply_postprocessing=False)
+                      apply_postprocessing=postprocess)
+
+
+def move_rope_tables(sam, device: torch.device) -> None:
+    """SAM-2's memory attention keeps its rotary tables (``freqs_cis``) outside the module state and copies them to
+    the input's device on first use; moved with the model instead, no step copies them."""
+    for module in sam.modules():
+        table = getattr(module, "freqs_cis", None)
+        if isinstance(table, torch.Tensor):
+            module.freqs_cis = table.to(device)
 
 
 def save_official(sam, path: str | Path) -> None:
@@ -136,10 +158,17 @@ class Features:
         return Features(maps, self.pos)
 
 
+@functools.cache
+def _normalisation(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM-2's mean and std as (1, 3, 1, 1) tensors, built once per device and dtype (not on every encode: each
+    build is a host-to-device copy)."""
+    made = lambda values: torch.stack([torch.full((), v, dtype=dtype, device=device) for v in values])  # noqa: E731
+    return made(MEAN).view(1, 3, 1, 1), made(STD).view(1, 3, 1, 1)  # filled on the device: no host data copied
+
+
 def encode(sam, x: torch.Tensor) -> Features:
     """(B, 1, S, S) slices in [0, 1] -> their Features."""
-    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean, std = _normalisation(x.device, x.dtype)
     out = sam.forward_image((x.expand(-1, 3, -1, -1) - mean) / std)
     return Features(list(out["backbone_fpn"][:3]), out["vision_pos_enc"][2])
 
@@ -150,7 +179,8 @@ def prompt_inputs(boxes: torch.Tensor, points: torch.Tensor | None = None) -> di
     hands to the model)."""
     n = boxes.shape[0]
     coords = boxes.reshape(n, 2, 2)
-    labels = torch.tensor([[2, 3]], dtype=torch.int32, device=boxes.device).expand(n, 2)
+    # labels 2, 3 made on the device (torch.tensor([[2, 3]], device=...) would be a host-to-device copy)
+    labels = torch.arange(2, 4, dtype=torch.int32, device=boxes.device).expand(n, 2)
     if points is not None:
         coords = torch.cat([coords, points.reshape(n, 1, 2)], 1)
         labels = torch.cat([labels, torch.ones(n, 1, dtype=torch.int32, device=boxes.device)], 1)
@@ -166,24 +196,76 @@ def new_memory() -> dict:
 _MEMORY_KEYS = ("maskmem_features", "maskmem_pos_enc", "obj_ptr")
 
 
+@dataclass
+class Frame:
+    """One decoded frame of B objects.
+
+    ``mask``: (B, S, S) logits at the input size of the mask SAM-2 keeps (with several candidates, the one with the
+    highest predicted IoU), NO_OBJECT where the object-score head says absent; ``score``: (B,) object-score
+    logits; ``masks`` (B, M, S, S) and ``ious`` (B, M): every candidate and its predicted IoU (M = 3 on a
+    propagated frame with multimask tracking, else 1): what SAM-2's training loss reads."""
+
+    mask: torch.Tensor
+    score: torch.Tensor
+    masks: torch.Tensor
+    ious: torch.Tensor
+
+
 def track(sam, feats: Features, frame: int, memory: dict, num_frames: int, prompts: dict | None = None,
-          reverse: bool = False, store: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+          reverse: bool = False, store: bool = True, fill_hole_area: int = 0) -> Frame:
     """One frame of a sequence of B objects. With ``prompts`` it is a prompted (initial conditioning) frame, decoded
     without memory; without, memory attention conditions it on the stored frames. With ``store`` its memory is
-    encoded and kept in ``memory`` under ``frame``.
-
-    Returns mask logits (B, S, S) at the input size, NO_OBJECT where the object-score head says absent, and the
-    object-score logits (B,)."""
+    encoded and kept in ``memory`` under ``frame``. ``fill_hole_area`` > 0 (evaluation only, the video
+    predictor's post-processing): holes up to that area in the kept low-resolution mask are filled in the returned
+    mask, after its memory was encoded (as SAM2VideoPredictor._run_single_frame_inference does)."""
     vision = [m.flatten(2).permute(2, 0, 1) for m in feats.maps]  # (HW, B, C) per level
     pos = [feats.pos.flatten(2).permute(2, 0, 1)]  # memory attention reads the S/16 level's only
     sizes = [tuple(m.shape[-2:]) for m in feats.maps]
     cond = prompts is not None
     out, heads, _, _ = sam._track_step(frame, cond, vision, pos, sizes, prompts, None, memory, num_frames, reverse,
                                        None)
-    high_res, score = heads[4], heads[6]
+    _, multimasks, ious, low_res, high_res, obj_ptr, score = heads
     if store:
         sam._encode_memory_in_output(vision, sizes, prompts, True, high_res, score, out)
-        out["obj_ptr"] = heads[5]
+        out["obj_ptr"] = obj_ptr
         key = "cond_frame_outputs" if cond else "non_cond_frame_outputs"
         memory[key][frame] = {k: out[k] for k in _MEMORY_KEYS}
-    return high_res[:, 0], score[:, 0]
+    if fill_hole_area > 0:
+        high_res = torch.nn.functional.interpolate(fill_holes(low_res, fill_hole_area), size=high_res.shape[-2:],
+                                                   mode="bilinear", align_corners=False)
+    return Frame(high_res[:, 0], score[:, 0], multimasks, ious)
+
+
+def fill_holes(logits: torch.Tensor, max_area: int) -> torch.Tensor:
+    """(B, 1, h, w) mask logits with every hole (a background component, logit <= 0, 8-connected as SAM-2's CUDA
+    kernel labels them) of area <= ``max_area`` set to 0.1, as sam2.utils.misc.fill_holes_in_mask_scores does.
+    SAM-2's kernel is an optional compiled extension (skipped with a warning when absent); this is SciPy on the
+    host: evaluation only."""
+    from scipy import ndimage
+
+    background = (logits <= 0).cpu().numpy()
+    hole = np.zeros_like(background)
+    eight = np.ones((3, 3), bool)
+    for i in range(background.shape[0]):
+        labels, _ = ndimage.label(background[i, 0], structure=eight)
+        areas = np.bincount(labels.ravel())
+        small = (areas <= max_area) & (np.arange(len(areas)) > 0)
+        hole[i, 0] = small[labels]
+    return torch.where(torch.from_numpy(hole).to(logits.device), torch.full_like(logits, 0.1), logits)
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """The SHA-256 of a checkpoint file (hex), computed once per file version in a process."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]

@@ -9,7 +9,10 @@ model's own coarse prediction, carried through the volume by SAM-2's memory, for
 Classes are tracked together as a batch of objects, each prompted on its own slice; memory is per object, as in
 SAM-2's video predictor (which runs one object at a time). Forward and backward are two passes from the prompted
 slice; unlike SAM-2's predictor asked for both directions in one state, the backward pass does not read the forward
-pass's memories (ssbench's choice: it lets the classes run as one batch).
+pass's memories (ssbench's choice: it lets the classes run as one batch). Each pass is tracked as SAM-2 tracks
+forward, its frame index counting slices from the prompt: a labeled clip that runs down the volume trains exactly
+what the backward pass reads (``clips.py``). A propagated slice keeps the candidate mask with the highest predicted
+IoU (SAM-2's multimask tracking); ``sss.postprocess`` adds the video predictor's post-processing.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ssbench.methods.sss import sam2_net
-from ssbench.methods.sss.geometry import interior_point, mask_box
+from ssbench.methods.sss.geometry import interior_points, mask_boxes
 from ssbench.methods.sss.pcsw import component, largest_slice, pcsw, slice_boxes
 from ssbench.methods.sss.sam2_net import NO_OBJECT, Features
 
@@ -39,10 +42,12 @@ class ClassPrompt:
 
 def class_prompts(probs: torch.Tensor, use_pcsw: bool, threshold: float, connectivity: int,
                   with_slices: bool) -> list[ClassPrompt]:
-    """(D, K+1, S, S) coarse probabilities -> one prompt per foreground class (PCSW, or its largest-slice step)."""
+    """(D, K+1, S, S) coarse probabilities -> one prompt per foreground class (PCSW, or its largest-slice step).
+    PCSW's 3-D connected components run on the host (SciPy): the probabilities come to the host once."""
     out = []
+    host = probs.float().cpu().numpy()
     for c in range(1, probs.shape[1]):
-        p_c = probs[:, c].float().cpu().numpy()
+        p_c = host[:, c]
         p = pcsw(p_c, threshold, connectivity) if use_pcsw else largest_slice(p_c)
         if p.source == "empty":
             out.append(ClassPrompt(-1, p.box, p.point))
@@ -58,7 +63,8 @@ def _inputs(boxes: list, points: list | None, device) -> dict:
     return sam2_net.prompt_inputs(b, p)
 
 
-def propagate(sam, feats: Features, prompts: list[ClassPrompt], with_point: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def propagate(sam, feats: Features, prompts: list[ClassPrompt], with_point: bool,
+              fill_hole_area: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt every present class on its slice and carry it forward, then backward, with memory.
     -> mask logits (D, K, S, S), object-score logits (D, K); NO_OBJECT where never decoded."""
     d, k, size = len(feats), len(prompts), sam.image_size
@@ -73,23 +79,25 @@ def propagate(sam, feats: Features, prompts: list[ClassPrompt], with_point: bool
     inputs = _inputs([prompts[c].box for c in active], [prompts[c].point for c in active] if with_point else None,
                      device)
     forward = sam2_net.new_memory()
-    m, o = sam2_net.track(sam, feats.take(first), 0, forward, d, inputs)
-    logits[first, cls], scores[first, cls] = m, o
+    frame = sam2_net.track(sam, feats.take(first), 0, forward, d, inputs, fill_hole_area=fill_hole_area)
+    logits[first, cls], scores[first, cls] = frame.mask, frame.score
     # Each direction is its own pass from the prompted slice, all classes batched: class c is at slice
     # first[c] + step * j on step j. A class whose volume ends earlier sees its last slice again; those outputs are
     # dropped and, coming later in the pass than any real slice, never enter a real slice's memory.
     backward = {"cond_frame_outputs": dict(forward["cond_frame_outputs"]), "non_cond_frame_outputs": {}}
+    firsts = [prompts[c].slice_index for c in active]  # on the host: the pass lengths need no device read
     for step, memory in ((1, forward), (-1, backward)):
-        steps = int((d - 1 - first).max() if step > 0 else first.max())
+        steps = max(d - 1 - f for f in firsts) if step > 0 else max(firsts)
         for j in range(1, steps + 1):
             z = first + step * j
             real = (z >= 0) & (z < d)
-            m, o = sam2_net.track(sam, feats.take(z.clamp(0, d - 1)), j, memory, d)
-            logits[z[real], cls[real]], scores[z[real], cls[real]] = m[real], o[real]
+            frame = sam2_net.track(sam, feats.take(z.clamp(0, d - 1)), j, memory, d, fill_hole_area=fill_hole_area)
+            logits[z[real], cls[real]], scores[z[real], cls[real]] = frame.mask[real], frame.score[real]
     return logits, scores
 
 
-def per_slice(sam, feats: Features, prompts: list[ClassPrompt], with_point: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def per_slice(sam, feats: Features, prompts: list[ClassPrompt], with_point: bool,
+              fill_hole_area: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """memory = False: each slice of each class's component decoded in image mode under its own box."""
     d, k, size = len(feats), len(prompts), sam.image_size
     device = feats.pos.device
@@ -102,17 +110,17 @@ def per_slice(sam, feats: Features, prompts: list[ClassPrompt], with_point: bool
     points = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes] if with_point else None
     zs = torch.tensor([z for z, _ in pairs], device=device)
     cs = torch.tensor([c for _, c in pairs], device=device)
-    m, o = sam2_net.track(sam, feats.take(zs), 0, sam2_net.new_memory(), 1, _inputs(boxes, points, device),
-                          store=False)
-    logits[zs, cs], scores[zs, cs] = m, o
+    frame = sam2_net.track(sam, feats.take(zs), 0, sam2_net.new_memory(), 1, _inputs(boxes, points, device),
+                           store=False, fill_hole_area=fill_hole_area)
+    logits[zs, cs], scores[zs, cs] = frame.mask, frame.score
     return logits, scores
 
 
 @torch.no_grad()
-def segment_volume(sam, feats: Features, prompts: list[ClassPrompt], memory: bool,
-                   with_point: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def segment_volume(sam, feats: Features, prompts: list[ClassPrompt], memory: bool, with_point: bool,
+                   fill_hole_area: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Every class of one volume -> mask logits (D, K, S, S) and object-score logits (D, K)."""
-    return (propagate if memory else per_slice)(sam, feats, prompts, with_point)
+    return (propagate if memory else per_slice)(sam, feats, prompts, with_point, fill_hole_area)
 
 
 def class_scores(logits: torch.Tensor) -> torch.Tensor:
@@ -124,21 +132,20 @@ def class_scores(logits: torch.Tensor) -> torch.Tensor:
 @dataclass
 class SlicePrompts:
     """What one volume's sequence gives its unlabeled slices: per slice and class a box, a point and whether the
-    structure is there (decoded with a positive object score and a non-empty mask)."""
+    structure is there (decoded with a positive object score and a non-empty mask). Kept on the run's device."""
 
     boxes: torch.Tensor  # (D, K, 4)
     points: torch.Tensor  # (D, K, 2)
     present: torch.Tensor  # (D, K) bool
 
+    def to(self, device) -> "SlicePrompts":
+        return SlicePrompts(self.boxes.to(device), self.points.to(device), self.present.to(device))
+
 
 def slice_prompts(logits: torch.Tensor, scores: torch.Tensor) -> SlicePrompts:
-    d, k, size, _ = logits.shape
+    """The boxes and points of the decoded masks, on their device (no host synchronisation); zeros where absent."""
     masks = (logits > 0) & (scores > 0)[..., None, None]
-    present = masks.flatten(2).any(-1)
-    boxes = torch.zeros(d, k, 4)
-    points = torch.zeros(d, k, 2)
-    for z, c in present.nonzero().tolist():
-        boxes[z, c] = mask_box(masks[z, c]).cpu()
-        points[z, c] = interior_point(masks[z, c]).cpu()
-    return SlicePrompts(boxes, points, present.cpu())
-
+    boxes, present = mask_boxes(masks)
+    points = torch.stack([interior_points(masks[:, c]) for c in range(masks.shape[1])], 1)  # a class at a time
+    keep = present[..., None]
+    return SlicePrompts(torch.where(keep, boxes, 0.0), torch.where(keep, points, 0.0), present)
