@@ -117,6 +117,33 @@ def test_test_set_is_read_for_metrics_only_after_training(tmp_path, acdc_phantom
     assert events == ["select", "select", "test-best", "test-final"]
 
 
+@pytest.mark.parametrize("val_scores", [(0.9, 0.1), (0.1, 0.9)], ids=["best-before-final", "best-is-final"])
+def test_the_test_set_is_predicted_again_only_for_other_weights(tmp_path, tiny_nnunet, monkeypatch, val_scores):
+    """Best and final checkpoints are both scored; when the best is the final one (the same weights), its
+    predictions are not made twice: the final rows and prediction file are the best's, under the final's name."""
+    from conftest import tiny_request
+
+    from ssbench.engine import evaluate as evaluate_mod
+    from ssbench.engine import train as train_mod
+
+    scores, calls = iter(val_scores), []
+    monkeypatch.setattr(train_mod, "mean_val_dice", lambda *a: next(scores))
+    original = evaluate_mod.evaluate_cases
+    monkeypatch.setattr(evaluate_mod, "evaluate_cases", lambda *a, **k: calls.append(a[5]) or original(*a, **k))
+    run = execute(tiny_request(tiny_nnunet, tmp_path, iters=4))
+    frame = pd.read_csv(run / "metrics_per_case.csv")
+    best, final = (frame[frame["checkpoint"] == c].drop(columns="checkpoint").reset_index(drop=True)
+                   for c in ("best", "final"))
+    assert len(best) == len(final) == 2 * 2  # 2 test cases x 2 classes
+    preds = [np.load(run / "predictions" / f"{c}.npz") for c in ("best", "final")]
+    same = all(np.array_equal(preds[0][k], preds[1][k]) for k in preds[0].files)
+    if val_scores[0] > val_scores[1]:
+        assert calls == ["best", "final"]
+    else:
+        assert calls == ["best"] and same
+        pd.testing.assert_frame_equal(best, final)
+
+
 def test_end_to_end_on_acdc_folders_ssbench_did_not_write(tmp_path):
     """The raw archive written with nibabel directly, and the literature's h5 layout written with h5py."""
     from formats import write_acdc_h5, write_acdc_raw

@@ -36,9 +36,6 @@ def acdc_folder(small_acdc, monkeypatch):
     return small_acdc
 
 
-TINY = ("data.train_size=32", "train.batch_labeled=2", "train.batch_unlabeled=2", "train.checkpoint_every=1000")
-
-
 def _official_parameter_shapes(cin=1, k=4, ch=(16, 32, 64, 128, 256)):
     """Parameter shapes in the order of the official module (Encoder in_conv, down1..4; Decoder up1..4 each
     Conv1x1 then ConvBlock; out_conv), written from its structure."""
@@ -114,11 +111,13 @@ def test_setting_iters_under_an_epoch_schedule_is_refused_but_iters_option_switc
 
 
 @pytest.mark.slow
-def test_epoch_schedule_validates_once_per_pass(tmp_path, acdc_phantom):
-    sets = TINY + ("train.schedule=epochs", "train.epochs=2", "train.val_every=epoch", "train.batch_unlabeled=128")
-    run = execute(RunRequest(method="fixmatch", split="1", sets=sets, out=str(tmp_path), device="cpu", quiet=True))
+def test_epoch_schedule_validates_once_per_pass(tmp_path, tiny_nnunet):
+    from conftest import tiny_request
+
+    sets = ("train.schedule=epochs", "train.epochs=2", "train.val_every=epoch", "train.batch_unlabeled=8")
+    run = execute(tiny_request(tiny_nnunet, tmp_path, method="fixmatch", sets=sets))
     info = json.loads((run / "run.json").read_text())["schedule"]
-    per_epoch = info["epoch_pool_slices"] // 128
+    per_epoch = info["epoch_pool_slices"] // 8
     assert info["iters_per_epoch"] == per_epoch and per_epoch >= 2
     log = pd.read_csv(run / "train_log.csv")
     assert len(log) == 2 * per_epoch
@@ -185,14 +184,13 @@ def test_bilinear_inference_is_recorded_and_gets_its_own_folder(tmp_path, acdc_f
     assert legacy.protocol_variant == "legacy-valtest-infer-bilinear"
 
 
-@pytest.mark.slow
-def test_legacy_protocol_reports_the_val_test_score_it_selected_on(tmp_path, acdc_phantom):
-    sets = TINY + ("train.val_every=2", "train.selection=legacy-val+test")
-    run = execute(RunRequest(method="supervised", split="1", iters=4, sets=sets, out=str(tmp_path), device="cpu",
-                             quiet=True))
+def test_legacy_protocol_reports_the_val_test_score_it_selected_on(tmp_path, tiny_nnunet):
+    from conftest import tiny_request
+
+    run = execute(tiny_request(tiny_nnunet, tmp_path, iters=4, sets=("train.selection=legacy-val+test",)))
     assert run.name == "seed1337-legacy-valtest"
     selection = json.loads((run / "summary.json").read_text())["selection"]
     log = pd.read_csv(run / "train_log.csv").dropna(subset=["val_dice"])
-    assert selection["set"] == "legacy-val+test" and selection["cases"] == 60  # 10 + 20 patients x ED/ES
+    assert selection["set"] == "legacy-val+test" and selection["cases"] == 3  # the 1 validation + 2 test cases
     assert selection["best_score"] == pytest.approx(log["val_dice"].max())
     assert selection["best_iteration"] == int(log.loc[log["val_dice"].idxmax(), "iteration"])

@@ -114,8 +114,10 @@ def test_the_readme_command_falls_back_to_a_random_sam2_loudly(tmp_path, monkeyp
     monkeypatch.setenv("SSBENCH_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(sam2_net, "fetch_official", lambda *a, **k: pytest.fail("tried to download SAM-2"))
     cfg, cls, dataset = build_config(RunRequest(method="sss", split="10%"))
-    assert cfg.data.synthetic and cfg.train.recipe == "cpu-small" and cfg.method_config.init == "pretrained"
+    # the fallback is recorded as what it is: init=random (its own hash and folder), never "pretrained"
+    assert cfg.data.synthetic and cfg.train.recipe == "cpu-small" and cfg.method_config.init == "random"
+    assert cfg.variant == "init=random"
     method = build_method(cfg, cls, dataset, torch.device("cpu"))
     (warning,) = method.warnings
-    assert "RANDOMLY INITIALISED" in warning and "sam2.1_hiera_t" in warning
+    assert "randomly initialised" in warning and "sam2.1_hiera_t" in warning
     assert str(tmp_path / "empty-cache" / "sam2") in warning

@@ -58,23 +58,24 @@ RUN = """
 import sys
 from ssbench.engine.run import RunRequest, execute
 sets = ("data.train_size=64", "train.val_every=2", "train.batch_labeled=2", "train.batch_unlabeled=2",
-        "train.eval_batch=32", "sss.pcsw_refresh=1", "sss.clip_length=3")  # short clips: the test is about repeats
-print(execute(RunRequest(method="sss", dataset="bhsd", split="10%", iters=4, sets=sets, out=sys.argv[1], device="cpu",
-                         quiet=True)))
+        "train.eval_batch=32", "sss.pcsw_refresh=1", "sss.clip_length=3",  # short clips: the test is about repeats
+        "sss.init=random", "sss.model=sam2.1_hiera_t")
+print(execute(RunRequest(method="sss", dataset="nnunet", data_root=sys.argv[2], split="2", iters=4, sets=sets,
+                         out=sys.argv[1], device="cpu", quiet=True)))
 """
 
 
 @pytest.mark.slow
-def test_sss_runs_twice_to_identical_metrics(tmp_path, bhsd_phantom):
-    """Two processes (different hash seeds, two threads each) on the embedded BHSD phantom: the same train log and
-    the same per-case metrics, to the last digit."""
+def test_sss_runs_twice_to_identical_metrics(tmp_path, tiny_nnunet):
+    """Two processes (different hash seeds, two threads each) on the tiny two-class dataset (two labeled volumes,
+    several prompts per slice): the same train log and the same per-case metrics, to the last digit."""
     root = Path(__file__).resolve().parents[1]
     runs = []
     for i, hashseed in enumerate(("1", "2")):
         env = {**os.environ, "PYTHONHASHSEED": hashseed, "OMP_NUM_THREADS": "2",
                "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
         out = tmp_path / f"r{i}"
-        proc = subprocess.run([sys.executable, "-c", RUN, str(out)], capture_output=True, text=True, env=env)
+        proc = subprocess.run([sys.executable, "-c", RUN, str(out), str(tiny_nnunet)], capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         runs.append(Path(proc.stdout.strip().splitlines()[-1]))
     logs = [pd.read_csv(r / "train_log.csv").drop(columns="elapsed_s") for r in runs]

@@ -85,19 +85,42 @@ def rescore_under_protocol(run_dir: Path, cases, dataset, cfg, protocol: str) ->
 def evaluate_checkpoints(method, cases, dataset, cfg, device, checkpoints: Path,
                          predictions_dir: Path | None = None, config_hash: str | None = None) -> pd.DataFrame:
     """Per-case rows of the best and final checkpoints on ``cases``; optionally save the predicted label maps.
-    Each checkpoint must belong to the run whose config hash is ``config_hash`` (default: ``cfg``'s)."""
+    Each checkpoint must belong to the run whose config hash is ``config_hash`` (default: ``cfg``'s). When the final
+    checkpoint holds the best one's weights exactly (the best was the last validation), its rows are the best's:
+    inference is deterministic, so predicting again could only repeat them."""
+    from ssbench.atomic import snapshot
     from ssbench.engine import checkpoint
 
-    rows = []
+    rows, previous = [], None
     for ckpt in ("best", "final"):
         path = checkpoints / f"{ckpt}.pt"
         state = checkpoint.load(path, config_hash or cfg.hash())
+        if previous is not None and _same_weights(previous[0]["method"], state["method"]):
+            rows += [{**row, "checkpoint": ckpt} for row in previous[1]]
+            if predictions_dir is not None:
+                snapshot(predictions_dir / "best.npz", predictions_dir / f"{ckpt}.npz")
+            continue
         checkpoint.load_weights(method, state, path)
         predictions: dict[str, np.ndarray] | None = {} if predictions_dir is not None else None
-        rows += evaluate_cases(method, cases, dataset, cfg, device, ckpt, predictions)
+        these = evaluate_cases(method, cases, dataset, cfg, device, ckpt, predictions)
+        rows += these
+        previous = (state, these)
         if predictions_dir is not None:
             save_predictions(predictions_dir / f"{ckpt}.npz", predictions)
     return pd.DataFrame(rows)
+
+
+def _same_weights(a, b) -> bool:
+    """Equal method states (a method's state may nest dicts and lists of tensors)."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_weights(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same_weights, a, b))
+    return type(a) is type(b) and a == b
 
 
 def summary_of(frame: pd.DataFrame, cfg, **extra) -> dict:
