@@ -36,7 +36,7 @@ from ssbench.errors import ConfigError
 from ssbench.methods.api import Batch, MethodContext, Stage, StepInfo
 from ssbench.methods.bcp import BCP, BCPConfig, DiceMask, halves
 from ssbench.methods.losses import dice_loss
-from ssbench.methods.strong import BOX_CANDIDATES, color_jitter
+from ssbench.methods.strong import BOX_CANDIDATES, color_jitter, first_fitting_box
 
 Probability = Annotated[float, Field(ge=0, le=1)]
 
@@ -76,16 +76,7 @@ def cutout_boxes(n: int, size: int, p: float, device, g: torch.Generator | None 
     h = torch.sqrt(target * r).floor()  # erase_h: rows
     x0 = (cand[..., 2] * size).floor().clamp(max=size - 1)
     y0 = (cand[..., 3] * size).floor().clamp(max=size - 1)
-    first = ((x0 + w <= size) & (y0 + h <= size)).to(torch.uint8).argmax(1, keepdim=True)
-
-    def pick(t):
-        return t.gather(1, first).view(n, 1, 1)
-
-    w, h = pick(w).clamp(max=size), pick(h).clamp(max=size)
-    x0, y0 = torch.minimum(pick(x0), size - w), torch.minimum(pick(y0), size - h)
-    ys = torch.arange(size, device=device).view(1, size, 1)
-    xs = torch.arange(size, device=device).view(1, 1, size)
-    return (ys >= y0) & (ys < y0 + h) & (xs >= x0) & (xs < x0 + w) & (u < p).view(n, 1, 1)
+    return first_fitting_box(w, h, x0, y0, size) & (u < p).view(n, 1, 1)
 
 
 def strong_view(image: torch.Tensor, label: torch.Tensor, cfg: ABDConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -115,18 +115,25 @@ def cutmix_boxes(n: int, size: int, g: torch.Generator | None = None, p=0.5, are
     h = torch.sqrt(target * r).floor()
     x0 = (cand[..., 1] * size).floor().clamp(max=size - 1)  # randint(0, size)
     y0 = (cand[..., 2] * size).floor().clamp(max=size - 1)
-    fits = (x0 + w <= size) & (y0 + h <= size)
-    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first candidate that fits (0 if none does)
+    return first_fitting_box(w, h, x0, y0, size) & (u[:, 0] < p).view(n, 1, 1)
+
+
+def first_fitting_box(w: torch.Tensor, h: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, size, size) bool: for each row of (n, K) candidate boxes (widths, heights, corners; broadcastable), the
+    first candidate that fits in the image — a rejection sampler's first acceptance; clipped to the image in the
+    (negligible) case that none fits."""
+    w, h, x0, y0 = torch.broadcast_tensors(w, h, x0, y0)
+    n = w.shape[0]
+    first = ((x0 + w <= size) & (y0 + h <= size)).to(torch.uint8).argmax(1, keepdim=True)  # 0 if none fits
 
     def pick(t):
         return t.gather(1, first).view(n, 1, 1)
 
     w, h = pick(w).clamp(max=size), pick(h).clamp(max=size)
     x0, y0 = torch.minimum(pick(x0), size - w), torch.minimum(pick(y0), size - h)
-    ys = torch.arange(size, device=device).view(1, size, 1)
-    xs = torch.arange(size, device=device).view(1, 1, size)
-    boxes = (ys >= y0) & (ys < y0 + h) & (xs >= x0) & (xs < x0 + w)
-    return boxes & (u[:, 0] < p).view(n, 1, 1)
+    ys = torch.arange(size, device=w.device).view(1, size, 1)
+    xs = torch.arange(size, device=w.device).view(1, 1, size)
+    return (ys >= y0) & (ys < y0 + h) & (xs >= x0) & (xs < x0 + w)
 
 
 def strong_view(x: torch.Tensor, g: torch.Generator | None = None, brightness=0.5, contrast=0.5) -> torch.Tensor:
