@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ssbench.errors import UserError
+from ssbench.methods.pretrained import load_strict, read_checkpoint
 
 # name -> (config inside the sam2 package, official checkpoint file, release folder)
 MODELS = {
@@ -89,26 +90,10 @@ def save_official(sam, path: str | Path) -> None:
 
 def load_official(sam, path: str | Path, model: str) -> None:
     """Load an official checkpoint strictly, with ``weights_only=True``; mismatches name the model and the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sss.checkpoint {path}: file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickled code that weights_only refuses, ...
-        raise UserError(f"sss.checkpoint {path}: cannot load ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+    state = read_checkpoint(path, "sss.checkpoint")
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"sss.checkpoint {path}: not an official SAM-2 checkpoint (no 'model' key)")
-    try:
-        missing, unexpected = sam.load_state_dict(state["model"], strict=False)
-    except RuntimeError as exc:
-        first = next((l.strip() for l in str(exc).splitlines() if "size mismatch" in l), str(exc).splitlines()[0])
-        raise UserError(f"sss.checkpoint {path}: does not fit model {model}: {first}") from None
-    if missing or unexpected:
-        raise UserError(
-            f"sss.checkpoint {path}: does not fit model {model}: {len(missing)} missing keys"
-            f"{' (e.g. ' + missing[0] + ')' if missing else ''}, {len(unexpected)} unexpected"
-            f"{' (e.g. ' + unexpected[0] + ')' if unexpected else ''}"
-        )
+    load_strict(sam, state["model"], f"sss.checkpoint {path}: does not fit model {model}")
 
 
 def fetch_official(model: str, cache: Path) -> Path:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssbench.errors import UserError
+from ssbench.methods.pretrained import load_strict, read_checkpoint
 
 PATCH = 14
 # backbone -> (timm's DINOv2 arguments, blocks read by the head, DPT features, DPT out_channels): unimatch_v2.py
@@ -202,25 +203,9 @@ class Segmenter(nn.Module):
 def load_official(vit: nn.Module, path: str | Path, backbone: str) -> None:
     """An official DINOv2 ``.pth`` (e.g. dinov2_vits14_pretrain.pth: a flat state dict, as V2's ``./pretrained``)
     into timm's ViT, strictly, with ``weights_only=True``; only the unused ``mask_token`` is dropped."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"unimatch-v2.checkpoint {path}: file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickled code that weights_only refuses, ...
-        raise UserError(f"unimatch-v2.checkpoint {path}: cannot load ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    state = read_checkpoint(path, "unimatch-v2.checkpoint")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"unimatch-v2.checkpoint {path}: not an official DINOv2 checkpoint (expected a flat state "
                         "dict of tensors, as dinov2_vits14_pretrain.pth)")
     state = {k: v for k, v in state.items() if k != "mask_token"}
-    try:
-        missing, unexpected = vit.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        first = next((l.strip() for l in str(exc).splitlines() if "size mismatch" in l), str(exc).splitlines()[0])
-        raise UserError(f"unimatch-v2.checkpoint {path}: does not fit the DINOv2 {backbone} backbone: {first}") from None
-    if missing or unexpected:
-        raise UserError(
-            f"unimatch-v2.checkpoint {path}: does not fit the DINOv2 {backbone} backbone: {len(missing)} missing keys"
-            f"{' (e.g. ' + missing[0] + ')' if missing else ''}, {len(unexpected)} unexpected"
-            f"{' (e.g. ' + unexpected[0] + ')' if unexpected else ''}")
+    load_strict(vit, state, f"unimatch-v2.checkpoint {path}: does not fit the DINOv2 {backbone} backbone")
