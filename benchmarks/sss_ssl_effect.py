@@ -11,24 +11,25 @@ same split, seeds and schedule, and for each run and class:
                  same with the default single validation)
 
 The point is to show that the branch acts for every class and what it changes, not to claim a gain: phantom data,
-random SAM-2 weights (no pretrained checkpoint on a CPU machine) and 72 iterations cannot show one.
+random SAM-2 weights (no pretrained checkpoint on a CPU machine) and 120 iterations cannot show one.
 
-Settings (beyond the embedded cpu-small recipe: Hiera-T 2.1 at 96^2, batch 1 + 2 with one 8-slice clip, the EMA
-teacher's horizon scaled to the run), and why:
-  --iters 72             the branch prompts a class only once the teacher's coarse head finds it (PCSW reads it):
-                         in two trial runs (96^2, conf_thresh 0.8; seed 1337 with pcsw_refresh 15, seed 1 with 10)
-                         the LV was first prompted at iteration 19 / 22, the RV at 57 / 36, the Myo at 48 / 55;
-                         72 iterations leave every class a stretch of activity and keep a run under 5 minutes
+Settings (beyond the embedded cpu-small recipe: Hiera-T 2.1, batch 1 + 2 with one 8-slice clip, the EMA teacher's
+horizon scaled to the run), and why:
+  --iters 120            the branch prompts a class only once the teacher finds it (PCSW reads its coarse head):
+  data.train_size=64     at the recipe's 96^2 and 72 iterations (3 seeds, this script's first version) the LV was
+                         prompted from iteration 19-22 in every run, but the RV and the Myo in only 1 of the 3 SSS
+                         runs; at 64^2 a step costs about half, and in a trial of the hardest seed (3) at 64^2 the
+                         LV, Myo and RV were first prompted at iterations 28, 51 and 74. 120 iterations at 64^2 cost
+                         about what 72 did at 96^2 (~4 minutes a run)
   sss.pcsw_refresh=10    an unlabeled volume first drawn before the teacher found a class is prompted again soon
-                         (the recipe's 18 would leave most volumes with their first, empty, prompts)
-  sss.conf_thresh=0.8    a teacher with random-initialised SAM-2 is rarely 95 % sure of a foreground pixel within
-                         72 iterations; at 0.8 the mask loss receives confident foreground (u_fg > 0)
-  train.val_every=72, checkpoint_every=1000   one validation (the best checkpoint is the final one), no resumable
-                         checkpoints: less time outside training
-Six runs (2 variants x 3 seeds) are sized for 30 minutes on 2 quiet CPU cores (an estimate from single-thread CPU
-time on a shared machine: ~350 CPU-s per run).
+                         (the recipe's 30 would leave most volumes with their first, empty, prompts)
+  sss.conf_thresh=0.8    a teacher with random-initialised SAM-2 is rarely 95 % sure of a foreground pixel this
+                         early; at 0.8 the mask loss receives confident foreground (u_fg > 0)
+  train.val_every=<iters>, checkpoint_every=1000   one validation (the best checkpoint is the final one), no
+                         resumable checkpoints: less time outside training
+Six runs (2 variants x 3 seeds) are sized for 30 minutes on 2 quiet CPU cores.
 
-    python benchmarks/sss_ssl_effect.py [--iters 72] [--seeds 1 2 3] [--split 10%] [--out results-ssl-effect]
+    python benchmarks/sss_ssl_effect.py [--iters 120] [--seeds 1 2 3] [--split 10%] [--out results-ssl-effect]
     python benchmarks/sss_ssl_effect.py --smoke     # 1 seed, 4 iterations at 64^2: the script's own check
 
 Runs that already exist in --out are reused, so an interrupted benchmark continues where it stopped; the tables are
@@ -46,8 +47,8 @@ import pandas as pd
 
 from ssbench.engine.run import RunRequest, build_config, execute, run_dir_for
 
-SETTINGS = ("sss.conf_thresh=0.8", "sss.pcsw_refresh=10", "train.checkpoint_every=1000")
-SMOKE = ("data.train_size=64", "sss.clip_length=3", "train.batch_unlabeled=1", "train.eval_batch=32")
+SETTINGS = ("data.train_size=64", "sss.conf_thresh=0.8", "sss.pcsw_refresh=10", "train.checkpoint_every=1000")
+SMOKE = ("sss.clip_length=3", "train.batch_unlabeled=1", "train.eval_batch=32")
 VARIANTS = {"sss": (), "labeled-only": ("sss.unlabeled_weight=0",)}
 
 
@@ -76,13 +77,13 @@ def activity(log: pd.DataFrame, k: int) -> dict[str, float]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=None, help="default 72 (4 with --smoke)")
+    parser.add_argument("--iters", type=int, default=None, help="default 120 (4 with --smoke)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 1 2 3 (1 with --smoke)")
     parser.add_argument("--split", default="10%")
     parser.add_argument("--out", default="results-ssl-effect")
     parser.add_argument("--smoke", action="store_true", help="tiny settings that check the script, not SSS")
     args = parser.parse_args()
-    args.iters = args.iters or (4 if args.smoke else 72)
+    args.iters = args.iters or (4 if args.smoke else 120)
     args.seeds = args.seeds or ([1] if args.smoke else [1, 2, 3])
 
     rows = []
