@@ -264,11 +264,21 @@ def _rng_states(runtime) -> list:
 
 def compile_networks(method) -> list:
     """``train.compile=on``: torch.compile each of the method's networks in place (their forward; weights, state
-    dict and checkpoints stay as they are). Returns the compiled modules."""
-    targets = method.compile_targets()
-    for module in targets:
-        module.compile()
-    return targets
+    dict and checkpoints stay as they are). Returns the compiled modules.
+
+    A network with BatchNorm is compiled block by block: each module holding a BatchNorm layer as a direct child.
+    Methods also call a network's parts (UniMatch: ``encode``/``decode`` for the feature-perturbed pass), so a
+    compiled whole-network forward and an eager call of the same BatchNorm would meet in one step, and the compiled
+    graph's write-back of the running statistics invalidates what the eager call saved for backward (RuntimeError:
+    "modified by an inplace operation"). Compiled blocks are on every path."""
+    compiled = []
+    for network in method.compile_targets():
+        blocks = [m for m in network.modules()
+                  if any(isinstance(c, torch.nn.modules.batchnorm._BatchNorm) for c in m.children())]
+        for module in blocks or [network]:
+            module.compile()
+            compiled.append(module)
+    return compiled
 
 
 def _channels_last(batch, runtime):
