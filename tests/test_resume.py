@@ -261,7 +261,7 @@ def test_checkpoint_load_reads_to_the_cpu_and_checks_the_run(tmp_path):
 
 
 def test_checkpoint_errors_are_one_line_of_at_most_200_characters_of_detail():
-    from ssbench.engine.checkpoint import _first_line
+    from ssbench.errors import first_line as _first_line
 
     assert _first_line(ValueError("first\nsecond")) == "first"
     assert _first_line(ValueError("  padded  ")) == "padded"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssbench.errors import UserError
+from ssbench.errors import UserError, first_line
 
 
 def load(path: Path, config_hash: str | None = None) -> dict:
@@ -23,7 +23,7 @@ def load(path: Path, config_hash: str | None = None) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types (unpickling, zip, EOF, runtime) for a file that is not one
-        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first_line(exc)})") from None
     if not isinstance(state, dict) or not isinstance(state.get("method"), dict) or "config_hash" not in state:
         raise UserError(f"{path}: not an ssbench checkpoint (no method weights and config hash)")
     if config_hash is not None and state["config_hash"] != config_hash:
@@ -38,9 +38,4 @@ def load_weights(method, state: dict, path: Path) -> None:
         method.load_state_dict(state["method"])
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise UserError(f"{path}: its weights do not fit method {type(method).name!r} "
-                        f"({type(exc).__name__}: {_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else "no detail"
+                        f"({type(exc).__name__}: {first_line(exc)})") from None

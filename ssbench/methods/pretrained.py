@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ssbench.errors import UserError
+from ssbench.errors import UserError, first_line
 
 
 def read_checkpoint(path: str | Path, option: str):
@@ -20,9 +20,7 @@ def read_checkpoint(path: str | Path, option: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickled code that weights_only refuses, ...
-        text = str(exc).strip()
-        raise UserError(f"{option} {path}: cannot load ({type(exc).__name__}: "
-                        f"{text.splitlines()[0] if text else 'no detail'})") from None
+        raise UserError(f"{option} {path}: cannot load ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def load_strict(module: nn.Module, state: dict, what: str) -> None:
