@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ssbench.engine.run import RunRequest, execute
+from ssbench.engine.plan import RunRequest
+from ssbench.engine.run import execute
 
 
 def case_dice(run_dir) -> pd.Series:
@@ -45,7 +46,7 @@ def main(argv=None) -> dict:
         args.sets += ["data.train_size=32", "train.batch_labeled=2", "train.batch_unlabeled=2", "train.val_every=2"]
     out = args.out or tempfile.mkdtemp(prefix="amp-parity-")
     from hardware import describe
-    from ssbench.engine.run import resolve_device
+    from ssbench.engine.plan import resolve_device
 
     print(f"hardware: {describe(resolve_device(args.device))}")
     print(f"settings: {args.method} on {args.dataset} ({args.data_root or 'embedded phantom'}), split {args.split}, "

@@ -8,16 +8,16 @@ benchmark with the difference, unless ``rerun_stale`` replaces it.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
 
-import yaml
-
+from ssbench import runfolder
 from ssbench.engine.describe import resolved_config
-from ssbench.engine.run import check_resumable, execute, run_dir_for
+from ssbench.engine.plan import run_dir_for
+from ssbench.engine.run import check_resumable, execute
 from ssbench.errors import UserError
+from ssbench.runfolder import is_complete
 
 
 def machine() -> str:
@@ -31,17 +31,16 @@ def machine() -> str:
 
 def recorded(run_dir: Path) -> dict:
     """A finished run's config.yaml (with its config_hash)."""
-    return yaml.safe_load((run_dir / "config.yaml").read_text())
+    return runfolder.Staging.recorded_config_of(run_dir) or {}
 
 
 def cached_or_run(req, rerun_stale: bool = False, say=print) -> Path:
     """The finished run of ``req``: reused when its recorded config hash is the requested one, else trained."""
     cfg = resolved_config(req)
     run_dir = run_dir_for(cfg, req.out)
-    if (run_dir / "config.yaml").is_file():
+    if (run_dir / runfolder.CONFIG).is_file():
         have = recorded(run_dir)
-        done = json.loads((run_dir / "run.json").read_text()).get("status") == "complete"
-        if done and have.get("config_hash") == cfg.hash():
+        if is_complete(run_dir) and have.get("config_hash") == cfg.hash():
             return run_dir
         if not rerun_stale:
             try:  # names the keys that differ, as --resume does
@@ -62,7 +61,7 @@ def cached_or_run(req, rerun_stale: bool = False, say=print) -> Path:
 def describe(runs: list[Path]) -> list[str]:
     """What the runs behind a figure recorded: their lengths, batches and input size, and where they trained."""
     configs = [recorded(r) for r in runs]
-    infos = [json.loads((r / "run.json").read_text()) for r in runs]
+    infos = [runfolder.read_info(r) for r in runs]
 
     def values(get):
         return "/".join(str(v) for v in sorted({get(c) for c in configs}, key=str))

@@ -21,7 +21,7 @@ import pandas as pd
 from scipy.stats import wilcoxon
 
 from cached_runs import cached_or_run, describe
-from ssbench.engine.run import RunRequest
+from ssbench.engine.plan import RunRequest
 
 
 def patient_scores(run_dir: Path, checkpoint: str) -> pd.Series:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cached_runs import cached_or_run, describe, recorded
-from ssbench.engine.run import RunRequest, build_config
+from ssbench.engine.plan import RunRequest, build_config
 
 METHODS = {"supervised": ("supervised", ()), "sss": ("sss", ()), "sss memory=false": ("sss", ("sss.memory=false",))}
 

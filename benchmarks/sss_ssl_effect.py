@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ssbench.engine.run import RunRequest, build_config, execute, run_dir_for
+from ssbench.engine.plan import RunRequest, build_config, run_dir_for
+from ssbench.engine.run import execute
 
 SETTINGS = ("data.train_size=64", "sss.conf_thresh=0.8", "sss.pcsw_refresh=10", "train.checkpoint_every=1000")
 SMOKE = ("sss.clip_length=3", "train.batch_unlabeled=1", "train.eval_batch=32")

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from ssbench.errors import UserError, WriteError
+from ssbench.errors import UserError, WriteError, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible semi-supervised medical image segmentation benchmarks.")
@@ -66,7 +66,8 @@ def run(
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Train and evaluate one method on one labeled split."""
-    from ssbench.engine.run import RunRequest, execute
+    from ssbench.engine.plan import RunRequest
+    from ssbench.engine.run import execute
 
     _load_plugins(plugins)
     if gpus > 1:
@@ -114,26 +115,26 @@ def _relaunch_under_torchrun(gpus: int) -> None:
 def _print_summary(console, run_dir: Path, sub: str = "") -> None:
     from rich.table import Table
 
-    summary = json.loads((run_dir / sub / "summary.json").read_text())
+    from ssbench import runfolder
+    from ssbench.metrics.catalog import metrics
+
+    summary = runfolder.read_json(run_dir / sub / runfolder.SUMMARY, full_path=True)
     units = summary["metric_policy"]["hd_units"]
     for ckpt, block in summary["checkpoints"].items():
         table = Table(title=f"test set, {ckpt} checkpoint ({summary['test_cases']} volumes)")
-        for col in ("class", "Dice %", "Jaccard %", f"HD95 ({units})", f"ASD ({units})", "n"):
-            table.add_column(col, justify="right" if col != "class" else "left")
+        table.add_column("class", justify="left")
+        for m in metrics():
+            table.add_column(m.header(units), justify="right")
+        table.add_column("n", justify="right")
         rows = list(block["per_class"].items()) + [("mean", {**block["mean"], "n_cases": ""})]
-        for name, m in rows:
-            table.add_row(name, _pct(m["dice"]), _pct(m["jaccard"]), _num(m["hd95"]), _num(m["asd"]),
-                          str(m["n_cases"]))
+        for name, values in rows:
+            table.add_row(name, *[_shown(values[m.name], m.scale) for m in metrics()], str(values["n_cases"]))
         console.print(table)
     console.print(f"results: {run_dir / sub}")
 
 
-def _pct(v):
-    return "—" if v is None else f"{100 * v:.2f}"
-
-
-def _num(v):
-    return "—" if v is None else f"{v:.2f}"
+def _shown(v, scale: float) -> str:
+    return "—" if v is None else f"{scale * v:.2f}"
 
 
 @app.command("eval")
@@ -177,7 +178,7 @@ def split(
 
     _load_plugins(plugins)
     cls = registry.dataset(dataset)
-    if data_root is None and hasattr(cls, "frozen_split"):
+    if data_root is None and cls.frozen_split is not None:
         result = cls.frozen_split(split, split_seed)
     else:
         if data_root is None:
@@ -212,7 +213,7 @@ def config_cmd(
 ):
     """Print the resolved config exactly as `ssbench run` with the same options would record it (config.yaml)."""
     from ssbench.engine.describe import describe_fields, resolved_config
-    from ssbench.engine.run import RunRequest
+    from ssbench.engine.plan import RunRequest
 
     _load_plugins(plugins)
     req = RunRequest(method=method, dataset=dataset, data_root=str(data_root) if data_root else None, split=split,
@@ -328,18 +329,13 @@ def main() -> None:
         plugin = plugin_of(exc)
         if plugin is None or debug:  # a bug in ssbench itself: the traceback is what a report needs
             raise
-        _fail(f"{plugin} failed: {type(exc).__name__}: {_first_line(exc)} (ssbench --debug ... shows the traceback)")
+        _fail(f"{plugin} failed: {type(exc).__name__}: {first_line(exc)} (ssbench --debug ... shows the traceback)")
     sys.exit(code if isinstance(code, int) else 0)
 
 
 def _fail(message: str, code: int = 2) -> None:
     print(f"ssbench: error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(code)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from ssbench.errors import UserError
+from ssbench.errors import UserError, first_line
 
 METHODS_GROUP = "ssbench.methods"
 DATASETS_GROUP = "ssbench.datasets"
@@ -111,7 +111,7 @@ def load(group: str, name: str):
         try:
             obj = _resolve(entry.value)
         except Exception as exc:  # a plugin that fails to import must not take the CLI down with a traceback
-            raise UserError(f"{entry.describe(kind)} failed to load: {type(exc).__name__}: {_first_line(exc)}") \
+            raise UserError(f"{entry.describe(kind)} failed to load: {type(exc).__name__}: {first_line(exc)}") \
                 from None
         _check(group, entry, obj)
         entry.obj = obj
@@ -179,7 +179,7 @@ def _import_plugin(spec: str) -> list[tuple[str, object]]:
             loader_spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(module_name, None)
-            raise UserError(f"--plugin {spec}: failed to import: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise UserError(f"--plugin {spec}: failed to import: {type(exc).__name__}: {first_line(exc)}") from None
         # the classes the file defines itself (not those it imports, such as a built-in it subclasses)
         return [(f"{module_name}:{k}", v) for k, v in vars(module).items()
                 if isinstance(v, type) and v.__module__ == module_name]
@@ -189,7 +189,7 @@ def _import_plugin(spec: str) -> list[tuple[str, object]]:
     try:
         obj = _resolve(spec)
     except Exception as exc:
-        raise UserError(f"--plugin {spec}: failed to import: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise UserError(f"--plugin {spec}: failed to import: {type(exc).__name__}: {first_line(exc)}") from None
     return [(spec, obj)]
 
 
@@ -289,7 +289,3 @@ def _first_line_of(doc: str) -> str:
     end = paragraph.find(". ")
     return paragraph if end < 0 else paragraph[: end + 1]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else "no detail"

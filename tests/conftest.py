@@ -72,7 +72,7 @@ TINY_RUN = ("--dataset", "nnunet", "--split", "2", "--iters", "6", "--device", "
 
 
 def tiny_request(root, out, method="supervised", sets=(), iters=6, **kw):
-    from ssbench.engine.run import RunRequest
+    from ssbench.engine.plan import RunRequest
 
     return RunRequest(method=method, dataset="nnunet", data_root=str(root), split="2", iters=iters,
                       sets=TINY_SETS + tuple(sets), out=str(out), device="cpu", quiet=True, **kw)

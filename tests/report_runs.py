@@ -1,6 +1,6 @@
-"""Run folders written by hand, field for field as ssbench/engine/run.py and evaluate.py write them, for the
-`ssbench table` tests: config.yaml, run.json, summary.json, split.json, metrics_per_case.csv, train_log.csv and,
-on request, predictions/<checkpoint>.npz. No training, no torch."""
+"""Run folders without training, for the `ssbench table` tests, written through the run folder's own writers
+(``ssbench.runfolder``: config.yaml, run.json, summary.json, split.json, metrics_per_case.csv, train_log.csv and,
+on request, predictions/<checkpoint>.npz). No torch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
+
+from ssbench import runfolder
+from ssbench.engine.results import summarize
 
 CLASSES = ("RV", "Myo", "LV")
 DISPLAY = {"supervised": "U-Net (labeled only)", "mean-teacher": "Mean Teacher", "unimatch": "UniMatch",
@@ -75,9 +77,9 @@ def write_run(root: Path, method: str, split: str = "3", seed: int = 1, *, datas
                              "asd": float(rng.uniform(0.2, 3)), "hd_units": cfg["eval"]["hd_units"],
                              "empty_policy": cfg["eval"]["empty"]})
     frame = pd.DataFrame(rows)
-    frame.to_csv(folder / "metrics_per_case.csv", index=False)
-    (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    info = {"status": status, "config_hash": cfg["config_hash"], "method": base,
+    config_hash = cfg.pop("config_hash")
+    runfolder.write_config(folder, cfg, config_hash)
+    info = {"status": status, "config_hash": config_hash, "method": base,
             "method_source": {"distribution": "ssbench", "version": "0.1.0", "entry_point": "x:Y"},
             "dataset": dataset, "split": split, "labeled_patients": labeled, "seed": seed, "device": "cpu",
             "schedule": {"epoch_pool": "labeled" if base in LABELED_ONLY else "unlabeled", "epoch_pool_slices": 100,
@@ -86,28 +88,30 @@ def write_run(root: Path, method: str, split: str = "3", seed: int = 1, *, datas
         info["method_display_name"] = DISPLAY.get(base, base)
     elif display is not None:
         info["method_display_name"] = display
-    (folder / "run.json").write_text(json.dumps(info))
+    runfolder.write_info(folder, info)
     patients = sorted({c.split("_")[0] for c in cases})
-    (folder / "split.json").write_text(json.dumps({
+    runfolder.write_split(folder, {
         "labeled": [f"L{i}" for i in range(labeled)],
         "unlabeled": [] if split == "all" else [f"U{i}" for i in range(ACDC_TRAIN - labeled)],
-        "val": ["V0"], "test": patients, "protocol": "test"}))
+        "val": ["V0"], "test": patients}, "test")
     best = frame[frame.checkpoint == "best"]
     legacy = cfg["train"]["selection"] != "val"
     score = selection_score if selection_score is not None else float(best.groupby("class")["dice"].mean().mean())
-    (folder / "summary.json").write_text(json.dumps({
-        "config_hash": cfg["config_hash"], "metric_policy": cfg["eval"],
+    runfolder.write_results(folder, frame, {
+        "config_hash": config_hash, "metric_policy": cfg["eval"],
         "selection": {"set": cfg["train"]["selection"], "metric": "mean foreground Dice", "best_iteration": 500,
                       "best_score": score, "cases": 60 if legacy else 20},
-        "test_cases": len(cases), "checkpoints": {}}))
+        "test_cases": len(cases), "checkpoints": summarize(frame)})
     it = np.arange(1, log_iters + 1)
     val = np.full(log_iters, np.nan)
     val[log_iters // 2 - 1], val[-1] = 0.5 + shift, 0.7 + shift
-    pd.DataFrame({"iteration": it, "lr": 0.01, "loss": np.linspace(1, 0.1, log_iters) + seed * 0.01,
-                  "elapsed_s": it * 0.1, "val_dice": val}).to_csv(folder / "train_log.csv", index=False)
+    runfolder.write_train_log(folder, pd.DataFrame({
+        "iteration": it, "lr": 0.01, "loss": np.linspace(1, 0.1, log_iters) + seed * 0.01, "elapsed_s": it * 0.1,
+        "val_dice": val}))
     if predictions is not None:
-        (folder / "predictions").mkdir()
-        np.savez_compressed(folder / "predictions" / "best.npz", **predictions)
+        path = runfolder.predictions_path(folder, "best")
+        path.parent.mkdir()
+        np.savez_compressed(path, **predictions)
     return folder
 
 

@@ -337,7 +337,7 @@ def test_disk_full_while_saving(cli, tiny_nnunet, tiny_run, tmp_path, monkeypatc
     """The write fails as on a full disk: one line naming the file, nothing published, no temporary file left;
     once there is space again, --resume finishes with the numbers of an uninterrupted run."""
     import ssbench.atomic
-    import ssbench.engine.run as run_module
+    import ssbench.runfolder as run_module
 
     out = tmp_path / "results"
     with monkeypatch.context() as m:

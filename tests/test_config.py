@@ -12,7 +12,7 @@ from conftest import TINY_RUN
 from ssbench import registry
 from ssbench.config import apply_override, field_docs, from_dict, parse_value
 from ssbench.engine.config import DataConfig, RunConfig, TrainConfig
-from ssbench.engine.run import RunRequest, build_config
+from ssbench.engine.plan import RunRequest, build_config
 from ssbench.errors import ConfigError
 from ssbench.metrics.evaluation import MetricPolicy
 

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from ssbench.engine.run import RunRequest, execute
+from ssbench.engine.plan import RunRequest
+from ssbench.engine.run import execute
 from ssbench.errors import UserError
 
 pytestmark = pytest.mark.slow  # whole runs on the embedded phantom (the tiny-dataset tests cover the same paths fast)

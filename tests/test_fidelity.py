@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from ssbench import augment
 from ssbench.engine.data import Sampler, SlicePool
-from ssbench.engine.run import RunRequest, build_config, execute, resolve_schedule
+from ssbench.engine.plan import RunRequest, build_config, plan
+from ssbench.engine.run import execute
 from ssbench.engine.train import step_lr
 from ssbench.errors import ConfigError
 from ssbench.methods.unet import UNet
@@ -86,10 +87,12 @@ def _pool(n_slices):
 def test_unimatch_published_length_is_300_passes_over_the_unlabeled_slices(acdc_folder, n_unlabeled, iters):
     """ACDC with 1 / 3 / 7 labeled patients has 1,280 / 1,244 / 1,176 unlabeled slices (UniMatch's lists):
     len(trainloader_u) = slices // 12 with drop_last, times 300 epochs."""
-    cfg, method_cls, _ = build_config(RunRequest(method="unimatch", data_root=str(acdc_folder)))
+    planned = plan(RunRequest(method="unimatch", data_root=str(acdc_folder)))
+    cfg = planned.cfg
     assert (cfg.train.schedule, cfg.train.epochs, cfg.train.val_every) == ("epochs", 300, "epoch")
     pools = {"labeled": _pool(136), "unlabeled": _pool(n_unlabeled)}
-    resolved, info = resolve_schedule(cfg, method_cls, pools)
+    scheduled = planned.with_schedule(pools)
+    resolved, info = scheduled.cfg, scheduled.schedule
     assert resolved.train.iters == iters and info["iters_per_epoch"] == iters // 300
     assert info["epoch_pool"] == "unlabeled"
 

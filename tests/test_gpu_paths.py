@@ -15,7 +15,8 @@ def test_a_checkpoint_resumes_on_another_device_than_the_one_that_wrote_it(tiny_
     """A run checkpointed on the CPU resumes in a process whose model lives on another device. ``meta`` stands in
     for the accelerator: any state read onto it (the sampler's order, the RNG states) is unusable there, exactly
     as a CUDA tensor is for numpy and ``torch.set_rng_state``, so only a device-agnostic restore passes."""
-    from ssbench.engine.run import build_config, build_method, load_inputs, resolve_where_it_runs
+    from ssbench.engine.plan import build_config, resolve_where_it_runs
+    from ssbench.engine.run import build_method, load_inputs
     from ssbench.engine.runtime import make_runtime
     from ssbench.engine.train import make_optimizer, make_samplers, restore_training_state
 
@@ -50,7 +51,8 @@ def _step_on_stand_in_device(method_name, tiny_nnunet, tmp_path, steps=2, sets=(
     """``steps`` engine training steps of ``method_name`` (tiny run, data on the device) on the ``meta`` stand-in
     device, recorded by ``HostSyncRecorder``; ``setup(method)`` runs before the recording."""
     from ssbench.engine.hostsync import HostSyncRecorder
-    from ssbench.engine.run import build_config, build_method, load_inputs
+    from ssbench.engine.plan import build_config
+    from ssbench.engine.run import build_method, load_inputs
     from ssbench.engine.runtime import make_runtime
     from ssbench.engine.train import make_optimizer, make_samplers, train_step
     from ssbench.methods.api import StepInfo
@@ -113,7 +115,8 @@ def test_train_compile_compiles_the_networks_in_place_and_keeps_the_checkpoint_f
     it has BatchNorm: the state dict, and so every checkpoint, keeps its keys; nothing else is wrapped; a UniMatch
     step, which calls the network whole and in parts (encode/decode), trains through it. (The compiled speed is
     measured by benchmarks/train_step.py --compile, against eager in the same call.)"""
-    from ssbench.engine.run import build_config, build_method
+    from ssbench.engine.plan import build_config
+    from ssbench.engine.run import build_method
     from ssbench.engine.train import compile_networks
 
     cfg, method_cls, dataset = build_config(tiny_request(tiny_nnunet, tmp_path, method="mean-teacher",
@@ -137,7 +140,8 @@ def test_a_compiled_unimatch_step_trains(tiny_nnunet, tmp_path, monkeypatch):
     and building C++ kernels, which costs half a minute on a cold CPU cache.)"""
     compile_ = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_(self, **{"backend": "aot_eager", **kw}))
-    from ssbench.engine.run import build_config, build_method, load_inputs
+    from ssbench.engine.plan import build_config
+    from ssbench.engine.run import build_method, load_inputs
     from ssbench.engine.runtime import make_runtime
     from ssbench.engine.train import compile_networks, make_optimizer, make_samplers, train_step
     from ssbench.methods.api import StepInfo

@@ -40,7 +40,7 @@ def test_run_json_records_versions_commit_threads_and_execution(tiny_run):
 
 
 def test_the_recorded_thread_count_is_the_one_at_run_time(monkeypatch):
-    from ssbench.engine.run import provenance
+    from ssbench.engine.record import provenance
 
     before = torch.get_num_threads()
     try:
@@ -105,7 +105,8 @@ def test_the_readme_command_falls_back_to_a_random_sam2_loudly(tmp_path, monkeyp
     from formats import write_acdc_raw
     from ssbench.datasets import synthetic
     from ssbench.datasets.acdc import ACDC
-    from ssbench.engine.run import RunRequest, build_config, build_method
+    from ssbench.engine.plan import RunRequest, build_config
+    from ssbench.engine.run import build_method
     from ssbench.methods.sss import sam2_net
 
     split = ACDC.frozen_split("10%")

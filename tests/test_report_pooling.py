@@ -104,8 +104,8 @@ def test_one_seed_spelled_two_ways_counts_once(tmp_path, cli):
 
 
 BAD = {
-    "malformed yaml": ("config.yaml", "data: [unclosed\n", "config.yaml: malformed YAML"),
-    "config not a mapping": ("config.yaml", "- a\n- b\n", "config.yaml: not a mapping"),
+    "malformed yaml": ("config.yaml", "data: [unclosed\n", "config.yaml: unreadable (malformed YAML"),
+    "config not a mapping": ("config.yaml", "- a\n- b\n", "config.yaml: expected a mapping"),
     "missing key": ("config.yaml", None, "config.yaml: missing key eval.hd_units"),
     "run.json broken": ("run.json", "{not json", "run.json: unreadable"),
     "missing column": ("metrics_per_case.csv", "checkpoint,case_id\nbest,x\n", "missing column 'patient_id'"),

@@ -120,14 +120,15 @@ def test_a_finished_staging_folder_is_published_as_it_is(tiny_nnunet, tmp_path, 
     """Killed between its last write and its publication: --resume trains nothing, evaluates nothing and publishes
     the files written before the interruption, run.json (its times) included."""
     from ssbench.engine import evaluate, run as run_mod
+    from ssbench.runfolder import Staging
 
     out = tmp_path / "results"
 
-    def interrupted(staging, final_dir):
+    def interrupted(staging):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(run_mod, "publish", interrupted)
+        m.setattr(Staging, "publish", interrupted)
         with pytest.raises(KeyboardInterrupt):
             run_mod.execute(tiny_request(tiny_nnunet, out))
     staging = out / RUN.with_name(".seed1337.incomplete")

@@ -147,7 +147,7 @@ def test_a_ddp_run_is_its_own_run_and_resumes_from_its_per_rank_state(tmp_path, 
     hashed apart from the one-process run; stopped after a checkpoint, it resumes from every rank's state to the
     metrics of an uninterrupted 2-process run."""
     from conftest import TINY_SETS, tiny_request
-    from ssbench.engine.run import build_config, resolve_where_it_runs, run_dir_for
+    from ssbench.engine.plan import build_config, resolve_where_it_runs, run_dir_for
 
     exe = Path(sys.executable).parent / "ssbench"
     common = ["run", "--method", "mean-teacher", "--dataset", "nnunet", "--data-root", str(tiny_nnunet), "--split",

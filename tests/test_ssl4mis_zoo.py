@@ -264,7 +264,7 @@ def test_every_registered_method_gets_its_own_colour_in_the_figures():
 
 def test_ict_refuses_an_unlabeled_batch_it_cannot_pair_before_anything_runs(tiny_nnunet, tmp_path):
     from conftest import tiny_request
-    from ssbench.engine.run import build_config
+    from ssbench.engine.plan import build_config
     from ssbench.errors import ConfigError
 
     with pytest.raises(ConfigError, match="train.batch_unlabeled=1: ICT"):

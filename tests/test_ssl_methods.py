@@ -181,7 +181,7 @@ def test_feature_perturbation_applies_the_configured_dropout_at_every_level(p):
 
 def test_legacy_selection_is_never_default_and_named(tiny_nnunet):
     from ssbench.engine.config import TrainConfig
-    from ssbench.engine.run import RunRequest, build_config, run_dir_for
+    from ssbench.engine.plan import RunRequest, build_config, run_dir_for
 
     assert TrainConfig().selection == "val"
     cfg, _, _ = build_config(RunRequest(method="unimatch", dataset="nnunet", data_root=str(tiny_nnunet), split="2",
@@ -261,7 +261,8 @@ def test_unimatch_draws_cutmix_sources_from_a_second_unlabeled_stream(tiny_nnune
     """The engine gives UniMatch (and FixMatch) two unlabeled streams with their own seeds, concatenated: the
     first half are the images, the second the CutMix sources (UniMatch's trainloader_u_mix)."""
     from ssbench.engine.data import Sampler
-    from ssbench.engine.run import RunRequest, build_config, load_inputs
+    from ssbench.engine.plan import RunRequest, build_config
+    from ssbench.engine.run import load_inputs
     from ssbench.engine.train import _draw_unlabeled, make_samplers
 
     for name in ("unimatch", "fixmatch"):

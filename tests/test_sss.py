@@ -443,7 +443,8 @@ def test_sss_run_on_real_format_data_and_offline_reevaluation(tmp_path, bhsd_pha
     import pandas as pd
     import yaml
 
-    from ssbench.engine.run import RunRequest, execute
+    from ssbench.engine.plan import RunRequest
+    from ssbench.engine.run import execute
     from ssbench.methods.sss import sam2_net
 
     official = tmp_path / "official.pt"
@@ -477,7 +478,7 @@ def test_sss_run_on_real_format_data_and_offline_reevaluation(tmp_path, bhsd_pha
 
 
 def _sss_config(*sets):
-    from ssbench.engine.run import RunRequest, build_config, run_dir_for
+    from ssbench.engine.plan import RunRequest, build_config, run_dir_for
 
     cfg, _, _ = build_config(RunRequest(method="sss", sets=sets))
     return cfg, run_dir_for(cfg, "results")
@@ -520,7 +521,7 @@ def test_fallback_warning_names_the_missing_checkpoint(tmp_path):
 def test_settings_sss_does_not_use_are_not_recorded_and_refused(acdc_phantom, cli):
     """SSS augments its own inputs and trains with AdamW: train.augment and train.momentum do not act, so its
     config leaves them out (and --set refuses them); a method that uses them records them."""
-    from ssbench.engine.run import RunRequest, build_config
+    from ssbench.engine.plan import RunRequest, build_config
 
     cfg, _ = _sss_config()
     assert "augment" not in cfg.to_dict()["train"] and "momentum" not in cfg.to_dict()["train"]

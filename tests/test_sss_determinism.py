@@ -56,7 +56,8 @@ def test_two_training_steps_are_bit_identical():
 
 RUN = """
 import sys
-from ssbench.engine.run import RunRequest, execute
+from ssbench.engine.plan import RunRequest
+from ssbench.engine.run import execute
 sets = ("data.train_size=64", "train.val_every=2", "train.batch_labeled=2", "train.batch_unlabeled=2",
         "train.eval_batch=32", "sss.pcsw_refresh=1", "sss.clip_length=3",  # short clips: the test is about repeats
         "sss.init=random", "sss.model=sam2.1_hiera_t")

@@ -98,6 +98,10 @@ class Dataset(ABC):
     def split(self, spec: str, seed: int) -> Split:
         """Resolve ``--split`` (and ``--split-seed``) to patient sets."""
 
+    # A dataset whose split protocol needs no data on disk (ACDC's frozen lists) overrides this classmethod:
+    # ``ssbench split --dataset NAME`` without ``--data-root`` then prints it. None: the split needs the data.
+    frozen_split: ClassVar[object] = None
+
     def describe(self) -> dict:
         """What was detected on disk; saved in run.json."""
         return {"root": str(self.root)}

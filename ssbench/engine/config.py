@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from ssbench.config import apply_override, check_section, config_hash, from_dict, to_dict
+from ssbench.config import apply_override, check_section, check_value, config_hash, field_types, from_dict, to_dict
 from ssbench.errors import ConfigError
 from ssbench.metrics.evaluation import MetricPolicy
 
@@ -176,6 +176,14 @@ class RunConfig:
             raise ConfigError(f"--set {dotted}: unknown section {section!r} (known: {', '.join(sections)})")
         new = apply_override(sections[section], rest, raw, label=dotted)
         return self._replace_section(section, new)
+
+    def set(self, dotted: str, value, label: str) -> "RunConfig":
+        """``dotted`` set to a typed value (a parsed command-line option, a value the engine derived), checked
+        against the field's declared type and bounds; an error names ``label`` (the option as typed)."""
+        section, _, key = dotted.partition(".")
+        obj = self.sections()[section]
+        checked = check_value(value, field_types(type(obj))[key], label)
+        return self._replace_section(section, dataclasses.replace(obj, **{key: checked}))
 
     def _replace_section(self, section: str, new) -> "RunConfig":
         if section in SHARED_SECTIONS:

@@ -9,17 +9,16 @@ from ssbench.config import field_docs
 
 
 def resolved_config(req):
-    """The config ``execute(req)`` would save in config.yaml: defaults, recipe, options and --set, the HD units
-    resolved for the data and the device, and (with an epoch schedule) the length in iterations the data give."""
-    from ssbench.engine.run import build_config, load_inputs, resolve_device, resolve_schedule, resolve_where_it_runs
+    """The config ``execute(req)`` would save in config.yaml: its plan (``ssbench.engine.plan``), with the length
+    in iterations the data give when the schedule is in epochs. Nothing is fetched."""
+    from ssbench.engine.plan import plan
+    from ssbench.engine.run import load_inputs
 
-    cfg, method_cls, dataset = build_config(req)
-    cfg = resolve_where_it_runs(cfg, dataset, resolve_device(req.device))  # as execute() records it
-    if cfg.train.schedule == "epochs":  # only then does the recorded config depend on the data's slice counts
-        split = dataset.split(cfg.data.split, cfg.data.split_seed)
-        inputs = load_inputs(cfg, method_cls, dataset, split, lambda *a, **k: None)
-        cfg, _ = resolve_schedule(cfg, method_cls, inputs.pools)
-    return cfg
+    p = plan(req)
+    if p.cfg.train.schedule == "epochs":  # only then does the recorded config depend on the data's slice counts
+        inputs = load_inputs(p.cfg, p.method_cls, p.dataset, p.split(), lambda *a, **k: None)
+        p = p.with_schedule(inputs.pools)
+    return p.cfg
 
 
 def describe_fields(cfg) -> str:

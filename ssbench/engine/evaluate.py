@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ssbench import runfolder
 from ssbench.engine.inference import predict_volume
 from ssbench.engine.results import summarize
 from ssbench.metrics.evaluation import evaluate_case
@@ -61,7 +62,6 @@ def rescore_under_protocol(run_dir: Path, cases, dataset, cfg, protocol: str) ->
     """Score a run's saved test predictions (predictions/<checkpoint>.npz) under the named protocol
     (``metrics.evaluation.PROTOCOLS``) into ``evals/<empty>-<units>/``, as ``ssbench eval --protocol`` would (the
     same label maps: no new prediction). Returns the folder, or None if that is the run's own policy."""
-    from ssbench.atomic import write_csv, write_json
     from ssbench.metrics.evaluation import PROTOCOLS, protocol_policy
 
     policy = protocol_policy(protocol, cfg.eval)
@@ -70,16 +70,15 @@ def rescore_under_protocol(run_dir: Path, cases, dataset, cfg, protocol: str) ->
         return None
     sub_cfg = dataclasses.replace(cfg, eval=policy)
     rows = []
-    for ckpt in ("best", "final"):
-        with np.load(Path(run_dir) / "predictions" / f"{ckpt}.npz") as saved:
+    for ckpt in runfolder.CHECKPOINT_NAMES:
+        with np.load(runfolder.predictions_path(run_dir, ckpt)) as saved:
             for case in cases:
                 rows += score_case(saved[case.case_id], case, dataset, sub_cfg, ckpt)
     frame = pd.DataFrame(rows)
-    sub = f"evals/{policy.empty}-{policy.hd_units}"
-    write_csv(Path(run_dir) / sub / "metrics_per_case.csv", frame)
-    write_json(Path(run_dir) / sub / "summary.json",
-               summary_of(frame, sub_cfg, protocol={"name": protocol, "description": PROTOCOLS[protocol][1]}))
-    return sub
+    sub = runfolder.evaluation_dir(run_dir, policy.empty, policy.hd_units)
+    runfolder.write_results(sub, frame, summary_of(frame, sub_cfg, protocol={"name": protocol,
+                                                                           "description": PROTOCOLS[protocol][1]}))
+    return str(sub.relative_to(run_dir))
 
 
 def evaluate_checkpoints(method, cases, dataset, cfg, device, checkpoints: Path,
@@ -92,7 +91,7 @@ def evaluate_checkpoints(method, cases, dataset, cfg, device, checkpoints: Path,
     from ssbench.engine import checkpoint
 
     rows, previous = [], None
-    for ckpt in ("best", "final"):
+    for ckpt in runfolder.CHECKPOINT_NAMES:
         path = checkpoints / f"{ckpt}.pt"
         state = checkpoint.load(path, config_hash or cfg.hash())
         if previous is not None and _same_weights(previous[0]["method"], state["method"]):

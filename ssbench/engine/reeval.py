@@ -7,12 +7,9 @@ folder is checked first: its config must be the one recorded (hash), and each ch
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-from ssbench import registry
-from ssbench.atomic import write_csv, write_json
-from ssbench.config import config_hash
+from ssbench import registry, runfolder
 from ssbench.engine.config import RunConfig
 from ssbench.errors import ConfigError, UserError
 
@@ -21,33 +18,31 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
 
     from ssbench.config import apply_override
     from ssbench.engine.evaluate import evaluate_checkpoints, summary_of
-    from ssbench.engine.run import build_method, load_cases, resolve_device, resolve_hd_units
+    from ssbench.engine.plan import resolve_device, resolve_hd_units
+    from ssbench.engine.run import build_method, load_cases
     from ssbench.engine.train import deterministic_algorithms
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: not a folder (expected a completed run folder)")
-    for name in ("config.yaml", "run.json", "split.json", "checkpoints/best.pt", "checkpoints/final.pt"):
-        if not (run_dir / name).is_file():
+    for name in runfolder.missing_files(run_dir, weights=True):
+        if name not in (runfolder.SUMMARY, runfolder.CASES):  # what is re-evaluated need not be there
             raise UserError(f"{run_dir / name}: missing (not a completed run folder)")
-    info = _read(run_dir / "run.json", dict)
+    info = runfolder.read_info(run_dir, full_path=True)
     if info.get("status") != "complete":
         raise UserError(f"{run_dir}: the run is not complete")
-    raw = _read(run_dir / "config.yaml", dict)
-    recorded = raw.pop("config_hash", None)
-    if recorded is None or recorded != _recorded_hash(raw):
-        raise UserError(f"{run_dir / 'config.yaml'}: does not match its recorded config hash (edited after the run?)")
+    raw, recorded = runfolder.read_config(run_dir, full_path=True)
     try:
         method_cls = _registered(registry.method, str(raw["method"]), info.get("method_source"))
         dataset_cls = _registered(registry.dataset, str(raw["data"]["dataset"]), None)
         cfg = RunConfig.from_dict(raw, method_cls, dataset_cls)
     except (KeyError, TypeError) as exc:
-        raise UserError(f"{run_dir / 'config.yaml'}: not a run config (missing {exc})") from None
+        raise UserError(f"{run_dir / runfolder.CONFIG}: not a run config (missing {exc})") from None
     except ConfigError as exc:
-        raise ConfigError(f"{run_dir / 'config.yaml'}: {exc}") from None
-    split = _read(run_dir / "split.json", dict)
+        raise ConfigError(f"{run_dir / runfolder.CONFIG}: {exc}") from None
+    split = runfolder.read_json(run_dir / runfolder.SPLIT, full_path=True)
     if not isinstance(split.get("test"), list) or not all(isinstance(p, str) for p in split["test"]):
-        raise UserError(f"{run_dir / 'split.json'}: no list of test patients")
+        raise UserError(f"{run_dir / runfolder.SPLIT}: no list of test patients")
     policy = cfg.eval
     if hd_units is not None:
         policy = apply_override(policy, "hd_units", hd_units, label="--hd-units")
@@ -60,35 +55,11 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
     method = build_method(cfg, method_cls, dataset, device, weights_from_checkpoint=True)
     test = load_cases(dataset, split["test"], True)
     with deterministic_algorithms(cfg.train.deterministic):
-        frame = evaluate_checkpoints(method, test, dataset, cfg, device, run_dir / "checkpoints",
+        frame = evaluate_checkpoints(method, test, dataset, cfg, device, run_dir / runfolder.CHECKPOINTS,
                                      config_hash=recorded)
-    sub = f"evals/{cfg.eval.empty}-{cfg.eval.hd_units}"
-    write_csv(run_dir / sub / "metrics_per_case.csv", frame)
-    write_json(run_dir / sub / "summary.json", summary_of(frame, cfg))
-    return sub
-
-
-def _recorded_hash(raw: dict) -> str:
-    """The hash RunConfig.hash() gave when the run wrote ``raw``, computed from the file as written (so a field
-    added to a config class later does not make an old run look edited)."""
-    data = raw.get("data")
-    d = {**raw, "data": {k: v for k, v in data.items() if k != "root"}} if isinstance(data, dict) else raw
-    return config_hash(d)
-
-
-def _read(path: Path, kind: type):
-    """A run file's content (JSON or YAML), which must be a ``kind``; a UserError naming the file otherwise."""
-    import yaml
-
-    try:
-        text = path.read_text()
-        data = yaml.safe_load(text) if path.suffix == ".yaml" else json.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-                        ) from None
-    if not isinstance(data, kind):
-        raise UserError(f"{path}: expected a {'mapping' if kind is dict else kind.__name__}, got {type(data).__name__}")
-    return data
+    sub = runfolder.evaluation_dir(run_dir, cfg.eval.empty, cfg.eval.hd_units)
+    runfolder.write_results(sub, frame, summary_of(frame, cfg))
+    return str(sub.relative_to(run_dir))
 
 
 def _registered(load, name: str, source):

@@ -9,251 +9,23 @@ renamed into place only when everything is written: a run that dies leaves nothi
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import os
-import platform
-import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssbench import registry
-from ssbench.atomic import make_dirs, write_csv, write_json, write_text, write_yaml
-from ssbench.config import from_dict, to_dict
+from ssbench import runfolder
 from ssbench.datasets.base import check_case
-from ssbench.engine.config import (CPU_SMALL, CPU_SMALL_TRAIN_SIZE, SET_BY_ENGINE, DataConfig, RunConfig,
-                                   TrainConfig, unused_fields)
-from ssbench.errors import ConfigError, UserError
-from ssbench.metrics.evaluation import MetricPolicy
-from ssbench.splits import split_tag
-
-
-@dataclass
-class RunRequest:
-    method: str
-    dataset: str = "acdc"
-    data_root: str | None = None
-    split: str = "10%"
-    split_seed: int | None = None
-    seed: int | None = None
-    iters: int | None = None
-    sets: tuple[str, ...] = ()
-    out: str = "results"
-    device: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-    amp: str | None = None  # 'bf16' or 'off' (--amp / --no-amp); None: the config's train.amp ('auto')
-    execution: dict | None = None  # Runtime overrides (channels_last, augment_on_device, log_every): benchmarks
-    deterministic: bool = False
-    world: int | None = None  # training processes; None: this process's (torchrun's WORLD_SIZE, else 1)
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (CUDA_VISIBLE_DEVICES="
-                        f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')})")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: expected auto, cpu or cuda")
-    return torch.device(name)
-
-
-def build_config(req: RunRequest):
-    """Resolve the full config (defaults, recipe, CLI options, --set) and open the dataset. No files written."""
-    from ssbench.datasets import synthetic
-    from ssbench.engine.runtime import distributed_env
-
-    method_cls = registry.method(req.method)
-    dataset_cls = registry.dataset(req.dataset)
-    root = req.data_root
-    is_synthetic = root is None
-    if is_synthetic:
-        root = str(synthetic.embedded(req.dataset))
-    train = TrainConfig()
-    data = DataConfig(dataset=req.dataset, root=root, split=req.split, synthetic=is_synthetic,
-                      train_size=dataset_cls.train_size)
-    if is_synthetic:
-        train = dataclasses.replace(train, recipe="cpu-small", **CPU_SMALL)
-        data = dataclasses.replace(data, train_size=CPU_SMALL_TRAIN_SIZE)
-    overrides = method_cls.recipe_overrides(train.recipe)
-    if overrides:
-        train = from_dict(TrainConfig, {**to_dict(train), **overrides}, "train")
-    data_overrides = method_cls.data_overrides(train.recipe)
-    if data_overrides:
-        data = from_dict(DataConfig, {**to_dict(data), **data_overrides}, "data")
-    if req.world is not None and req.world < 1:
-        raise UserError(f"--gpus {req.world}: must be at least 1")
-    world = req.world if req.world is not None else distributed_env()[1]
-    train = dataclasses.replace(train, world_size=world)
-    policy = MetricPolicy()
-    eval_overrides = method_cls.eval_overrides(train.recipe)
-    if eval_overrides:
-        policy = from_dict(MetricPolicy, {**to_dict(policy), **eval_overrides}, "eval")
-    cfg = RunConfig(data, train, policy, dataset_cls.Options(), method_cls.Config(), method_cls.name)
-    if req.seed is not None:
-        cfg = cfg.override("train.seed", str(req.seed))
-    if req.split_seed is not None:
-        cfg = cfg.override("data.split_seed", str(req.split_seed))
-    if req.amp is not None:
-        cfg = cfg.override("train.amp", req.amp)
-    if req.iters is not None:  # --iters is a length in iterations, whatever the recipe's schedule
-        cfg = cfg.override("train.schedule", "iterations").override("train.iters", str(req.iters))
-    if req.deterministic:
-        cfg = cfg.override("train.deterministic", "true")
-    if cfg.train.recipe == "cpu-small":  # scale the method's absolute schedules to the short run; --set still wins
-        cfg = dataclasses.replace(cfg, method_config=method_cls.short_recipe(cfg.method_config, cfg.train.iters))
-    recipe = cfg
-    for item in req.sets:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"--set {item}: expected key=value")
-        if key.strip() in SET_BY_ENGINE:
-            raise ConfigError(f"--set {key.strip()}: set by {SET_BY_ENGINE[key.strip()]}, not by --set")
-        cfg = cfg.override(key.strip(), value.strip())
-        if key.strip() == "train.iters" and cfg.train.schedule == "epochs":
-            raise ConfigError(f"--set {item}: the schedule is in epochs (train.epochs={cfg.train.epochs}); "
-                              "use --iters N or --set train.schedule=iterations to give a length in iterations")
-    # What depends on this machine (e.g. whether pretrained weights are there) as it will run: recorded, so that
-    # the config, its hash and the folder say what ran (Method.resolve_config).
-    cfg = dataclasses.replace(cfg, method_config=method_cls.resolve_config(cfg.method_config, cfg.data.synthetic))
-    cfg = dataclasses.replace(cfg, unused=unused_fields(method_cls, cfg.train))
-    for item in req.sets:
-        key = item.partition("=")[0].strip()
-        if key in cfg.unused:
-            raise ConfigError(f"--set {key}: does not act in a {cfg.method_name} run with train.optimizer="
-                              f"{cfg.train.optimizer} (so its config does not record it)")
-    _check_values(cfg.check(), method_cls)
-    cfg = dataclasses.replace(cfg, variant=variant_tag(recipe.method_config, cfg.method_config),
-                              protocol_variant=protocol_tag(recipe, cfg))
-    dataset = dataset_cls(cfg.data.root, cfg.dataset_options)
-    return cfg, method_cls, dataset
-
-
-def variant_tag(recipe_config, config) -> str:
-    """'dfe=false,pcsw=false' for the method fields set away from the recipe (an ablation gets its own folder).
-    Fields the Config lists in ``resolved_fields`` (e.g. a checkpoint's hash) are recorded but name nothing."""
-    parts = []
-    resolved = getattr(type(config), "resolved_fields", ())
-    for f in dataclasses.fields(config):
-        if f.name in resolved:
-            continue
-        a, b = getattr(recipe_config, f.name), getattr(config, f.name)
-        if a != b:
-            text = ",".join(map(str, b)) if isinstance(b, tuple) else str(b)
-            if len(text) > 24 or not all(ch.isalnum() or ch in "._-," for ch in text):
-                from ssbench.config import config_hash
-
-                text = config_hash({"v": text})[:8]
-            parts.append(f"{f.name}={text.lower()}")
-    return ",".join(parts)
-
-
-def protocol_tag(recipe: RunConfig, cfg: RunConfig) -> str:
-    """'legacy-valtest', 'infer-bilinear', 'ddp2', ...: protocol choices away from the method's recipe (how it is
-    selected, evaluated, and by how many processes trained). They name the seed folder, so that such a run never
-    shares a folder (or a table cell) with a recipe run."""
-    parts = []
-    if cfg.train.selection != "val":
-        parts.append(cfg.train.selection.replace("+", ""))
-    if cfg.data.inference_resize != recipe.data.inference_resize:
-        parts.append(f"infer-{cfg.data.inference_resize}")
-    if cfg.train.world_size > 1:  # trained by several processes (DDP): not the same run as one process's
-        parts.append(f"ddp{cfg.train.world_size}")
-    return "-".join(parts)
-
-
-def _check_values(cfg: RunConfig, method_cls) -> None:
-    """Checks that involve the method; each field's own constraints are declared with it (RunConfig.check)."""
-    t = cfg.train
-    if method_cls.uses_unlabeled and t.batch_unlabeled < 1:
-        raise ConfigError(f"train.batch_unlabeled={t.batch_unlabeled}: method {method_cls.name} trains on unlabeled "
-                          "batches and needs at least 1")
-    method_cls.check_config(cfg)
-
-
-def dataset_tag(cfg: RunConfig) -> str:
-    return f"{cfg.data.dataset}-phantom" if cfg.data.synthetic else cfg.data.dataset
-
-
-def run_dir_for(cfg: RunConfig, out: str) -> Path:
-    seed = f"seed{cfg.train.seed}"
-    if cfg.protocol_variant:  # e.g. a leaky selection never shares a folder name with an honest run
-        seed += "-" + cfg.protocol_variant
-    method = cfg.method_name + (f"@{cfg.variant}" if cfg.variant else "")
-    return Path(out) / dataset_tag(cfg) / method / split_tag(cfg.data.split) / seed
-
-
-def resolve_hd_units(cfg: RunConfig, dataset) -> RunConfig:
-    units = cfg.eval.hd_units
-    if units == "auto":
-        units = "mm" if dataset.spacing_known() else "voxel"
-    elif units == "mm" and not dataset.spacing_known():
-        raise UserError(f"eval.hd_units=mm: the {dataset.describe().get('layout', '')} data at {dataset.root} keep no "
-                        "voxel spacing; use --hd-units voxel")
-    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, hd_units=units))
-
-
-def resolve_where_it_runs(cfg: RunConfig, dataset, device) -> RunConfig:
-    """The 'auto' settings, resolved and then recorded: HD units from the data (mm where spacing is known), bf16
-    autocast and SyncBatchNorm from the device and the process count."""
-    from ssbench.engine.runtime import resolve_amp, resolve_sync_bn
-
-    cfg = resolve_hd_units(cfg, dataset)
-    t = cfg.train
-    return dataclasses.replace(cfg, train=dataclasses.replace(
-        t, amp=resolve_amp(t.amp, device), sync_bn=resolve_sync_bn(t.sync_bn, device, t.world_size)))
+from ssbench.engine import record
+from ssbench.engine.config import RunConfig
+from ssbench.engine.plan import RunRequest, dataset_tag, plan  # noqa: F401  (RunRequest: the API's run request)
+from ssbench.errors import UserError
+from ssbench.runfolder import Staging
 
 
 def load_cases(dataset, patients, with_label: bool):
     """The cases of ``patients``, each checked against the dataset contract (whichever loader made it)."""
     return [check_case(dataset.load_case(cid, with_label), dataset.num_classes)
             for p in patients for cid in dataset.case_ids(p)]
-
-
-def provenance() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    def v(pkg):
-        try:
-            return version(pkg)
-        except PackageNotFoundError:
-            return None
-
-    src = Path(__file__).resolve().parents[2]
-    commit = dirty = None
-    try:
-        proc = subprocess.run(["git", "-C", str(src), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        commit = proc.stdout.strip() if proc.returncode == 0 else None
-        if commit:
-            dirty = bool(subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                                        capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {
-        "versions": {p: v(p) for p in ("ssbench", "torch", "torchvision", "sam2", "timm", "numpy", "scipy", "nibabel")},
-        "python": platform.python_version(),
-        "torch_threads": _torch_threads(),  # CPU results repeat exactly for the same versions and thread count
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "host": platform.node(),
-        "command": sys.argv,
-    }
-
-
-def _torch_threads() -> int | None:
-    torch = sys.modules.get("torch")
-    return torch.get_num_threads() if torch is not None else None
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -288,17 +60,6 @@ def load_inputs(cfg: RunConfig, method_cls, dataset, split, say) -> Inputs:
     return Inputs(split, labeled, unlabeled, val, pools)
 
 
-def resolve_schedule(cfg: RunConfig, method_cls, pools) -> tuple[RunConfig, dict]:
-    """With ``train.schedule = epochs`` the length in iterations follows from the data (recorded in the config)."""
-    from ssbench.engine.train import epoch_pool, iters_per_epoch
-
-    per_epoch = iters_per_epoch(method_cls, cfg, pools)
-    if cfg.train.schedule == "epochs":
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, iters=cfg.train.epochs * per_epoch))
-    return cfg, {"epoch_pool": epoch_pool(method_cls, cfg), "epoch_pool_slices": len(pools[epoch_pool(method_cls, cfg)]),
-                 "iters_per_epoch": per_epoch}
-
-
 def build_method(cfg: RunConfig, method_cls, dataset, device, inputs: Inputs | None = None,
                  weights_from_checkpoint: bool = False):
     """The method on ``device``, seeded, with the volumes it asked for attached. A bad checkpoint or option stops
@@ -320,7 +81,7 @@ def build_method(cfg: RunConfig, method_cls, dataset, device, inputs: Inputs | N
 
 
 def execute(req: RunRequest, console=None) -> Path:
-    """Run end to end: load and check, build, train, evaluate the test set once, publish. Returns the folder.
+    """Run end to end: plan, load and check, build, train, evaluate the test set once, publish. Returns the folder.
 
     Under torchrun every rank runs this; rank 0 alone writes, validates and evaluates, the others train their
     share of each batch and wait for it at the end."""
@@ -335,31 +96,29 @@ def execute(req: RunRequest, console=None) -> Path:
         raise UserError(f"this run was planned for {req.world} process(es) and runs as {world}: start it with "
                         f"--gpus {req.world} (or as a sweep job of {req.world} GPUs)")
     say = console.print if console is not None and not req.quiet and rank == 0 else (lambda *a, **k: None)
-    cfg, method_cls, dataset = build_config(req)
-    device = rank_device or resolve_device(req.device)
-    cfg = resolve_where_it_runs(cfg, dataset, device)
-    runtime = make_runtime(device, cfg.train.amp, cfg.train.deterministic, rank, world,
-                           **(req.execution or {}))
-    split = dataset.split(cfg.data.split, cfg.data.split_seed)
-    final_dir = run_dir_for(cfg, req.out)
-    staging = final_dir.with_name(f".{final_dir.name}.incomplete")
-    if final_dir.exists() and not req.overwrite:
-        raise UserError(f"{final_dir}: a completed run is already there (pass --overwrite to replace it)")
+    p = plan(req, device=rank_device or "resolve", fetch=True)
+    for line in p.notes:
+        say(line)
+    cfg, dataset, device = p.cfg, p.dataset, p.device
+    runtime = make_runtime(device, cfg.train.amp, cfg.train.deterministic, rank, world, **(req.execution or {}))
+    split = p.split()
+    staging = p.staging
+    if p.run_dir.exists() and not req.overwrite:
+        raise UserError(f"{p.run_dir}: a completed run is already there (pass --overwrite to replace it)")
 
     # 1. Load and check every input, 2. build the method: both before anything is written.
-    inputs = load_inputs(cfg, method_cls, dataset, split, say)
-    cfg, schedule = resolve_schedule(cfg, method_cls, inputs.pools)
+    inputs = load_inputs(cfg, p.method_cls, dataset, split, say)
+    p = p.with_schedule(inputs.pools)
+    cfg = p.cfg
     if req.resume:
-        check_resumable(staging, cfg)
-        if _finished(staging):  # interrupted between its last write and its publication
+        check_resumable(staging.path, cfg)
+        if staging.finished():  # interrupted between its last write and its publication
             if rank == 0:
-                _check_lock(staging)
-                publish(staging, final_dir)
+                staging.check_lock()
+                staging.publish()
             _barrier(world)
-            return final_dir
-    method = build_method(cfg, method_cls, dataset, device, inputs)
-    # resolved again now that the method holds its weights (a download may have completed): what config.yaml records
-    cfg = dataclasses.replace(cfg, method_config=method_cls.resolve_config(cfg.method_config, cfg.data.synthetic))
+            return p.run_dir
+    method = build_method(cfg, p.method_cls, dataset, device, inputs)
     if rank > 0:  # model-side randomness (dropout, strong views) differs per rank; rank 0 keeps the 1-process stream
         torch.manual_seed(cfg.train.seed + rank)
     for w in method.warnings:
@@ -367,47 +126,14 @@ def execute(req: RunRequest, console=None) -> Path:
 
     # 3. Open the staging folder and record the protocol.
     t0 = time.time()
-    run_info = {
-        "status": "running",
-        "config_hash": cfg.hash(),
-        "method": cfg.method_name,
-        "method_display_name": method_cls.display_name or cfg.method_name,
-        "method_source": registry.source(registry.METHODS_GROUP, cfg.method_name),
-        "dataset": dataset_tag(cfg),
-        "split": cfg.data.split,
-        "labeled_patients": len(split.labeled),
-        "seed": cfg.train.seed,
-        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-        "world_size": world,
-        "execution": runtime.record(),
-        "data": dataset.describe(),
-        "split_protocol": split.protocol,
-        "schedule": schedule,
-        **method_layout(method),
-        "warnings": list(method.warnings),
-        "start": _now(),
-        **provenance(),
-    }
-    if cfg.train.selection != "val":
-        run_info["warnings"].append(
-            "LEGACY selection on val+test (UniMatch's own protocol): the test set chose the checkpoint, so the "
-            "best-checkpoint numbers are optimistic; compare only with runs that used the same protocol"
-        )
-    if cfg.data.synthetic:
-        run_info["warnings"].append(
-            "embedded synthetic phantom data: numbers are a smoke test of the pipeline, not ACDC/BHSD results"
-        )
+    info = record.run_info(p, split, runtime, method)
     if runtime.is_main:  # only rank 0 writes; the other ranks wait at the barriers
-        _check_lock(staging)
-        if staging.exists() and not req.resume:
-            shutil.rmtree(staging)
-        make_dirs(staging)
-        write_text(staging / LOCK, str(os.getpid()))
+        staging.open(resume=req.resume)
     try:
         if runtime.is_main:
-            write_yaml(staging / "config.yaml", {"config_hash": cfg.hash(), **cfg.to_dict()})
-            write_json(staging / "split.json", {**split.as_dict(), "protocol": split.protocol})
-            write_json(staging / "run.json", run_info)
+            staging.write_config(cfg)
+            staging.write_split(split)
+            staging.write_info(info)
         _barrier(world)
 
         # 4. Train, selecting on val (or, named and warned, on val+test). 5. The test set, once, for the best-val
@@ -417,44 +143,27 @@ def execute(req: RunRequest, console=None) -> Path:
             selection_cases = inputs.val + load_cases(dataset, split.test, True)
         nondeterministic_ops: list[str] = []
         with deterministic_algorithms(cfg.train.deterministic, nondeterministic_ops):
-            best = train(cfg, method, inputs.pools, selection_cases, staging, runtime, req.resume,
+            best = train(cfg, method, inputs.pools, selection_cases, staging.path, runtime, req.resume,
                          console if not req.quiet else None)
             if runtime.is_main:
                 test = load_cases(dataset, split.test, True)
-                frame = evaluate_checkpoints(method, test, dataset, cfg, device, staging / "checkpoints",
-                                             staging / "predictions")
+                frame = evaluate_checkpoints(method, test, dataset, cfg, device, staging.checkpoints,
+                                             staging.predictions)
         if runtime.is_main:
-            write_csv(staging / "metrics_per_case.csv", frame)
             selection = {"set": cfg.train.selection, "metric": "mean foreground Dice",
                          "best_iteration": best["iteration"], "best_score": best["dice"], "cases": len(selection_cases),
                          **({"stages": best["stages"]} if "stages" in best else {})}
-            write_json(staging / "summary.json", summary_of(frame, cfg, selection=selection))
+            staging.write_results(frame, summary_of(frame, cfg, selection=selection))
             for name in cfg.eval.also_protocols:  # the published numbers' protocol, from the same predictions
-                rescore_under_protocol(staging, test, dataset, cfg, name)
-            if cfg.train.deterministic:
-                run_info["deterministic_ops_warned"] = nondeterministic_ops  # ops without a deterministic kernel
-            run_info.update(status="complete", end=_now(), wall_time_s=round(time.time() - t0, 1))
-            write_json(staging / "run.json", run_info)
-
-            # 6. Publish in one rename.
-            publish(staging, final_dir)
+                rescore_under_protocol(staging.path, test, dataset, cfg, name)
+            staging.write_info(record.complete(info, time.time() - t0,
+                                               nondeterministic_ops if cfg.train.deterministic else None))
+            staging.publish()  # 6. in one rename
         _barrier(world)
     finally:
         if runtime.is_main:
-            _release_lock(staging)
-    return final_dir
-
-
-def method_layout(method) -> dict:
-    """What run.json records of a method's networks: the evaluated one, its optimizers and (several) stages."""
-    stages = method.stages()
-    out = {"evaluated_model": method.evaluated_model(), "optimizers": list(method.optimizer_params())}
-    if len(stages) > 1:
-        out["stages"] = [{"name": s.name, "iters": s.iters, "uses_unlabeled": s.uses_unlabeled,
-                          "optimizers": list(s.optimizers) if s.optimizers is not None else out["optimizers"],
-                          **({"optimizer_from": dict(s.optimizer_from)} if s.optimizer_from else {})}
-                         for s in stages]
-    return out
+            staging.release_lock()
+    return p.run_dir
 
 
 def _barrier(world: int) -> None:
@@ -464,25 +173,21 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def check_resumable(staging: Path, cfg: RunConfig) -> None:
-    """``--resume`` continues only the run that the staging folder holds: the same config, key for key."""
-    import yaml
-
-    path = staging / "config.yaml"
-    if not path.is_file():
-        return  # nothing recorded yet: the run starts from the beginning
+def check_resumable(folder: Path, cfg: RunConfig) -> None:
+    """``--resume`` continues only the run that the (staging) folder holds: the same config, key for key."""
     try:
-        recorded = yaml.safe_load(path.read_text())
-        recorded_hash = recorded.pop("config_hash")
-    except (OSError, yaml.YAMLError, AttributeError, KeyError) as exc:
-        raise UserError(f"{path}: unreadable ({type(exc).__name__}); run without --resume to start over") from None
-    if recorded_hash == cfg.hash():
+        recorded = Staging.recorded_config_of(folder)
+    except runfolder.Unreadable as exc:
+        raise UserError(f"{exc}; run without --resume to start over") from None
+    if recorded is None:
+        return  # nothing recorded yet: the run starts from the beginning
+    if recorded.pop("config_hash") == cfg.hash():
         return
     now = _flatten(cfg.to_dict())
     before = _flatten(recorded)
     diffs = [f"{k}: {before.get(k, '(absent)')} -> {now.get(k, '(absent)')}" for k in sorted(set(now) | set(before))
              if k != "data.root" and before.get(k) != now.get(k)]
-    raise UserError(f"--resume: the interrupted run in {staging} has another config "
+    raise UserError(f"--resume: the interrupted run in {folder} has another config "
                     f"({'; '.join(diffs[:3]) or 'hash'}); use its options, or run without --resume to start over")
 
 
@@ -496,56 +201,3 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _finished(staging: Path) -> bool:
-    import json
-
-    try:
-        done = json.loads((staging / "run.json").read_text()).get("status") == "complete"
-    except (OSError, ValueError, AttributeError):
-        return False
-    return done and all((staging / f).is_file() for f in ("summary.json", "metrics_per_case.csv",
-                                                          "checkpoints/best.pt", "checkpoints/final.pt"))
-
-
-LOCK = "LOCK"
-
-
-def _release_lock(staging: Path) -> None:
-    lock = staging / LOCK
-    try:
-        if lock.read_text().strip() == str(os.getpid()):
-            lock.unlink()
-    except OSError:
-        pass
-
-
-def _check_lock(staging: Path) -> None:
-    """Refuse to touch a staging folder that a live process is writing (two runs of one config at once)."""
-    lock = staging / LOCK
-    if not lock.is_file():
-        return
-    try:
-        pid = int(lock.read_text().strip())
-        os.kill(pid, 0)
-    except (ValueError, ProcessLookupError, PermissionError, OSError):
-        return  # a stale lock from a dead run
-    if pid != os.getpid():
-        raise UserError(f"{staging}: another ssbench run (pid {pid}) is writing this run folder")
-
-
-def publish(staging: Path, final_dir: Path) -> None:
-    """Move the finished staging folder into place in one rename. A run it replaces is moved aside first and
-    deleted only once the new one is in place; the aside name ends in '.incomplete', which no reader takes for a
-    result (even if this process dies between the two renames)."""
-    ckpt = staging / "checkpoints"
-    for state in [ckpt / "last.pt", *ckpt.glob("best-at-*.pt")]:  # the resume state is not needed any more
-        state.unlink(missing_ok=True)
-    for stray in staging.rglob(".*.tmp"):  # temporary files of writes that a killed attempt never finished
-        stray.unlink(missing_ok=True)
-    (staging / LOCK).unlink(missing_ok=True)
-    if final_dir.exists():
-        trash = final_dir.with_name(f".{final_dir.name}.replaced-{os.getpid()}.incomplete")
-        os.replace(final_dir, trash)
-    os.replace(staging, final_dir)
-    for old in final_dir.parent.glob(f".{final_dir.name}.replaced-*"):
-        shutil.rmtree(old, ignore_errors=True)

@@ -16,6 +16,7 @@ from ssbench.atomic import snapshot, torch_save, write_csv
 from ssbench.engine import checkpoint
 from ssbench.engine.data import Sampler
 from ssbench.engine.evaluate import mean_val_dice
+from ssbench.engine.schedule import epoch_pool, iters_per_epoch  # noqa: F401  (the loop's epochs)
 from ssbench.errors import UserError
 from ssbench.methods.api import StepInfo
 
@@ -62,18 +63,6 @@ def step_lr(base: float, it: int, total: int, power: float) -> float:
     """The LR of (0-based) step ``it``. SSL4MIS and UniMatch both set the LR *after* each optimizer step from that
     step's index, so step 0 and step 1 run with ``base`` and step k with poly(k - 1): reproduced here."""
     return poly_lr(base, max(it - 1, 0), total, power)
-
-
-def epoch_pool(method_cls, cfg) -> str:
-    """The pool whose passes make an epoch: the unlabeled slices for methods that use them (UniMatch's
-    ``len(trainloader_u)``), the labeled ones otherwise."""
-    return "unlabeled" if method_cls.uses_unlabeled and cfg.train.batch_unlabeled > 0 else "labeled"
-
-
-def iters_per_epoch(method_cls, cfg, pools) -> int:
-    pool = epoch_pool(method_cls, cfg)
-    batch = cfg.train.batch_unlabeled if pool == "unlabeled" else cfg.train.batch_labeled
-    return max(1, len(pools[pool]) // batch)
 
 
 def make_samplers(method_cls, cfg, pools, runtime=None) -> dict[str, Sampler]:

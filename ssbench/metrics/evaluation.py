@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from ssbench.metrics import asd_from, dice, hd95_from, jaccard, surface_distances
+from ssbench.metrics import surface_distances
 
 STATUSES = ("ok", "missed", "false_positive", "absent")
 
@@ -57,29 +57,28 @@ def protocol_policy(name: str, base: MetricPolicy | None = None) -> MetricPolicy
 def evaluate_case(
     pred: np.ndarray, ref: np.ndarray, class_ids, spacing, policy: MetricPolicy, hd_units: str
 ) -> list[dict]:
-    """One row per foreground class: dice, jaccard, hd95, asd and status. ``hd_units`` is 'mm' or 'voxel'."""
+    """One row per foreground class: status and every listed metric (``ssbench.metrics.catalog``). ``hd_units`` is
+    'mm' or 'voxel'."""
+    from ssbench.metrics.catalog import metrics
+
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
     sampling = tuple(spacing) if hd_units == "mm" else (1.0,) * ref.ndim
     diagonal = float(np.sqrt(sum((n * s) ** 2 for n, s in zip(ref.shape, sampling))))
+    listed = metrics()
+    needs_surfaces = any(m.kind == "distance" for m in listed)
     rows = []
     for c in class_ids:
         p, r = pred == c, ref == c
         has_p, has_r = bool(p.any()), bool(r.any())
         row = {"class_id": int(c)}
         if has_p and has_r:
-            d = surface_distances(p, r, sampling, policy.connectivity)
-            row.update(status="ok", dice=dice(p, r), jaccard=jaccard(p, r), hd95=hd95_from(d), asd=asd_from(d))
+            d = surface_distances(p, r, sampling, policy.connectivity) if needs_surfaces else None
+            row.update(status="ok", **{m.name: m.compute(p, r, d) for m in listed})
         elif not has_p and not has_r:
-            row.update(status="absent", dice=np.nan, jaccard=np.nan, hd95=np.nan, asd=np.nan)
+            row.update(status="absent", **{m.name: np.nan for m in listed})
         else:
-            status = "missed" if has_r else "false_positive"
-            if policy.empty == "worst":
-                dist = diagonal
-            elif policy.empty == "exclude":
-                dist = np.nan
-            else:
-                dist = 0.0
-            row.update(status=status, dice=0.0, jaccard=0.0, hd95=dist, asd=dist)
+            row.update(status="missed" if has_r else "false_positive",
+                       **{m.name: m.empty_value(policy.empty, diagonal) for m in listed})
         rows.append(row)
     return rows

@@ -11,16 +11,15 @@ policy, so that a table of that policy (e.g. the literature's legacy-zero, voxel
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-METRIC_COLUMNS = ("dice", "jaccard", "hd95", "asd")
-CASE_COLUMNS = ("checkpoint", "case_id", "patient_id", "class", "status") + METRIC_COLUMNS
+from ssbench import runfolder
+from ssbench.metrics.catalog import metric_names
+from ssbench.runfolder import Unreadable, read_cases
 # Keys the tables read; a config.yaml without them is skipped, naming the key.
 REQUIRED = ("method", "data.dataset", "data.split", "train.seed", "train.selection", "eval.empty", "eval.hd_units")
 # Fields added to the engine after the first runs were written: older runs used the value given here, so they
@@ -59,7 +58,7 @@ class Run:
         """Per class (rows, in file order) the mean of each metric over the test volumes, absent pairs left out."""
         if checkpoint not in self._means:
             f = self.frame[(self.frame["checkpoint"] == checkpoint) & (self.frame["status"] != "absent")]
-            self._means[checkpoint] = f.groupby("class", sort=False)[list(METRIC_COLUMNS)].mean()
+            self._means[checkpoint] = f.groupby("class", sort=False)[metric_names()].mean()
         return self._means[checkpoint]
 
     @property
@@ -125,7 +124,7 @@ class Skipped:
     @property
     def cell(self) -> tuple[str, str, int] | None:
         """(dataset, method folder, labeled) of the cell this run would have filled, when its run.json says."""
-        info = _optional_json(self.path / "run.json") or {}
+        info = runfolder.read_optional_json(self.path / runfolder.RUN_INFO) or {}
         parts = self.path.parts
         if len(parts) < 4:
             return None
@@ -133,10 +132,6 @@ class Skipped:
         if not isinstance(labeled, int):  # a run that died early: the split folder may still say
             labeled = int(parts[-2]) if parts[-2].isdigit() else None
         return None if labeled is None else (str(info.get("dataset", parts[-4])), parts[-3], labeled)
-
-
-class Unreadable(Exception):
-    """A run folder that cannot be used; the message names the file and what is wrong."""
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -152,10 +147,12 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def collect(results: Path, checkpoint: str = "best") -> tuple[list[Run], list[Skipped]]:
     runs, skipped = [], []
-    for info_path in sorted(Path(results).rglob("run.json")):
+    for info_path in sorted(Path(results).rglob(runfolder.RUN_INFO)):
         folder = info_path.parent
-        if any(p.endswith(".incomplete") for p in folder.parts) or ".replaced-" in folder.name:
-            skipped.append(Skipped(folder, "incomplete (a staging folder: the run did not finish)"))
+        if runfolder.is_hidden(folder, Path(results)):
+            staging = any(p.endswith(runfolder.STAGING_SUFFIX) for p in folder.parts)
+            skipped.append(Skipped(folder, "incomplete (a staging folder: the run did not finish)" if staging
+                                   else "in a hidden folder (ignored)"))
             continue
         try:
             run = read_run(folder, checkpoint)
@@ -165,7 +162,7 @@ def collect(results: Path, checkpoint: str = "best") -> tuple[list[Run], list[Sk
         if run is None:
             continue
         runs.append(run)
-        for sub in sorted((folder / "evals").glob("*/metrics_per_case.csv")):
+        for sub in sorted((folder / runfolder.EVALS).glob(f"*/{runfolder.CASES}")):
             try:
                 runs.append(read_reevaluation(run, sub.parent, checkpoint))
             except Unreadable as exc:
@@ -174,10 +171,13 @@ def collect(results: Path, checkpoint: str = "best") -> tuple[list[Run], list[Sk
 
 
 def read_run(folder: Path, checkpoint: str) -> Run | None:
-    info = _json(folder / "run.json")
+    info = runfolder.read_info(folder)
     if info.get("status") != "complete":
         raise Unreadable(f"status {info.get('status')!r}, not complete")
-    cfg = _yaml(folder / "config.yaml")
+    missing = runfolder.missing_files(folder)
+    if missing:
+        raise Unreadable(f"{missing[0]}: missing")
+    cfg = runfolder.read_yaml(folder / runfolder.CONFIG)
     flat = flatten(cfg)
     missing = [k for k in REQUIRED if k not in flat]
     if missing:
@@ -191,14 +191,14 @@ def read_run(folder: Path, checkpoint: str) -> Run | None:
         raise Unreadable("run.json labeled_patients / config.yaml train.seed: not an integer") from None
     settings = {**LEGACY_DEFAULTS, **{k: v for k, v in flat.items() if k not in NOT_COMPARED}}
     _drop_derived(settings)
-    frame = read_cases(folder / "metrics_per_case.csv", checkpoint)
+    frame = read_cases(folder / runfolder.CASES, checkpoint)
     method = str(flat["method"])
     variant = folder.parent.parent.name
     folder_method = variant if variant.startswith(method + "@") else method
     display = str(info.get("method_display_name") or method)
     if folder_method != method:
         display += f" ({folder_method.split('@', 1)[1]})"
-    split_file = _optional_json(folder / "split.json")
+    split_file = runfolder.read_optional_json(folder / runfolder.SPLIT)
     full = (str(flat["data.split"]).strip().lower() in ("all", "100%")
             or (split_file is not None and "unlabeled" in split_file and not split_file["unlabeled"]))
     schedule = info.get("schedule") or {}
@@ -207,44 +207,22 @@ def read_run(folder: Path, checkpoint: str) -> Run | None:
         path=folder, dataset=str(info["dataset"]), method=folder_method, base_method=method, display_name=display,
         split=str(flat["data.split"]), labeled=labeled, seed=seed,
         config_hash=str(info.get("config_hash") or flat.get("config_hash") or ""), settings=settings,
-        labeled_only=labeled_only, full=full, frame=frame, train_log=_train_log(folder / "train_log.csv"),
-        summary=_optional_json(folder / "summary.json"), info=info, config=flat,
+        labeled_only=labeled_only, full=full, frame=frame, train_log=_train_log(folder / runfolder.TRAIN_LOG),
+        summary=runfolder.read_optional_json(folder / runfolder.SUMMARY), info=info, config=flat,
     )
 
 
 def read_reevaluation(run: Run, sub: Path, checkpoint: str) -> Run:
     """A run re-evaluated under another metric policy (``ssbench eval``): same training, new per-case rows."""
-    summary = _json(sub / "summary.json")
+    summary = runfolder.read_json(sub / runfolder.SUMMARY)
     policy = summary.get("metric_policy")
     if not isinstance(policy, dict) or not {"empty", "hd_units"} <= set(policy):
         raise Unreadable("summary.json: missing metric_policy (empty, hd_units)")
     settings = {**run.settings, **{f"eval.{k}": v for k, v in policy.items() if f"eval.{k}" not in NOT_COMPARED}}
-    frame = read_cases(sub / "metrics_per_case.csv", checkpoint)
+    frame = read_cases(sub / runfolder.CASES, checkpoint)
     return Run(**{**run.__dict__, "path": sub, "settings": settings, "frame": frame, "_means": {},
                   "summary": {**summary, "selection": (run.summary or {}).get("selection")},
                   "evaluation": sub.name})
-
-
-def read_cases(path: Path, checkpoint: str) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise Unreadable(f"{path.name}: missing") from None
-    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise Unreadable(f"{path.name}: unreadable ({_first_line(exc)})") from None
-    missing = [c for c in CASE_COLUMNS if c not in frame.columns]
-    if missing:
-        raise Unreadable(f"{path.name}: missing column {missing[0]!r}")
-    for col in METRIC_COLUMNS:
-        values = pd.to_numeric(frame[col], errors="coerce")
-        if (values.isna() & frame[col].notna()).any():
-            raise Unreadable(f"{path.name}: column {col!r} holds values that are not numbers")
-        frame[col] = values.astype(float)
-    for col in ("checkpoint", "case_id", "patient_id", "class", "status"):
-        frame[col] = frame[col].astype(str)
-    if not (frame["checkpoint"] == checkpoint).any():
-        raise Unreadable(f"{path.name}: no rows for the {checkpoint!r} checkpoint")
-    return frame
 
 
 def _drop_derived(settings: dict) -> None:
@@ -269,39 +247,3 @@ def _train_log(path: Path) -> pd.DataFrame | None:
     for col in log.columns:
         log[col] = pd.to_numeric(log[col], errors="coerce")
     return log
-
-
-def _json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise Unreadable(f"{path.name}: missing") from None
-    except (OSError, ValueError) as exc:
-        raise Unreadable(f"{path.name}: unreadable ({_first_line(exc)})") from None
-    if not isinstance(data, dict):
-        raise Unreadable(f"{path.name}: not a JSON object")
-    return data
-
-
-def _optional_json(path: Path) -> dict | None:
-    try:
-        return _json(path)
-    except Unreadable:
-        return None
-
-
-def _yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise Unreadable(f"{path.name}: missing") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise Unreadable(f"{path.name}: malformed YAML ({_first_line(exc)})") from None
-    if not isinstance(data, dict):
-        raise Unreadable(f"{path.name}: not a mapping")
-    return data
-
-
-def _first_line(exc: Exception) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -20,7 +20,8 @@ import pandas as pd
 from ssbench.report.pooling import Layout, Row, describe
 from ssbench.report.render import Column, Entry, Table
 from ssbench.report.render import Row as TableRow
-from ssbench.report.tables import METRICS, cell_stats
+from ssbench.metrics.catalog import distance_names, metric, metric_names
+from ssbench.report.tables import cell_stats
 
 PUBLISHED_TO_OURS = {"UNet, labeled only": "supervised", "UNet, all 70 labeled": "supervised",
                      "UniMatch": "unimatch", "Mean Teacher": "mean-teacher", "SSS": "sss", "FixMatch": "fixmatch",
@@ -72,7 +73,7 @@ def _choose(cands, pub):
     cands = [c for c in cands if (c[1].settings["train.selection"] == LEGACY) == legacy]
     if not cands:
         return None
-    distance = pub["metric"] in ("hd95", "asd")
+    distance = pub["metric"] in distance_names()
 
     def closeness(c):
         lay, row, n = c
@@ -109,7 +110,7 @@ def _differences(pub, ours: dict) -> list[str]:
         diffs.append("selection")
     if pub["inference_resize"] and pub["inference_resize"] != ours["inference_resize"]:
         diffs.append("inference resize")
-    if pub["metric"] in ("hd95", "asd"):  # every policy scores an empty prediction's Dice and Jaccard 0
+    if pub["metric"] in distance_names():  # every policy scores an empty prediction's Dice and Jaccard 0
         if pub["empty_policy"] and pub["empty_policy"] != ours["empty_policy"]:
             diffs.append("empty masks")
         if pub["units"] and pub["units"] != ours["units"]:
@@ -140,12 +141,13 @@ def gap_table(layouts: list[Layout], published: pd.DataFrame, checkpoint: str) -
     theirs_keys: dict[str, str] = {}
     ours_keys: dict[str, str] = {}
     records = []
-    names = {m: h for m, h, _, _ in METRICS}
     for _, pub in published.iterrows():
         if pub["method"] not in PUBLISHED_TO_OURS:
             continue
-        metric = pub["metric"]
-        scale = 100.0 if metric in ("dice", "jaccard") else 1.0
+        name = pub["metric"]
+        if name not in metric_names():
+            continue  # a published metric ssbench does not compute
+        scale = metric(name).scale
         legacy = pub["selection"] == LEGACY
         their_key = theirs_keys.setdefault(_their_protocol_text(pub), chr(ord("A") + len(theirs_keys)))
         choice = _choose(_candidates(layouts, pub), pub)
@@ -165,7 +167,7 @@ def gap_table(layouts: list[Layout], published: pd.DataFrame, checkpoint: str) -
             our_key = ours_keys.setdefault(_our_protocol_text(proto), f"O{len(ours_keys) + 1}")
             diffs = _differences(pub, proto)
             diff_text = ", ".join(diffs) or "none"
-            test = cell_stats(runs, checkpoint, metric, scale)
+            test = cell_stats(runs, checkpoint, name, scale)
             if legacy:
                 scores = [r.selection_score * 100 for r in runs if r.selection_score is not None]
                 ours = float(np.mean(scores)) if scores else np.nan
@@ -184,7 +186,7 @@ def gap_table(layouts: list[Layout], published: pd.DataFrame, checkpoint: str) -
                           our_seeds=len(runs), differences=diff_text, our_row=row.label,
                           our_table=lay.stem, **{f"our_{k}": v for k, v in proto.items()})
         table.rows.append(TableRow(pub["method"], [
-            Entry(text=pub["labeled"] or "n/a"), Entry(text=names.get(metric, metric)),
+            Entry(text=pub["labeled"] or "n/a"), Entry(text=metric(name).label),
             Entry(float(pub["value"])), ours_entry, gap_entry, test_entry, Entry(text=their_key),
             Entry(text=our_key), Entry(text=diff_text)], section=their_key, ranked=False))
         records.append(record)

@@ -13,23 +13,21 @@ import numpy as np
 import pandas as pd
 
 from ssbench.errors import UserError
+from ssbench.metrics.catalog import Metric, metrics, per_class_metrics
 from ssbench.report.collect import Run
 from ssbench.report.pooling import Layout, Row, describe
 from ssbench.report.render import Column, Entry, Table, rank
 from ssbench.report.render import Row as TableRow
 from ssbench.report.stats import N_BOOT, cluster_bootstrap_ci, holm, wilcoxon
 
-# key, header, scale, direction (+1 higher is better)
-METRICS = (("dice", "Dice %", 100.0, 1), ("jaccard", "Jaccard %", 100.0, 1), ("hd95", "95HD", 1.0, -1),
-           ("asd", "ASD", 1.0, -1))
 SECTIONS = {"baseline": "labeled only", "method": "semi-supervised", "upper": "upper bound"}
 ALPHA = 0.05
+TESTED_METRIC = "dice"  # the significance tests and their marks are on per-patient Dice
 BETTER, WORSE = "†", "‡"
 
 
-def metric_header(name: str, scale: float, direction: int, units: str) -> str:
-    unit = f" ({units})" if scale == 1.0 else ""
-    return f"{name}{unit} {'↑' if direction > 0 else '↓'}"
+def metric_header(m: Metric, units: str) -> str:
+    return f"{m.header(units)} {'↑' if m.direction > 0 else '↓'}"
 
 
 def _scored(run: Run, checkpoint: str) -> pd.DataFrame:
@@ -169,8 +167,8 @@ def _mark(sig: pd.DataFrame, labeled: int, row: Row) -> str:
 # ---- main and other-protocol tables ----------------------------------------------------------------------------
 
 def _metric_columns(layout: Layout, splits: list[int]) -> list[Column]:
-    return [Column(metric_header(name, scale, d, layout.units), group=layout.split_label(n), direction=d)
-            for n in splits for _, name, scale, d in METRICS]
+    return [Column(metric_header(m, layout.units), group=layout.split_label(n), direction=m.direction)
+            for n in splits for m in metrics()]
 
 
 def _row_cells(layout, row, n) -> list[Run] | None:
@@ -192,11 +190,11 @@ def main_table(layout: Layout, checkpoint: str, sig: pd.DataFrame, missing: dict
             runs = _row_cells(layout, row, n)
             if not runs:
                 reason = missing.get((row.method, n)) or _elsewhere(layout, row, n) or "no completed run"
-                entries += [Entry(text="—", note=table.footnote(reason))] * len(METRICS)
+                entries += [Entry(text="—", note=table.footnote(reason))] * len(metrics())
                 continue
-            for key, _, scale, _ in METRICS:
-                s = cell_stats(runs, checkpoint, key, scale)
-                mark = _mark(sig, n, row) if key == "dice" and row.role != "upper" else ""
+            for m in metrics():
+                s = cell_stats(runs, checkpoint, m.name, m.scale)
+                mark = _mark(sig, n, row) if m.name == TESTED_METRIC and row.role != "upper" else ""
                 entries.append(Entry(s["mean"], s["std"], mark=mark))
         table.rows.append(TableRow(row.label, entries, SECTIONS[row.role], ranked=row.role != "upper"))
     rank(table)
@@ -205,9 +203,9 @@ def main_table(layout: Layout, checkpoint: str, sig: pd.DataFrame, missing: dict
             runs = _row_cells(layout, row, n)
             if not runs or (row.role == "upper" and j > 0):  # the upper bound's one cell, shown under each split
                 continue
-            for k, (key, _, scale, _) in enumerate(METRICS):
-                e = trow.entries[j * len(METRICS) + k]
-                tidy.append(_tidy(layout, row, runs, n, key, scale, checkpoint, e))
+            for k, m in enumerate(metrics()):
+                e = trow.entries[j * len(metrics()) + k]
+                tidy.append(_tidy(layout, row, runs, n, m.name, m.scale, checkpoint, e))
     table.notes += _main_notes(layout, rows, checkpoint, sig)
     provenance = _provenance(layout, rows, checkpoint)
     provenance["ranking"] = ("bold = best, underline = second best per column on the printed (2-decimal) means; "
@@ -242,14 +240,14 @@ def other_table(layout: Layout, checkpoint: str) -> tuple[Table, pd.DataFrame, d
         entries = []
         for n in splits:
             runs = _row_cells(layout, row, n)
-            for key, _, scale, _ in METRICS:
+            for m in metrics():
                 if not runs:
                     entries.append(Entry(text="—"))
                     continue
-                s = cell_stats(runs, checkpoint, key, scale)
+                s = cell_stats(runs, checkpoint, m.name, m.scale)
                 entries.append(Entry(s["mean"], s["std"]))
                 if row.role != "upper" or n == splits[0]:
-                    tidy.append(_tidy(layout, row, runs, n, key, scale, checkpoint, entries[-1]))
+                    tidy.append(_tidy(layout, row, runs, n, m.name, m.scale, checkpoint, entries[-1]))
         section = row.display + (" (upper bound)" if row.role == "upper" else "")
         table.rows.append(TableRow(row.label, entries, section, ranked=False))
     table.notes.append("Not ranked and not tested: each row differs from its method's main row "
@@ -350,13 +348,10 @@ def _provenance(layout: Layout, rows: list[Row], checkpoint: str) -> dict:
 
 # ---- per class, ablation ---------------------------------------------------------------------------------------
 
-PER_CLASS_METRICS = (("dice", "Dice %", 100.0, 1), ("hd95", "95HD", 1.0, -1))
-
-
 def per_class_table(layout: Layout, checkpoint: str, labeled: int) -> tuple[Table, pd.DataFrame, dict]:
     names = classes(layout)
-    columns = [Column(metric_header(name, scale, d, layout.units), group=c or "Mean", direction=d)
-               for c in names + [None] for _, name, scale, d in PER_CLASS_METRICS]
+    columns = [Column(metric_header(m, layout.units), group=c or "Mean", direction=m.direction)
+               for c in names + [None] for m in per_class_metrics()]
     table = Table(f"{layout.dataset}, {layout.split_label(labeled)}: per class, test set, {checkpoint} checkpoint, "
                   "mean ± std over seeds", columns)
     tidy = []
@@ -366,11 +361,11 @@ def per_class_table(layout: Layout, checkpoint: str, labeled: int) -> tuple[Tabl
             continue
         entries = []
         for c in names + [None]:
-            for key, _, scale, _ in PER_CLASS_METRICS:
-                s = cell_stats(runs, checkpoint, key, scale, c)
+            for m in per_class_metrics():
+                s = cell_stats(runs, checkpoint, m.name, m.scale, c)
                 entries.append(Entry(s["mean"], s["std"]))
                 tidy.append({"dataset": layout.dataset, "labeled": labeled, "row": row.label, "method": row.method,
-                             "section": row.role, "class": c or "mean", "metric": key, **s})
+                             "section": row.role, "class": c or "mean", "metric": m.name, **s})
         table.rows.append(TableRow(row.label, entries, SECTIONS[row.role], ranked=row.role != "upper"))
     rank(table)
     table.notes.append(_policy_note(layout))
@@ -384,10 +379,10 @@ def ablation_table(layout: Layout, checkpoint: str) -> Table | None:
     if len({r.method for r in rows}) < 2:
         return None
     splits = layout.splits(rows)
-    metrics = (METRICS[0], METRICS[2])
+    shown = per_class_metrics()
     table = Table(f"{layout.dataset}: SSS ablation, test set, {checkpoint} checkpoint, mean ± std over seeds",
-                  [Column(metric_header(name, scale, d, layout.units), group=layout.split_label(n), direction=d)
-                   for n in splits for _, name, scale, d in metrics], stub="SSS")
+                  [Column(metric_header(m, layout.units), group=layout.split_label(n), direction=m.direction)
+                   for n in splits for m in shown], stub="SSS")
     for row in rows:
         mc = row.runs[0].method_config
         label = (f"DFE {'on' if mc.get('dfe', True) else 'off'}, PCSW {'on' if mc.get('pcsw', True) else 'off'}"
@@ -395,11 +390,11 @@ def ablation_table(layout: Layout, checkpoint: str) -> Table | None:
         entries = []
         for n in splits:
             runs = row.cells.get(n)
-            for key, _, scale, _ in metrics:
+            for m in shown:
                 if not runs:
                     entries.append(Entry(text="—"))
                     continue
-                s = cell_stats(runs, checkpoint, key, scale)
+                s = cell_stats(runs, checkpoint, m.name, m.scale)
                 entries.append(Entry(s["mean"], s["std"]))
         table.rows.append(TableRow(label, entries))
     rank(table)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from ssbench.errors import UserError
+from ssbench.runfolder import is_complete
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,9 @@ def parse_roots(values: list[str], datasets: tuple[str, ...]) -> dict[str, str |
 class PlannedRun:
     key: str  # the run folder relative to the results root: dataset/method/split/seedN
     run_dir: Path
-    request: object  # ssbench.engine.run.RunRequest
+    request: object  # ssbench.engine.plan.RunRequest
     complete: bool
+    plan: object = None  # its ssbench.engine.plan.Plan (config and method class), resolved once
 
 
 def plan(grid: Grid, roots: dict, sets: tuple[str, ...], iters: int | None, out: Path, device: str,
@@ -85,7 +86,7 @@ def plan(grid: Grid, roots: dict, sets: tuple[str, ...], iters: int | None, out:
     """Resolve every run's config and results folder (fails fast on a bad name, key or data root, before
     anything is submitted) and mark the runs that are already complete. ``world``: processes per run (a run of
     several is a DDP run, in its own folder)."""
-    from ssbench.engine.run import RunRequest, build_config, run_dir_for
+    from ssbench.engine.plan import RunRequest, plan as plan_run
 
     planned = []
     for dataset in grid.datasets:
@@ -95,14 +96,8 @@ def plan(grid: Grid, roots: dict, sets: tuple[str, ...], iters: int | None, out:
                     req = RunRequest(method=method, dataset=dataset, data_root=roots.get(dataset), split=split,
                                      seed=seed, iters=iters, sets=sets, out=str(out), device=device, resume=True,
                                      world=world)
-                    cfg, _, _ = build_config(req)
-                    run_dir = run_dir_for(cfg, str(out))
-                    planned.append(PlannedRun(str(run_dir.relative_to(out)), run_dir, req, is_complete(run_dir)))
+                    p = plan_run(req, device=None)
+                    planned.append(PlannedRun(str(p.run_dir.relative_to(out)), p.run_dir, req,
+                                              is_complete(p.run_dir), p))
     return planned
 
-
-def is_complete(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / "run.json").read_text()).get("status") == "complete"
-    except (OSError, ValueError):
-        return False

@@ -162,13 +162,11 @@ def visible_gpus() -> list[int]:
 def prepare_resources(planned: list, say=print) -> None:
     """What the runs load from outside (pretrained weights), resolved once here, before any job starts: each
     distinct method config is asked once (``Method.prepare``), so that no array task downloads on its own."""
-    from ssbench.engine.run import build_config
-
     seen = set()
     for p in planned:
         if p.complete:
             continue
-        cfg, method_cls, _ = build_config(p.request)
+        cfg, method_cls = p.plan.cfg, p.plan.method_cls
         key = (cfg.method_name, repr(cfg.method_config))
         if key in seen:
             continue

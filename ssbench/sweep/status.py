@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ssbench.errors import UserError
-from ssbench.sweep.grid import is_complete
+from ssbench.runfolder import is_complete
 from ssbench.sweep.launch import SWEEPS, error_file, requeue_file
 
 STATES = ("done", "running", "requeued", "failed", "queued", "missing")
