@@ -1,0 +1,192 @@
+"""Peer check against ZhenZHAO/AD-MT."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from .common import (Item, calls, check_unet, compare_pairs, function_source, grad_compare, kwargs_of, literal,
+                     load_file, max_diff, mix_inputs, numeric, script_classes, script_functions, statements_between)
+
+
+def run(root: Path, draws: int) -> list[Item]:
+    import yaml
+
+    from ssbench.engine.config import TrainConfig
+    from ssbench.methods import admt as ours
+    from ssbench.methods.ema import ema_update
+    from ssbench.methods.losses import dice_loss
+    from ssbench.methods.strong import draw_blur, draw_jitter
+    from ssbench.methods.unet import UNet
+
+    code = root / "code" if (root / "code").is_dir() else root
+    script = code / "train_post_2d_aut.py"
+    yml = yaml.safe_load((root / "cfgs" / "config_2d_aut.yml").read_text())
+    cfg = ours.ADMTConfig()
+    items = check_unet("AD-MT", load_file(code / "networks" / "unet.py", "admt_unet").UNet)
+
+    # The alternate-update schedule: the same flags for 30,000 steps when both draw the same periods.
+    util_ns = {"np": np, "torch": torch, "F": F}
+    classes = script_classes(code / "train_utils.py", ["AlternateUpdate"], util_ns)
+    fns = script_functions(code / "train_utils.py", ["get_compromise_pseudo_btw_tea_stu"], util_ns)
+    np.random.seed(0)
+    theirs = classes["AlternateUpdate"](yml["alt_param_updating_period_iters"], initial_flag=True,
+                                        flag_random=yml["alt_flag_updating_period_random"])
+    flags_t = []
+    for _ in range(30000):
+        flags_t.append(theirs.get_alternate_state())
+        theirs.update()
+    np.random.seed(0)
+    mine = ours.AlternateSchedule(cfg.period_max, cfg.period_random, 0,
+                                  draw=lambda k: int(np.random.randint(1, cfg.period_max + 1)))
+    flags_o = []
+    for _ in range(30000):
+        flags_o.append(mine.flag)
+        mine.update()
+    swaps = int(np.sum(np.diff(np.array(flags_o, int)) != 0))
+    items.append(numeric("AD-MT alternate-update schedule (AlternateUpdate), 30,000 steps, same period draws",
+                         max_diff(np.array(flags_t, float), np.array(flags_o, float)), 0.0, f"{swaps} swaps"))
+    seeded = ours.AlternateSchedule(cfg.period_max, True, 1337)
+    periods = [seeded._seeded(k) for k in range(20000)]
+    ks = stats.chisquare(np.bincount(periods, minlength=cfg.period_max + 1)[1:])
+    items.append(Item("AD-MT periods as ssbench draws them: uniform on 1..50 (chi-square)", f"p={ks.pvalue:.3g}",
+                      min(periods) == 1 and max(periods) == cfg.period_max and ks.pvalue > 1e-3))
+
+    # Teacher decay schedule and EMA (parameters and buffers), from their update_ema_variables.
+    upd = script_functions(script, ["update_ema_variables"], {"torch": torch})["update_ema_variables"]
+    args = {"consistency_rampup": yml["consistency_rampup"]}
+    worst = 0.0
+    for it in range(30000):
+        s_, e_ = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            s_.weight.fill_(1.0), e_.weight.fill_(0.0)
+        upd(s_, e_, yml["ema_decay"], it // 2, args)
+        worst = max(worst, abs((1 - float(e_.weight)) - ours.teacher_decay(it, cfg)))
+    items.append(numeric("AD-MT teacher decay (update_ema_variables at iter_num // 2), every step of 30,000", worst,
+                         1e-7))
+    torch.manual_seed(0)
+    student, t_theirs, t_ours = UNet(1, 4), UNet(1, 4), UNet(1, 4)
+    t_ours.load_state_dict(t_theirs.state_dict())
+    worst = 0.0
+    for it in (0, 150, 151, 400):
+        with torch.no_grad():
+            student.train()
+            student(torch.rand(2, 1, 32, 32))
+            for prm in student.parameters():
+                prm.add_(torch.randn_like(prm) * 0.01)
+        upd(student, t_theirs, yml["ema_decay"], it // 2, args)
+        ema_update(t_ours, student, ours.teacher_decay(it, cfg), cfg.ema_buffers)
+        # num_batches_tracked is averaged into a float there and copied here: BatchNorm reads it only without a
+        # momentum, and the UNet's BatchNorm has one (0.1).
+        worst = max(worst, max(max_diff(a, b) for (k, a), b in zip(t_theirs.state_dict().items(),
+                                                                   t_ours.state_dict().values())
+                               if not k.endswith("num_batches_tracked")))
+    items.append(numeric("AD-MT EMA update of a teacher (parameters, BN running statistics), 4 steps", worst))
+
+    # Entropy fusion: the statements of their loop, executed on identical softmaxes.
+    train_fn = function_source(script, "train")
+    fusion = statements_between(train_fn, "entropy_1", "pseudo_logits")
+    worst, disagree = 0.0, 0
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        p1 = (torch.randn(12, 4, 64, 64, generator=g) * 2).softmax(1)
+        p2 = (torch.randn(12, 4, 64, 64, generator=g) * 2).softmax(1)
+        local = {"torch": torch, "ema_outputs_soft_1": p1, "ema_outputs_soft_2": p2,
+                 "alt_param_ensemble_temp": yml["alt_param_ensemble_temp"]}
+        exec(compile(fusion, str(script), "exec"), local)
+        conf, label = ours.entropy_fusion(p1, p2, cfg.temperature)
+        worst = max(worst, max_diff(local["pseudo_logits"], conf), max_diff(local["pseudo_outputs"], label))
+        disagree += int((p1.argmax(1) != p2.argmax(1)).sum())
+    items.append(numeric(f"AD-MT entropy fusion of the two teachers ({len(fusion.body)} statements of their loop), "
+                         "confidence and label", worst, 1e-6, f"{disagree} pixels where the teachers disagree"))
+
+    # Teacher/student conflicts.
+    worst = 0.0
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        lt, ls = torch.randint(0, 4, (12, 64, 64), generator=g), torch.randint(0, 4, (12, 64, 64), generator=g)
+        ct, cs = torch.rand(12, 64, 64, generator=g), torch.rand(12, 64, 64, generator=g)
+        disagree = torch.rand(12, 64, 64, generator=g) < 0.5
+        for mode in ("pixel_confidence", "always_tea", "always_stu"):
+            tt, tc, _ = fns["get_compromise_pseudo_btw_tea_stu"](lt, ct, ls, cs, mode, disagree)
+            ot, oc = ours.resolve_conflicts(lt, ct, ls, cs, disagree, mode)
+            worst = max(worst, max_diff(tt, ot), max_diff(tc, oc))
+    items.append(numeric("AD-MT conflicts with the student (get_compromise_pseudo_btw_tea_stu: pixel_confidence, "
+                         "always_tea, always_stu)", worst, 0.0))
+
+    # CutMix: the same pastes for the same draws; the box-size distribution of the draws.
+    mix = load_file(code / "dataloaders" / "mixaugs.py", "admt_mixaugs")
+    worst = 0.0
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        img, conf = torch.rand(12, 1, 256, 256, generator=g), torch.rand(12, 256, 256, generator=g)
+        lab, conflict = torch.randint(0, 4, (12, 256, 256), generator=g), torch.rand(12, 256, 256, generator=g) < .3
+        torch.manual_seed(seed), np.random.seed(seed)
+        theirs = mix.cut_mix(img, lab, conf, conflict)
+        torch.manual_seed(seed), np.random.seed(seed)
+        q = ours.CutMixParams(torch.randperm(12), torch.tensor(np.random.beta(4, 4)),
+                              torch.from_numpy(np.random.randint(size=[12], low=int(256 / 8), high=256)),
+                              torch.from_numpy(np.random.randint(size=[12], low=int(256 / 8), high=256)))
+        mine = ours.apply_cutmix(q, img, lab, conf, conflict)
+        worst = max(worst, *(max_diff(a.float(), b.float()) for a, b in zip(theirs, mine)))
+    items.append(numeric("AD-MT cut_mix for the same draws (image, pseudo-label, confidence, conflicts), 20 batches",
+                         worst, 0.0))
+    np.random.seed(0)
+    side_t = [int(256 * np.sqrt(1 - np.random.beta(4, 4))) for _ in range(draws)]
+    torch.manual_seed(0)
+    side_o = [int(torch.floor(256 * torch.sqrt(1 - ours.draw_cutmix(1, 256, 256, "cpu").lam.double())))
+              for _ in range(draws)]
+    ks = stats.ks_2samp(side_o, side_t)
+    items.append(Item("AD-MT CutMix box side int(256 sqrt(1 - Beta(4, 4))) distribution (two-sample KS)",
+                      f"D={ks.statistic:.3g}", ks.pvalue > 1e-3, f"p = {ks.pvalue:.3g}"))
+
+    # The unlabeled Dice loss with the confidence mask.
+    admt_losses = load_file(code / "utils" / "losses.py", "admt_losses")
+    logits, target, _ = mix_inputs(5)
+    ignore = torch.rand(6, 64, 64, generator=torch.Generator().manual_seed(6)) < 0.4
+    items.append(grad_compare("AD-MT unlabeled Dice with ignore (DiceLoss): value and gradient",
+                              lambda x: admt_losses.DiceLoss(4)(x.softmax(1), target.unsqueeze(1).float(),
+                                                                ignore=ignore.float()),
+                              lambda x: dice_loss(x.softmax(1), target, ignore=ignore), logits))
+
+    # Defaults of the config and the loop.
+    t = TrainConfig(**{**vars(TrainConfig()), **ours.ADMT.recipe_overrides("published")})
+    rampup = [literal(n.right) for n in ast.walk(train_fn)
+              if isinstance(n, ast.BinOp) and isinstance(n.op, ast.FloorDiv) and getattr(n.left, "id", "") == "iter_num"]
+    strong = kwargs_of(calls(function_source(code / "dataloaders" / "dataset_2d.py", "WeakStrongAugment"),
+                             "func_strong_augs")[0])
+    jitter = calls(function_source(code / "dataloaders" / "dataset_2d.py", "color_jitter"), "ColorJitter")[0]
+    j = draw_jitter.__defaults__  # (g, brightness, contrast, p)
+    items.append(compare_pairs("AD-MT config_2d_aut.yml / train_post_2d_aut.py / dataset_2d.py defaults", [
+        ("max_iterations", t.iters, yml["max_iterations"]), ("base_lr", t.lr, yml["base_lr"]),
+        ("batch", (t.batch_labeled, t.batch_unlabeled), (yml["labeled_bs"], yml["batch_size"] - yml["labeled_bs"])),
+        ("poly", t.lr_schedule == "poly", yml["poly"]), ("seed", t.seed, yml["seed"]),
+        ("validation", (t.val_every, t.val_epochs), ("epoch", yml["test_interval_ep"])),
+        ("ema_decay", cfg.ema_decay, yml["ema_decay"]), ("cutmix_prob", cfg.cutmix_p, yml["cutmix_prob"]),
+        ("conf_threshold", cfg.conf_thresh, yml["conf_threshold"]), ("consistency", cfg.consistency,
+                                                                     yml["consistency"]),
+        ("consistency_rampup", cfg.consistency_rampup, yml["consistency_rampup"]),
+        ("teacher warm-up (consistency_rampup)", cfg.teacher_warmup, yml["consistency_rampup"]),
+        ("ramp-up step and global step divisors (iter_num // ...)", sorted({cfg.rampup_step, 2}), sorted(set(rampup))),
+        ("unlabeled loss", "dice", yml["flag_ulb_loss_type"]), ("conflict mode", cfg.conflict,
+                                                                 yml["alt_flag_conflict_mode"]),
+        ("period", (cfg.period_max, cfg.period_random), (yml["alt_param_updating_period_iters"],
+                                                         yml["alt_flag_updating_period_random"])),
+        ("conflict weight (only 1.0 is implemented)", 1.0, yml["alt_param_conflict_weight"]),
+        ("ensemble temperature", cfg.temperature, yml["alt_param_ensemble_temp"]),
+        ("teachers shuffled per epoch / student uses more / pseudo-labels from the student", (False, False, False),
+         (yml["alt_flag_epoch_shuffle_teachers"], yml["alt_flag_conflict_stu_use_more"],
+          bool(yml.get("flag_pseudo_from_student", False)))),
+        ("strong view p_color, p_blur", (cfg.jitter_p, cfg.blur_p), (strong["p_color"], strong["p_blur"])),
+        ("jitter brightness, contrast", (j[1], j[2]), tuple(literal(a) for a in jitter.args[:2])),
+        ("blur sigma range", draw_blur.__defaults__[1],
+         tuple(literal(a) for a in calls(function_source(code / "dataloaders" / "dataset_2d.py", "blur"),
+                                         "uniform")[0].args)),
+    ]))
+    return items
+
