@@ -326,8 +326,12 @@ UNLABELED_RTOL = 5e-3  # the unlabeled part of the gradient (ours: total minus t
 RESOLVED = 5e-3  # ... compared where it is at least this fraction of the whole gradient
 
 
+def scalar(v) -> float:
+    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+
 def rel(a, b) -> float:
-    a, b = float(a), float(b)
+    a, b = scalar(a), scalar(b)
     scale = max(abs(a), abs(b))
     return 0.0 if scale == 0 else abs(a - b) / scale
 
@@ -360,8 +364,8 @@ def step_item(name: str, terms: list[tuple[str, object, object]], theirs: tuple,
     supervised gradient) within ``UNLABELED_RTOL`` of its largest value. ``theirs``/``ours``: (total loss,
     parameters in the same order)."""
     (t_loss, t_params), (o_loss, o_params) = theirs, ours
-    parts = [(label, rel(a, b), f"{label} {float(b):.6g} vs {float(a):.6g}") for label, a, b in terms]
-    parts.append(("total", rel(t_loss, o_loss), f"total {float(o_loss):.6g} vs {float(t_loss):.6g}"))
+    parts = [(label, rel(a, b), f"{label} {scalar(b):.6g} vs {scalar(a):.6g}") for label, a, b in terms]
+    parts.append(("total", rel(t_loss, o_loss), f"total {scalar(o_loss):.6g} vs {scalar(t_loss):.6g}"))
     g_t, g_o = gradients(t_loss, t_params), gradients(o_loss, o_params)
     worst = [(d / RTOL, text) for _, d, text in parts]
     d = grad_rel(g_t, g_o)

@@ -196,10 +196,10 @@ def step_specs(unet):
             return method, {"model": student, "ema_model": teacher}, [(student, method.student)]
         return build
 
-    def single(cls, cfg, their_cls, attr="net"):
+    def single(cls, cfg, their_cls, attr="net"):  # their network class by name (looked up when built)
         def build(ctx):
             method = cls(cfg, ctx)
-            theirs = their_cls(1, 4)
+            theirs = getattr(unet, their_cls)(1, 4)
             copy_weights(theirs, getattr(method, attr))
             return method, {"model": theirs}, [(theirs, getattr(method, attr))]
         return build
@@ -215,7 +215,7 @@ def step_specs(unet):
     weight = ("weight", "consistency_weight", lambda o: o["cons_weight"])
     threshold = (perturb, "threshold_factor", _numpy_threshold)
     return [
-        ("supervised", "train_fully_supervised_2D.py", single(Supervised, SupervisedConfig(), unet.UNet), [],
+        ("supervised", "train_fully_supervised_2D.py", single(Supervised, SupervisedConfig(), "UNet"), [],
          [("(CE + Dice)/2", "loss", lambda o: o["loss"])], None),
         ("Mean Teacher", "train_mean_teacher_2D.py", teacher_student(MeanTeacher, MeanTeacherConfig(), True), [],
          [sup, ("weight x unlabeled", "consistency_weight * consistency_loss",
@@ -224,8 +224,8 @@ def step_specs(unet):
          [sup, cons, weight, ("threshold", "threshold", None),
           ("certain fraction", "mask.mean()", lambda o: o["certain_ratio"])], "supervised_loss"),
         ("URPC", "train_uncertainty_rectified_pyramid_consistency_2D.py",
-         single(URPC, URPCConfig(), unet.UNet_URPC), [threshold], [sup, cons, weight], "supervised_loss"),
-        ("CCT", "train_cross_consistency_training_2D.py", single(CCT, CCTConfig(), unet.UNet_CCT), [threshold],
+         single(URPC, URPCConfig(), "UNet_URPC"), [threshold], [sup, cons, weight], "supervised_loss"),
+        ("CCT", "train_cross_consistency_training_2D.py", single(CCT, CCTConfig(), "UNet_CCT"), [threshold],
          [sup, cons, weight], "supervised_loss"),
         ("ICT", "train_interpolation_consistency_training_2D.py", teacher_student(ICT, ICTConfig(), True),
          [(ict_module, "mix_factors", _numpy_beta)], [sup, cons, weight], "supervised_loss"),
