@@ -105,5 +105,90 @@ def run(root: Path, draws: int) -> list[Item]:
     items.append(check_feature_perturbation(unet))
     items += check_losses(load_file(code / "util" / "utils.py", "unimatch_utils"))
     items += check_cutmix(load_file(code / "dataset" / "transform.py", "unimatch_transform"), draws)
+    items.append(check_step(code, unet))
     items.append(check_recipe(code))
     return items
+
+
+class _Reseeded(torch.nn.Module):
+    """Their network, the global seed set before each train-mode pass (the k-th pass of a step gets seed 100 + k),
+    so that its dropout draws the numbers that ssbench's k-th pass draws whatever the augmentations drew before."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x, *args):
+        if self.training:
+            self.calls += 1
+            torch.manual_seed(100 + self.calls)
+        return self.net(x, *args)
+
+
+def check_step(code: Path, unet_cls) -> Item:
+    """UniMatch's training step: the statements of unimatch.py's loop from the batch's ``.cuda()`` to the total
+    loss, executed as written, beside ssbench's ``training_step`` on the same weights and batch. ssbench draws the
+    strong views and CutMix boxes (recorded, then given to their loop as its loader's); each train-mode pass of
+    either side starts from the same seed (dropout and the feature perturbation's Dropout2d). The loss does not
+    depend on the iteration, so one step; the network is sharpened so that the 0.95 confidence splits pixels."""
+    import yaml
+
+    from ssbench.methods import unimatch as um
+    from ssbench.methods.api import Batch, MethodContext, StepInfo
+
+    from .common import copy_weights, cuda_on_cpu, loop_statements, patched, step_item
+
+    g = torch.Generator().manual_seed(21)
+    n, size = 2, 64
+    img_x, img_u_w, img_u_w_mix = (torch.rand(n, 1, size, size, generator=g) for _ in range(3))
+    mask_x = torch.randint(0, 4, (n, size, size), generator=g)
+    torch.manual_seed(0)
+    method = um.UniMatch(um.UniMatchConfig(), MethodContext(1, 4, size, 30000, torch.device("cpu")))
+    with torch.no_grad():  # the output conv x 20
+        [m for m in method.net.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight.mul_(20)
+    theirs = _Reseeded(unet_cls(1, 4))
+    copy_weights(theirs.net, method.net)
+
+    views, boxes = [], []
+
+    def strong_view(x, *a, **k):
+        views.append(real_view(x, *a, **k))
+        return views[-1]
+
+    def cutmix_boxes(*a, **k):
+        boxes.append(real_boxes(*a, **k))
+        return boxes[-1]
+
+    def decode_with_fp(net, x, drop):
+        torch.manual_seed(101)
+        return real_fp(net, x, drop)
+
+    def strong_pass(x):
+        torch.manual_seed(102)
+        return forward(x)
+
+    real_view, real_boxes, real_fp, forward = um.strong_view, um.cutmix_boxes, um.decode_with_fp, method.net.forward
+    method.train()
+    method.net.forward = strong_pass  # the eval pass of the CutMix sources draws nothing
+    torch.manual_seed(5)
+    with patched(um, "strong_view", strong_view), patched(um, "cutmix_boxes", cutmix_boxes), \
+            patched(um, "decode_with_fp", decode_with_fp):
+        out = method.training_step(Batch(img_x.clone(), mask_x.clone()),
+                                   Batch(torch.cat([img_u_w, img_u_w_mix])), StepInfo(0, 30000))
+    del method.net.forward
+
+    cfg = yaml.safe_load((code / "configs" / "acdc.yaml").read_text())
+    utils = load_file(code / "util" / "utils.py", "unimatch_utils")
+    ns = {"torch": torch, "cfg": cfg, "model": theirs, "criterion_ce": torch.nn.CrossEntropyLoss(),
+          "criterion_dice": utils.DiceLoss(n_classes=cfg["nclass"]), "img_x": img_x.clone(), "mask_x": mask_x.clone(),
+          "img_u_w": img_u_w.clone(), "img_u_w_mix": img_u_w_mix.clone(),
+          "img_u_s1": views[0].clone(), "img_u_s1_mix": views[1].clone(), "img_u_s2": views[2].clone(),
+          "img_u_s2_mix": views[3].clone(), "cutmix_box1": boxes[0].long(), "cutmix_box2": boxes[1].long()}
+    with cuda_on_cpu():
+        exec(loop_statements(code / "unimatch.py", "img_x, mask_x =", "loss = (loss_x"), ns)
+    terms = [("loss_x", ns["loss_x"], out["loss_x"]), ("loss_s1", ns["loss_u_s1"], out["loss_s1"]),
+             ("loss_s2", ns["loss_u_s2"], out["loss_s2"]), ("loss_fp", ns["loss_u_w_fp"], out["loss_fp"]),
+             ("confident fraction", (ns["conf_u_w"] >= cfg["conf_thresh"]).float().mean(), out["conf_ratio"])]
+    return step_item("UniMatch: step (loss_x, s1, s2, fp, confident fraction, total, gradients)", terms,
+                     (ns["loss"], list(theirs.parameters())), (out["loss"], list(method.net.parameters())),
+                     ns["loss_x"] / 2.0)
