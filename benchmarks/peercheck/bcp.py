@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from scipy import stats
 
 from .common import (Item, calls, check_unet_subset, compare_pairs, cuda_on_cpu, function_source, grad_compare, kwargs_of,
-                     label_maps, literal, load_file, max_diff, mix_inputs, numeric, script_defaults, script_functions,
-                     sets_lr)
+                     label_maps, literal, load_file, max_diff, mix_inputs, numeric, patched, script_defaults,
+                     script_functions, sets_lr)
 
 
 def run(root: Path, draws: int) -> list[Item]:
@@ -113,6 +113,8 @@ def run(root: Path, draws: int) -> list[Item]:
                                if a.dtype.is_floating_point))
     items.append(numeric("BCP update_model_ema(0.99) over the state_dict, 4 steps (parameters and BN buffers)", worst))
 
+    items += check_steps(code)
+
     # Recipe defaults of the script.
     d = script_defaults(script)
     tree = ast.parse(script.read_text())
@@ -140,3 +142,72 @@ def run(root: Path, draws: int) -> list[Item]:
     ]))
     return items
 
+
+
+def check_steps(code: Path) -> list[Item]:
+    """BCP's two stages: the statements of ``pre_train``'s and ``self_train``'s loops, from the batch to the total
+    loss, executed as written beside ssbench's ``training_step`` (stage 'pretrain', then 'train' after
+    ``begin_stage``) on the same weights and batch. ssbench draws the box (torch); their ``generate_mask`` runs
+    with NumPy's ``randint`` returning that box's corner; each train-mode pass (teacher and student alike) starts
+    from the same seed on both sides. Their loss does not depend on the iteration (the consistency weight that
+    ``self_train`` computes is unused): one step per stage."""
+    import argparse
+
+    from skimage.measure import label as sk_label
+
+    from ssbench.methods import bcp as ours
+    from ssbench.methods.api import Batch, MethodContext, StepInfo, Stage
+
+    from .common import NumpyWith, copy_weights, loop_statements, reseeded, step_item
+
+    script = code / "ACDC_BCP_train.py"
+    d = script_defaults(script)
+    losses = load_file(code / "utils" / "losses.py", "bcp_losses")
+    ramps = load_file(code / "utils" / "ramps.py", "bcp_ramps")
+    unet = load_file(code / "networks" / "unet.py", "bcp_unet")
+    n, size = 4, 64  # 2 + 2 labeled, 2 + 2 unlabeled
+    g = torch.Generator().manual_seed(31)
+    image = torch.rand(2 * n, 1, size, size, generator=g)
+    label = torch.randint(0, 4, (2 * n, size, size), generator=g)
+    args = argparse.Namespace(**{**d, "labeled_bs": n, "batch_size": 2 * n})
+    items = []
+    for stage, function, last in (("pretrain", "pre_train", "loss = (loss_dice + loss_ce) / 2"),
+                                  ("train", "self_train", "loss = (loss_dice + loss_ce) / 2")):
+        torch.manual_seed(0)
+        method = ours.BCP(ours.BCPConfig(), MethodContext(1, 4, size, 30000, torch.device("cpu")))
+        if stage == "train":
+            method.begin_stage(Stage("train", 30000))
+            with torch.no_grad():  # a sharper teacher: pseudo-labels with several components per class
+                [m for m in method.teacher.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight.mul_(10)
+        model, ema_model = unet.UNet_2d(1, 4), unet.UNet_2d(1, 4)
+        for theirs, mine in ((model, method.student), (ema_model, method.teacher)):
+            copy_weights(torch.nn.Sequential(theirs.encoder, theirs.decoder), mine)
+        corners = []
+        real_mask = ours.copy_paste_mask
+
+        def copy_paste_mask(*a, **k):
+            m = real_mask(*a, **k)
+            zeros = (m == 0).nonzero()
+            corners.extend(int(v) for v in zeros.min(0).values)
+            return m
+
+        method.train()
+        with patched(ours, "copy_paste_mask", copy_paste_mask), reseeded(method.student, method.teacher):
+            out = method.training_step(Batch(image[:n].clone(), label[:n].clone()),
+                                       None if stage == "pretrain" else Batch(image[n:].clone()),
+                                       StepInfo(0, 30000, stage))
+        model.train(), ema_model.train()
+        ns = {"torch": torch, "np": NumpyWith(corners), "nn": torch.nn, "F": F, "label": sk_label,
+              "dice_loss": losses.DiceLoss(n_classes=4), "ramps": ramps, "args": args, "iter_num": 0,
+              "labeled_sub_bs": n // 2, "unlabeled_sub_bs": n // 2, "model": model, "ema_model": ema_model,
+              "sampled_batch": {"image": image.clone() if stage == "train" else image[:n].clone(),
+                                "label": label.clone() if stage == "train" else label[:n].clone()}}
+        script_functions(script, ["generate_mask", "mix_loss", "get_ACDC_2DLargestCC", "get_ACDC_masks",
+                                  "get_current_consistency_weight"], ns)
+        with cuda_on_cpu(), reseeded(ema_model, model):
+            exec(loop_statements(script, "volume_batch, label_batch =", last, within=function), ns)
+        terms = [("Dice", ns["loss_dice"], out["loss_dice"]), ("CE", ns["loss_ce"], out["loss_ce"])]
+        params = [p for m in (model.encoder, model.decoder) for p in m.parameters()]
+        items.append(step_item(f"BCP {function}: step (Dice, CE, total, gradients)", terms,
+                               (ns["loss"], params), (out["loss"], list(method.student.parameters()))))
+    return items

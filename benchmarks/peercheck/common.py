@@ -118,11 +118,16 @@ def call_keywords(path: Path, func: str) -> dict:
     raise SystemExit(f"peer_check: {path}: no call to {func}")
 
 
-def loop_statements(path: Path, first: str, last: str, skip: tuple[str, ...] = ()):
+def loop_statements(path: Path, first: str, last: str, skip: tuple[str, ...] = (), within: str | None = None):
     """The statements of a script's training loop from the one whose source starts with ``first`` through the one
-    starting with ``last``, compiled (those starting with a ``skip`` prefix left out). They run as written, on the
-    namespace given to ``exec``, without running the script."""
+    starting with ``last``, compiled (those starting with a ``skip`` prefix left out); ``within``: only in that
+    function (BCP's ``pre_train`` and ``self_train`` loops start alike). They run as written, on the namespace
+    given to ``exec``, without running the script."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    if within is not None:
+        tree = next((n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == within), None)
+        if tree is None:
+            raise SystemExit(f"peer_check: {path}: no function {within}")
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if not isinstance(node, (ast.For, ast.If, ast.FunctionDef)) or not isinstance(body, list):
@@ -138,6 +143,43 @@ def loop_statements(path: Path, first: str, last: str, skip: tuple[str, ...] = (
             chosen = [s for s, t in zip(stmts[start:end + 1], src[start:end + 1]) if not t.startswith(skip)]
             return compile(ast.Module(body=chosen, type_ignores=[]), str(path), "exec")
     raise SystemExit(f"peer_check: {path}: no statement block from {first!r} to {last!r}")
+
+
+@contextmanager
+def reseeded(*nets: torch.nn.Module, base: int = 100):
+    """Each train-mode pass through any of ``nets`` starts from the global seed ``base + k`` (the k-th such pass),
+    so that dropout draws the same numbers on both sides whatever else was drawn between passes (ssbench draws
+    its boxes from torch, their code from NumPy)."""
+    count = [0]
+
+    def wrap(net):
+        forward = net.forward
+
+        def seeded(*args, **kwargs):
+            if net.training:
+                count[0] += 1
+                torch.manual_seed(base + count[0])
+            return forward(*args, **kwargs)
+        return seeded
+
+    for net in nets:
+        net.forward = wrap(net)
+    try:
+        yield count
+    finally:
+        for net in nets:
+            del net.forward
+
+
+class NumpyWith:
+    """NumPy, but ``random.randint`` returns given values in turn (their box corners set to ssbench's draw)."""
+
+    def __init__(self, values):
+        self._values = list(values)
+        self.random = types.SimpleNamespace(randint=lambda *a, **k: self._values.pop(0))
+
+    def __getattr__(self, name):
+        return getattr(np, name)
 
 
 def statements_between(fn: ast.FunctionDef, first: str, last: str) -> ast.Module:
