@@ -91,6 +91,8 @@ def run(root: Path, draws: int) -> list[Item]:
                           f"{np.median(st[key]):.4f}"))
     items.append(Item("ABD cutout: pixel values in the box", str(sorted(values)), values <= {0, 1}, "ours: 0 or 1"))
 
+    items.append(check_step(code))
+
     # Defaults: script, displacement and strong augmentation.
     tree = ast.parse(script.read_text())
     disp_tree = function_source(code / "utils" / "displacement.py", "ABD_R_BCP")
@@ -120,3 +122,95 @@ def run(root: Path, draws: int) -> list[Item]:
     ]))
     return items
 
+
+
+def check_step(code: Path) -> Item:
+    """ABD's self-training step: the statements of ``self_train``'s loop from the batch to the total loss,
+    executed as written beside ssbench's ``training_step`` (stage 'train') on the same weights and batch. ssbench
+    draws the strong views (recorded, given to their loop as its loader's ``image_strong``), the box (their
+    ``generate_mask`` runs with NumPy's ``randint`` returning its corner) and the KL choices (their
+    ``random.random()`` returns a value on the same side of 0.5); each train-mode pass of the teacher or either
+    student starts from the same seed on both sides. The loss has no iteration dependence: one step."""
+    import types
+
+    from skimage.measure import label as sk_label
+
+    from ssbench.methods import abd as ours
+    from ssbench.methods import bcp as bcp_module
+    from ssbench.methods.api import Batch, MethodContext, Stage, StepInfo
+
+    from .common import NumpyWith, copy_weights, cuda_on_cpu, loop_statements, patched, reseeded, step_item
+
+    script = code / "train_ACDC_BCP.py"
+    d = script_defaults(script)
+    losses = load_file(code / "utils" / "losses.py", "abd_losses")
+    ramps = load_file(code / "utils" / "ramps.py", "abd_ramps")
+    displacement = load_file(code / "utils" / "displacement.py", "abd_displacement")
+    unet = load_file(code / "networks" / "unet.py", "abd_unet")
+    n, size = 4, 64
+    cfg = ours.ABDConfig()
+    g = torch.Generator().manual_seed(41)
+    image = torch.rand(2 * n, 1, size, size, generator=g)
+    label = torch.randint(0, 4, (2 * n, size, size), generator=g)
+    torch.manual_seed(0)
+    method = ours.ABD(cfg, MethodContext(1, 4, size, 30000, torch.device("cpu")))
+    method.begin_stage(Stage("train", 30000))
+    with torch.no_grad():  # three networks that differ (as after the pre-train and some self-training)
+        for net, scale in ((method.teacher, 10.0), (method.model2, 3.0)):
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+            [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight.mul_(scale)
+    nets = {name: unet.UNet_2d(1, 4) for name in ("model_1", "model_2", "ema_model")}
+    for name, mine in (("model_1", method.student), ("model_2", method.model2), ("ema_model", method.teacher)):
+        copy_weights(torch.nn.Sequential(nets[name].encoder, nets[name].decoder), mine)
+
+    views, corners, choices = [], [], []
+    real_view, real_mask, real_abd_r = ours.strong_view, bcp_module.copy_paste_mask, ours.abd_r
+
+    def strong_view(*a, **k):
+        views.append(real_view(*a, **k))
+        return views[-1]
+
+    def copy_paste_mask(*a, **k):
+        m = real_mask(*a, **k)
+        corners.extend(int(v) for v in (m == 0).nonzero().min(0).values)
+        return m
+
+    def abd_r(*a, **k):
+        choices.extend(bool(v) for v in a[6])
+        return real_abd_r(*a, **k)
+
+    method.train()
+    torch.manual_seed(5)
+    with patched(ours, "strong_view", strong_view), patched(bcp_module, "copy_paste_mask", copy_paste_mask), \
+            patched(ours, "abd_r", abd_r), reseeded(method.teacher, method.student, method.model2):
+        out = method.training_step(Batch(image[:n].clone(), label[:n].clone()), Batch(image[n:].clone()),
+                                   StepInfo(0, 30000, "train"))
+
+    (strong_l, strong_lab), (strong_u, _) = views
+    args = argparse.Namespace(**{**d, "labeled_bs": n, "batch_size": 2 * n, "patch_size": size // cfg.grid,
+                                 "h_size": cfg.grid, "w_size": cfg.grid})
+    draws = iter([0.0 if c else 0.99 for c in choices])  # below kl_p exactly where ssbench chose the KL criterion
+    ns = {"torch": torch, "np": NumpyWith(corners), "nn": torch.nn, "F": F, "label": sk_label, "args": args,
+          "dice_loss": losses.DiceLoss(n_classes=4), "ramps": ramps, "iter_num": 0, "labeled_sub_bs": n // 2,
+          "unlabeled_sub_bs": n // 2, "ABD_R_BCP": displacement.ABD_R_BCP, **nets,
+          "sampled_batch": {"image": image.clone(), "label": label.clone(),
+                            "image_strong": torch.cat([strong_l, strong_u]),
+                            "label_strong": torch.cat([strong_lab, label[n:]])}}
+    script_functions(script, ["generate_mask", "mix_loss", "get_ACDC_2DLargestCC", "get_ACDC_masks",
+                              "get_current_consistency_weight"], ns)
+    for net in nets.values():
+        net.train()
+    with cuda_on_cpu(), reseeded(nets["ema_model"], nets["model_1"], nets["model_2"]), \
+            patched(displacement, "random", types.SimpleNamespace(random=lambda: next(draws))):
+        exec(loop_statements(script, "volume_batch, label_batch =", "loss = loss_1 + loss_2", within="self_train"),
+             ns)
+    terms = [("model1 loss", ns["loss_1"], out["loss_model1"]), ("model2 loss", ns["loss_2"], out["loss_model2"]),
+             ("cross, mixed", ns["pseudo_supervision1"] + ns["pseudo_supervision2"], out["loss_cross_mixed"]),
+             ("cross, displaced", ns["pseudo_supervision3"] + ns["pseudo_supervision4"],
+              out["loss_cross_displaced"])]
+    params = [p for name in ("model_1", "model_2") for m in (nets[name].encoder, nets[name].decoder)
+              for p in m.parameters()]
+    return step_item(f"ABD self_train: step (both students' losses, cross terms, total, gradients; "
+                     f"{sum(choices)} of {len(choices)} KL choices)", terms, (ns["loss"], params),
+                     (out["loss"], list(method.student.parameters()) + list(method.model2.parameters())))
