@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import types
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from scipy import stats
 
 from .common import (Item, calls, check_unet, compare_pairs, function_source, grad_compare, kwargs_of, literal,
-                     load_file, max_diff, mix_inputs, numeric, script_classes, script_functions, statements_between)
+                     load_file, max_diff, mix_inputs, numeric, script_classes, script_defaults, script_functions,
+                     statements_between)
 
 
 def run(root: Path, draws: int) -> list[Item]:
@@ -154,6 +156,8 @@ def run(root: Path, draws: int) -> list[Item]:
                                                                 ignore=ignore.float()),
                               lambda x: dice_loss(x.softmax(1), target, ignore=ignore), logits))
 
+    items += check_steps(root, code, yml)
+
     # Defaults of the config and the loop.
     t = TrainConfig(**{**vars(TrainConfig()), **ours.ADMT.recipe_overrides("published")})
     rampup = [literal(n.right) for n in ast.walk(train_fn)
@@ -190,3 +194,111 @@ def run(root: Path, draws: int) -> list[Item]:
     ]))
     return items
 
+
+
+class _Draws:
+    """NumPy for their ``cut_mix`` and loop: ``random.beta``/``random.randint``/``random.random`` return given
+    values in turn (ssbench's CutMix draws), everything else is NumPy."""
+
+    def __init__(self, beta=(), randint=(), random=()):
+        b, r, u = list(beta), list(randint), list(random)
+        self.random = types.SimpleNamespace(beta=lambda *a, **k: b.pop(0), randint=lambda *a, **k: r.pop(0),
+                                            random=lambda *a, **k: u.pop(0))
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def check_steps(root: Path, code: Path, yml: dict) -> list[Item]:
+    """AD-MT's training step in each teacher's period (the first teacher's: the loader's strong view; the
+    second's: CutMix of the weak view) at the first iteration, the middle of the ramp-up and the last: the
+    statements of ``train``'s loop from the batch to the total loss, executed as written beside ssbench's
+    ``training_step``, on the same weights (three independent networks) and batch. ssbench draws the strong view
+    and the CutMix (recorded; their ``cut_mix`` runs on NumPy and ``torch.randperm`` returning those draws); each
+    train-mode pass starts from the same seed on both sides."""
+    from ssbench.methods import admt as ours
+    from ssbench.methods.api import Batch, MethodContext, StepInfo
+
+    from .common import copy_weights, cuda_on_cpu, loop_statements, patched, reseeded, step_item
+
+    script = code / "train_post_2d_aut.py"
+    unet = load_file(code / "networks" / "unet.py", "admt_unet")
+    losses = load_file(code / "utils" / "losses.py", "admt_losses")
+    ramps = load_file(code / "utils" / "ramps.py", "admt_ramps")
+    mix = load_file(code / "dataloaders" / "mixaugs.py", "admt_mixaugs")
+    util_ns = {"np": np, "torch": torch, "F": F}
+    conflicts = script_functions(code / "train_utils.py", ["get_compromise_pseudo_btw_tea_stu"], util_ns)
+    cfg = ours.ADMTConfig()
+    n, size = 2, 64
+    g = torch.Generator().manual_seed(51)
+    lab_img, unl_img = torch.rand(n, 1, size, size, generator=g), torch.rand(n, 1, size, size, generator=g)
+    lab = torch.randint(0, 4, (n, size, size), generator=g)
+    last_it = int(yml["max_iterations"]) - 1
+    mid = int(yml["consistency_rampup"]) * cfg.rampup_step // 2  # t = iteration // 150 halfway up its 50
+    items = []
+    for it in (0, mid, last_it):
+        for first in (True, False):
+            torch.manual_seed(0)
+            method = ours.ADMT(cfg, MethodContext(1, 4, size, 30000, torch.device("cpu")))
+            method.schedule.flag = first
+            with torch.no_grad():  # confident teachers that mostly agree: pixels above the 0.95 threshold
+                method.teacher2.load_state_dict(method.teacher.state_dict())
+                for p in method.teacher2.parameters():
+                    p.add_(torch.randn_like(p) * 0.01)
+                for t in (method.teacher, method.teacher2):
+                    [m for m in t.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight.mul_(150)
+            nets = {"model": unet.UNet(1, 4), "ema_model": unet.UNet(1, 4), "ema_model_another": unet.UNet(1, 4)}
+            for name, mine in (("model", method.student), ("ema_model", method.teacher),
+                               ("ema_model_another", method.teacher2)):
+                copy_weights(nets[name], mine)
+            views, draws = [], []
+            real_strong, real_draw = method.strong, ours.draw_cutmix
+
+            def strong(x):
+                views.append(real_strong(x))
+                return views[-1]
+
+            def draw_cutmix(*a, **k):
+                draws.append(real_draw(*a, **k))
+                return draws[-1]
+
+            method.strong = strong
+            method.train()
+            torch.manual_seed(5)
+            with patched(ours, "draw_cutmix", draw_cutmix), reseeded(method.teacher, method.teacher2,
+                                                                     method.student):
+                out = method.training_step(Batch(lab_img.clone(), lab.clone()), Batch(unl_img.clone()),
+                                           StepInfo(it, 30000))
+            del method.strong
+            strong_u = views[0] if views else unl_img.clone()
+            order = (lambda lb, ulb: torch.cat([lb, ulb])) if yml.get("flag_sampling_based_on_lb", False) else \
+                (lambda lb, ulb: torch.cat([ulb, lb]))
+            q = draws[0] if draws else None
+            args = {**script_defaults(script), **yml, "labeled_bs": n, "batch_size": 2 * n}  # as update_values
+            ns = {"torch": torch, "np": _Draws(random=[0.0] if q is not None else [0.99]), "F": F, "args": args,
+                  "batch_size": 2 * n, "iter_num": it, "flag_start_self_learning": False,
+                  "alternate_indicator": types.SimpleNamespace(get_alternate_state=lambda f=first: f),
+                  "alt_param_ensemble_temp": yml["alt_param_ensemble_temp"],
+                  "alt_flag_conflict_mode": yml["alt_flag_conflict_mode"],
+                  "alt_flag_conflict_stu_use_more": yml["alt_flag_conflict_stu_use_more"],
+                  "var_param_conflict_weight": yml["alt_param_conflict_weight"],
+                  "ce_loss": torch.nn.CrossEntropyLoss(), "dice_loss": losses.DiceLoss(4), "ramps": ramps,
+                  "cut_mix": mix.cut_mix, **conflicts, **nets,
+                  "sampled_batch": {"image_weak": order(lab_img, unl_img), "image_strong": order(lab_img, strong_u),
+                                    "label_aug": order(lab, torch.zeros_like(lab))}}
+            script_functions(script, ["get_current_consistency_weight"], ns)
+            their_np = _Draws(beta=[float(q.lam)] if q else [],
+                              randint=[q.cx.numpy(), q.cy.numpy()] if q else [])
+            nets["model"].train()
+            with cuda_on_cpu(), reseeded(nets["ema_model"], nets["ema_model_another"], nets["model"]), \
+                    patched(mix, "np", their_np), \
+                    patched(torch, "randperm", lambda *a, **k: q.perm.clone() if q else torch.arange(a[0])):
+                exec(loop_statements(script, "num_lb =", "loss = loss_lb", within="train"), ns)
+            terms = [("supervised", ns["loss_lb"], out["loss_x"]), ("unlabeled", ns["loss_ulb"], out["loss_u"]),
+                     ("weight", ns["consistency_weight"], out["u_weight"]),
+                     ("confident fraction", ns["high_ratio"], out["conf_ratio"])]
+            period = "first teacher, strong view" if first else "second teacher, CutMix"
+            items.append(step_item(f"AD-MT: step at iteration {it}, {period} (terms, total, gradients)", terms,
+                                   (ns["loss"], list(nets["model"].parameters())),
+                                   (out["loss"], list(method.student.parameters())), ns["loss_lb"]))
+    return items
