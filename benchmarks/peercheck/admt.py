@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import inspect
+import math
 import types
 from pathlib import Path
 
@@ -23,7 +25,7 @@ def run(root: Path, draws: int) -> list[Item]:
     from ssbench.methods import admt as ours
     from ssbench.methods.ema import ema_update
     from ssbench.methods.losses import dice_loss
-    from ssbench.methods.strong import draw_blur, draw_jitter
+    from ssbench.methods.strong import color_jitter, gaussian_blur
     from ssbench.methods.unet import UNet
 
     code = root / "code" if (root / "code").is_dir() else root
@@ -53,23 +55,48 @@ def run(root: Path, draws: int) -> list[Item]:
     swaps = int(np.sum(np.diff(np.array(flags_o, int)) != 0))
     items.append(numeric("AD-MT alternate-update schedule (AlternateUpdate), 30,000 steps, same period draws",
                          max_diff(np.array(flags_t, float), np.array(flags_o, float)), 0.0, f"{swaps} swaps"))
-    seeded = ours.AlternateSchedule(cfg.period_max, True, 1337)
-    periods = [seeded._seeded(k) for k in range(20000)]
-    ks = stats.chisquare(np.bincount(periods, minlength=cfg.period_max + 1)[1:])
-    items.append(Item("AD-MT periods as ssbench draws them: uniform on 1..50 (chi-square)", f"p={ks.pvalue:.3g}",
-                      min(periods) == 1 and max(periods) == cfg.period_max and ks.pvalue > 1e-3))
+    # The production draws of the periods: run lengths of each side's flags (their AlternateUpdate on NumPy,
+    # ssbench's schedule on its seeded generator), the last, unfinished run left out.
+    def runs(flags):
+        edges = np.flatnonzero(np.diff(np.array(flags, int))) + 1
+        return np.diff(np.concatenate([[0], edges]))
+
+    np.random.seed(1)
+    theirs = classes["AlternateUpdate"](yml["alt_param_updating_period_iters"], initial_flag=True,
+                                        flag_random=yml["alt_flag_updating_period_random"])
+    production = ours.AlternateSchedule(cfg.period_max, cfg.period_random, 1337)
+    flags_t, flags_o = [], []
+    for _ in range(draws * 10):
+        flags_t.append(theirs.get_alternate_state()), flags_o.append(production.flag)
+        theirs.update(), production.update()
+    r_t, r_o = runs(flags_t), runs(flags_o)
+    top = int(max(r_t.max(), r_o.max()))
+    chi = stats.chi2_contingency(np.array([np.bincount(r, minlength=top + 1)[1:] for r in (r_o, r_t)]))
+    items.append(Item("AD-MT periods (production draws): run lengths of the teacher flag (chi-square, two samples)",
+                      f"p={chi.pvalue:.3g}", bool(chi.pvalue > 1e-3 and r_o.min() == r_t.min()
+                                                  and r_o.max() == r_t.max()),
+                      f"{len(r_o)} vs {len(r_t)} periods; range ours {r_o.min()}-{r_o.max()}, theirs "
+                      f"{r_t.min()}-{r_t.max()}"))
 
     # Teacher decay schedule and EMA (parameters and buffers), from their update_ema_variables.
     upd = script_functions(script, ["update_ema_variables"], {"torch": torch})["update_ema_variables"]
+    train_fn = function_source(script, "train")
+    # the global step their loop gives the teachers' EMA: iter_num // k, k read from its calls
+    ema_div = {literal(c.args[3].right) for c in calls(train_fn, "update_ema_variables")
+               if isinstance(c.args[3], ast.BinOp)}
+    if len(ema_div) != 1:
+        raise SystemExit(f"peer_check: {script}: update_ema_variables called with steps {sorted(ema_div)}")
+    ema_div = ema_div.pop()
     args = {"consistency_rampup": yml["consistency_rampup"]}
     worst = 0.0
     for it in range(30000):
         s_, e_ = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
         with torch.no_grad():
             s_.weight.fill_(1.0), e_.weight.fill_(0.0)
-        upd(s_, e_, yml["ema_decay"], it // 2, args)
+        upd(s_, e_, yml["ema_decay"], it // ema_div, args)
         worst = max(worst, abs((1 - float(e_.weight)) - ours.teacher_decay(it, cfg)))
-    items.append(numeric("AD-MT teacher decay (update_ema_variables at iter_num // 2), every step of 30,000", worst,
+    items.append(numeric(f"AD-MT teacher decay (update_ema_variables at iter_num // {ema_div}), every step of 30,000",
+                         worst,
                          1e-7))
     torch.manual_seed(0)
     student, t_theirs, t_ours = UNet(1, 4), UNet(1, 4), UNet(1, 4)
@@ -81,7 +108,7 @@ def run(root: Path, draws: int) -> list[Item]:
             student(torch.rand(2, 1, 32, 32))
             for prm in student.parameters():
                 prm.add_(torch.randn_like(prm) * 0.01)
-        upd(student, t_theirs, yml["ema_decay"], it // 2, args)
+        upd(student, t_theirs, yml["ema_decay"], it // ema_div, args)
         ema_update(t_ours, student, ours.teacher_decay(it, cfg), cfg.ema_buffers)
         # num_batches_tracked is averaged into a float there and copied here: BatchNorm reads it only without a
         # momentum, and the UNet's BatchNorm has one (0.1).
@@ -91,7 +118,6 @@ def run(root: Path, draws: int) -> list[Item]:
     items.append(numeric("AD-MT EMA update of a teacher (parameters, BN running statistics), 4 steps", worst))
 
     # Entropy fusion: the statements of their loop, executed on identical softmaxes.
-    train_fn = function_source(script, "train")
     fusion = statements_between(train_fn, "entropy_1", "pseudo_logits")
     worst, disagree = 0.0, 0
     for seed in range(10):
@@ -157,15 +183,16 @@ def run(root: Path, draws: int) -> list[Item]:
                               lambda x: dice_loss(x.softmax(1), target, ignore=ignore), logits))
 
     items += check_steps(root, code, yml)
+    items += check_cutmix_draws(mix, draws)
 
     # Defaults of the config and the loop.
     t = TrainConfig(**{**vars(TrainConfig()), **ours.ADMT.recipe_overrides("published")})
-    rampup = [literal(n.right) for n in ast.walk(train_fn)
-              if isinstance(n, ast.BinOp) and isinstance(n.op, ast.FloorDiv) and getattr(n.left, "id", "") == "iter_num"]
+    rampup = {literal(c.args[0].right) for c in calls(train_fn, "get_current_consistency_weight")}
     strong = kwargs_of(calls(function_source(code / "dataloaders" / "dataset_2d.py", "WeakStrongAugment"),
                              "func_strong_augs")[0])
     jitter = calls(function_source(code / "dataloaders" / "dataset_2d.py", "color_jitter"), "ColorJitter")[0]
-    j = draw_jitter.__defaults__  # (g, brightness, contrast, p)
+    # the strengths ADMT.strong uses: the defaults of the functions it calls without them
+    jit, blur = inspect.signature(color_jitter).parameters, inspect.signature(gaussian_blur).parameters
     items.append(compare_pairs("AD-MT config_2d_aut.yml / train_post_2d_aut.py / dataset_2d.py defaults", [
         ("max_iterations", t.iters, yml["max_iterations"]), ("base_lr", t.lr, yml["base_lr"]),
         ("batch", (t.batch_labeled, t.batch_unlabeled), (yml["labeled_bs"], yml["batch_size"] - yml["labeled_bs"])),
@@ -176,19 +203,18 @@ def run(root: Path, draws: int) -> list[Item]:
                                                                      yml["consistency"]),
         ("consistency_rampup", cfg.consistency_rampup, yml["consistency_rampup"]),
         ("teacher warm-up (consistency_rampup)", cfg.teacher_warmup, yml["consistency_rampup"]),
-        ("ramp-up step and global step divisors (iter_num // ...)", sorted({cfg.rampup_step, 2}), sorted(set(rampup))),
-        ("unlabeled loss", "dice", yml["flag_ulb_loss_type"]), ("conflict mode", cfg.conflict,
+        ("ramp-up step (get_current_consistency_weight(iter_num // ...))", {cfg.rampup_step}, rampup),
+        ("conflict mode", cfg.conflict,
                                                                  yml["alt_flag_conflict_mode"]),
         ("period", (cfg.period_max, cfg.period_random), (yml["alt_param_updating_period_iters"],
                                                          yml["alt_flag_updating_period_random"])),
-        ("conflict weight (only 1.0 is implemented)", 1.0, yml["alt_param_conflict_weight"]),
         ("ensemble temperature", cfg.temperature, yml["alt_param_ensemble_temp"]),
         ("teachers shuffled per epoch / student uses more / pseudo-labels from the student", (False, False, False),
          (yml["alt_flag_epoch_shuffle_teachers"], yml["alt_flag_conflict_stu_use_more"],
           bool(yml.get("flag_pseudo_from_student", False)))),
         ("strong view p_color, p_blur", (cfg.jitter_p, cfg.blur_p), (strong["p_color"], strong["p_blur"])),
-        ("jitter brightness, contrast", (j[1], j[2]), tuple(literal(a) for a in jitter.args[:2])),
-        ("blur sigma range", draw_blur.__defaults__[1],
+        ("jitter brightness, contrast", (jit["brightness"].default, jit["contrast"].default), tuple(literal(a) for a in jitter.args[:2])),
+        ("blur sigma range", blur["sigma"].default,
          tuple(literal(a) for a in calls(function_source(code / "dataloaders" / "dataset_2d.py", "blur"),
                                          "uniform")[0].args)),
     ]))
@@ -301,4 +327,52 @@ def check_steps(root: Path, code: Path, yml: dict) -> list[Item]:
             items.append(step_item(f"AD-MT: step at iteration {it}, {period} (terms, total, gradients)", terms,
                                    (ns["loss"], list(nets["model"].parameters())),
                                    (out["loss"], list(method.student.parameters())), ns["loss_lb"]))
+    return items
+
+
+def _pastes(mixed_target: torch.Tensor) -> list[tuple]:
+    """What a CutMix did to a batch whose image i is coded i: per image, its partner's offset (perm[i] - i) mod B
+    and its box (first row, first column, height, width), or None where nothing visible changed (its own image
+    drawn as partner, or an empty box)."""
+    b = mixed_target.shape[0]
+    idx = torch.arange(b)
+    changed = mixed_target != idx.view(b, 1, 1)
+    rows, cols = changed.any(2), changed.any(1)
+    r0, c0 = rows.float().argmax(1), cols.float().argmax(1)
+    partner = mixed_target[idx, r0, c0]
+    return [((int(partner[i]) - i) % b, int(r0[i]), int(c0[i]), int(rows[i].sum()), int(cols[i].sum()))
+            if rows[i].any() else None for i in range(b)]
+
+
+def check_cutmix_draws(mix, draws: int, b: int = 12, size: int = 128) -> list[Item]:
+    """The production CutMix draws: their ``cut_mix`` (torch.randperm, NumPy's Beta and box centres) and ssbench's
+    ``draw_cutmix`` + ``apply_cutmix``, each on batches whose image i is coded i: the fraction of images with a
+    visible paste, the partner (permutation) offsets (chi-square on the two samples' counts), the box's first row
+    and column, height and width (two-sample KS). ``draws`` // 2 images at 128 px (the same code as at 256, four
+    times faster)."""
+    from ssbench.methods import admt as ours
+
+    coded = torch.arange(b).view(b, 1, 1).expand(b, size, size).clone()
+    image, conf = coded[:, None].float(), coded.float()
+    np.random.seed(0)
+    torch.manual_seed(0)
+    theirs = [p for _ in range(draws // 2 // b) for p in _pastes(mix.cut_mix(image, coded, conf)[1])]
+    torch.manual_seed(1)
+    mine = [p for _ in range(draws // 2 // b)
+            for p in _pastes(ours.apply_cutmix(ours.draw_cutmix(b, size, size, "cpu"), image, coded, conf)[1])]
+    items = []
+    seen_t, seen_o = [p for p in theirs if p], [p for p in mine if p]
+    f_t, f_o = len(seen_t) / len(theirs), len(seen_o) / len(mine)
+    se = math.sqrt(f_t * (1 - f_t) / len(theirs) + f_o * (1 - f_o) / len(mine))
+    items.append(Item("AD-MT CutMix (production draws): fraction of images with a visible paste", f"{abs(f_t - f_o):.3g}",
+                      abs(f_t - f_o) < 4 * se, f"{f_o:.4f} vs {f_t:.4f} (4 s.e. = {4 * se:.3g})"))
+    counts = np.array([np.bincount([p[0] for p in s], minlength=b)[1:] for s in (seen_o, seen_t)])
+    chi = stats.chi2_contingency(counts)
+    items.append(Item(f"AD-MT CutMix (production draws): partner offsets perm[i] - i mod {b} (chi-square)",
+                      f"p={chi.pvalue:.3g}", bool(chi.pvalue > 1e-3),
+                      f"ours {counts[0].min()}-{counts[0].max()}, theirs {counts[1].min()}-{counts[1].max()} per offset"))
+    for k, name in ((1, "first row"), (2, "first column"), (3, "height"), (4, "width")):
+        ks = stats.ks_2samp([p[k] for p in seen_o], [p[k] for p in seen_t])
+        items.append(Item(f"AD-MT CutMix (production draws): box {name} (two-sample KS)", f"D={ks.statistic:.3g}",
+                          bool(ks.pvalue > 1e-3), f"p = {ks.pvalue:.3g}"))
     return items
