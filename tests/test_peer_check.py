@@ -2,7 +2,6 @@
 differ from ssbench in known ways (the official code itself is not available offline; the check's output against
 it is in the issue notes and reproducible with the command in the README)."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -13,10 +12,9 @@ import torch
 from ssbench.methods.strong import cutmix_box
 from ssbench.methods.unet import UNet
 
-SPEC = importlib.util.spec_from_file_location("peer_check", Path(__file__).parents[1] / "benchmarks" / "peer_check.py")
-peer = importlib.util.module_from_spec(SPEC)
-sys.modules["peer_check"] = peer  # dataclasses look their module up there
-SPEC.loader.exec_module(peer)
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from peercheck import common as peer  # noqa: E402
+from peercheck import ssl4mis, unimatch  # noqa: E402
 
 
 def test_unet_check_passes_on_the_same_network_and_fails_on_transposed_up_sampling():
@@ -38,8 +36,8 @@ def test_cutmix_check_detects_a_shifted_distribution():
             g = torch.Generator().manual_seed(int(np.random.randint(1 << 30)))
             return cutmix_box(size, g, p=p, area=(0.02, 0.2)).float()
 
-    assert all(i.ok for i in peer.check_cutmix(Same, 3000, size=64))
-    verdicts = {i.name: i.ok for i in peer.check_cutmix(Smaller, 3000, size=64)}
+    assert all(i.ok for i in unimatch.check_cutmix(Same, 3000, size=64))
+    verdicts = {i.name: i.ok for i in unimatch.check_cutmix(Smaller, 3000, size=64)}
     assert not verdicts["CutMix: area distribution (two-sample KS)"]
 
 
@@ -68,7 +66,7 @@ def test_classes_loop_statements_and_lr_schedules_are_read_from_a_scripts_syntax
     assert peer.script_classes(script, ["Counter"], {})["Counter"]().n == 0
     fn = peer.function_source(script, "train")
     ns = {"p1": 3, "p2": 4}
-    exec(compile(peer._statements_between(fn, "a", "b"), "x", "exec"), ns)
+    exec(compile(peer.statements_between(fn, "a", "b"), "x", "exec"), ns)
     assert (ns["a"], ns["b"], "c" in ns) == (6, 10, False)
     assert peer.sets_lr(fn)
     script.write_text("def train(opt):\n    lr = 0.1\n")
@@ -135,8 +133,133 @@ def _variants(noise_range=0.3):
 
 
 def test_the_network_variant_check_passes_on_ours_and_fails_on_another_perturbation():
-    assert all(i.ok for i in peer.check_unet_variants(_variants()))
-    verdicts = {i.name: i.ok for i in peer.check_unet_variants(_variants(noise_range=0.5))}
+    assert all(i.ok for i in ssl4mis.check_unet_variants(_variants()))
+    verdicts = {i.name: i.ok for i in ssl4mis.check_unet_variants(_variants(noise_range=0.5))}
     assert not verdicts["SSL4MIS UNet_URPC: train outputs with their perturbations, same draws"]
     assert verdicts["SSL4MIS UNet_URPC: eval outputs"] and verdicts["SSL4MIS UNet_CCT: train outputs with their "
                                                                     "perturbations, same draws"]
+
+
+# --- step items: a stand-in checkout whose Mean Teacher loop is written in the SSL4MIS script's form -------------
+
+_MT_SCRIPT = '''import argparse
+parser = argparse.ArgumentParser()
+parser.add_argument('--max_iterations', type=int, default=30000)
+parser.add_argument('--labeled_bs', type=int, default=4)
+parser.add_argument('--consistency', type=float, default=0.1)
+parser.add_argument('--consistency_rampup', type=float, default=200.0)
+raise SystemExit('the script body must not run')
+def get_current_consistency_weight(epoch):
+    return args.consistency * ramps.sigmoid_rampup(epoch, args.consistency_rampup)
+for epoch_num in range(10):
+    for i_batch, sampled_batch in enumerate(loader):
+        volume_batch, label_batch = sampled_batch['image'], sampled_batch['label']
+        unlabeled_volume_batch = volume_batch[args.labeled_bs:]
+        noise = torch.clamp(torch.randn_like(unlabeled_volume_batch) * 0.1, -0.2, 0.2)
+        ema_inputs = unlabeled_volume_batch + noise
+        outputs = model(volume_batch)
+        outputs_soft = torch.softmax(outputs, dim=1)
+        with torch.no_grad():
+            ema_output_soft = torch.softmax(ema_model(ema_inputs), dim=1)
+        loss_ce = ce_loss(outputs[:args.labeled_bs], label_batch[:args.labeled_bs].long())
+        loss_dice = dice_loss(outputs_soft[:args.labeled_bs], label_batch[:args.labeled_bs].unsqueeze(1))
+        supervised_loss = 0.5 * (loss_dice + loss_ce)
+        consistency_weight = get_current_consistency_weight(iter_num // 150)
+        if iter_num < 1000:
+            consistency_loss = 0.0
+        else:
+            consistency_loss = torch.mean((outputs_soft[args.labeled_bs:] - ema_output_soft) ** 2)
+        loss = supervised_loss + consistency_weight * consistency_loss
+        optimizer.zero_grad()
+'''
+
+
+@pytest.fixture
+def mean_teacher_checkout(tmp_path):
+    """networks/unet.py, utils/ramps.py and utils/losses.py as thin stand-ins over ssbench's own pieces (their
+    parity with SSL4MIS has items of its own), and the loop above."""
+    (tmp_path / "networks").mkdir()
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "networks" / "unet.py").write_text("from ssbench.methods.unet import UNet\n")
+    (tmp_path / "utils" / "ramps.py").write_text("from ssbench.methods.ramps import sigmoid_rampup\n")
+    (tmp_path / "utils" / "losses.py").write_text(
+        "import torch\nfrom ssbench.methods.losses import dice_loss\n"
+        "class DiceLoss(torch.nn.Module):\n    def __init__(self, n):\n        super().__init__()\n"
+        "    def forward(self, probs, target):\n        return dice_loss(probs, target[:, 0].long())\n")
+    (tmp_path / "train_mean_teacher_2D.py").write_text(_MT_SCRIPT)
+    return tmp_path
+
+
+def _mean_teacher_items(code):
+    unet = peer.load_file(code / "networks" / "unet.py", "standin_unet")
+    spec = next(s for s in ssl4mis.step_specs(unet) if s[0] == "Mean Teacher")
+    return {i.name.split("iteration ")[1].split(" ")[0]: i for i in ssl4mis.check_ssl4mis_steps(code, [spec])}
+
+
+@pytest.mark.slow
+def test_a_step_item_is_equal_on_the_same_loop_and_different_with_a_term_scaled_or_two_weights_swapped(
+        mean_teacher_checkout, monkeypatch):
+    from ssbench.methods import losses, mean_teacher
+
+    items = _mean_teacher_items(mean_teacher_checkout)
+    assert list(items) == ["0", "15000", "29999"] and all(i.ok for i in items.values()), items
+    assert "unlabeled gradients" in items["29999"].detail
+
+    real_weight = mean_teacher.consistency_weight  # the unlabeled term 10 % too heavy: caught from the ramp on
+    monkeypatch.setattr(mean_teacher, "consistency_weight", lambda it, cfg: 1.1 * real_weight(it, cfg))
+    items = _mean_teacher_items(mean_teacher_checkout)
+    assert items["0"].ok and not items["15000"].ok and not items["29999"].ok
+    assert "weight x unlabeled" in items["29999"].detail
+    monkeypatch.undo()
+
+    def swapped(logits, target):  # CE and Dice weighted 0.4 / 0.6 instead of 0.5 / 0.5
+        return 0.4 * torch.nn.functional.cross_entropy(logits, target) + 0.6 * losses.dice_loss(logits.softmax(1),
+                                                                                               target)
+
+    monkeypatch.setattr(mean_teacher, "ce_dice_loss", swapped)
+    assert not any(i.ok for i in _mean_teacher_items(mean_teacher_checkout).values())
+
+
+@pytest.mark.slow
+def test_a_step_item_sees_an_unlabeled_gradient_that_differs_where_the_values_agree(mean_teacher_checkout,
+                                                                                   monkeypatch):
+    """The unlabeled rows of the student's output pass their gradient at half strength: every value the same,
+    only the unlabeled part of the gradient differs."""
+    from ssbench.methods import mean_teacher
+
+    real = mean_teacher.MeanTeacher.training_step
+
+    def half_gradient(self, labeled, unlabeled, step):
+        forward, n = self.student.forward, labeled.image.shape[0]
+
+        def halved(x):
+            y = forward(x)
+            return torch.cat([y[:n], 0.5 * y[n:] + 0.5 * y[n:].detach()])
+
+        self.student.forward = halved
+        try:
+            return real(self, labeled, unlabeled, step)
+        finally:
+            del self.student.forward
+
+    monkeypatch.setattr(mean_teacher.MeanTeacher, "training_step", half_gradient)
+    items = _mean_teacher_items(mean_teacher_checkout)
+    item = items["29999"]
+    assert not item.ok and "unlabeled gradients 0.5 of" in item.detail, item
+    total = item.detail.split("; total ")[1].split(";")[0].split(" vs ")
+    assert total[0] == total[1]  # the same value on both sides
+
+
+def test_the_threshold_draw_item_reads_the_production_draws_and_sees_another_range():
+    import types
+
+    def official(low, high):
+        def feature_dropout(x):  # SSL4MIS's FeatureDropout, as a stand-in with a given range
+            attention = torch.mean(x, dim=1, keepdim=True)
+            peak = attention.view(x.size(0), -1).max(1, keepdim=True)[0]
+            threshold = (peak * np.random.uniform(low, high)).view(x.size(0), 1, 1, 1).expand_as(attention)
+            return x * (attention < threshold).float()
+        return types.SimpleNamespace(FeatureDropout=feature_dropout)
+
+    assert ssl4mis.check_threshold_draw(official(0.7, 0.9), 3000).ok
+    assert not ssl4mis.check_threshold_draw(official(0.6, 0.9), 3000).ok
