@@ -578,3 +578,48 @@ def test_sss_training_step_waits_for_the_device_only_where_listed(tiny_nnunet, t
     rec = _step_on_stand_in_device("sss", tiny_nnunet, tmp_path, steps=2, sets=sets, setup=fill_cache)
     expected = "host-to-device copy (aten._to_copy.default, non_blocking)"
     assert [str(e).split(" at ")[0] for e in rec.events] == [expected] * 2 * (3 - 1), "\n" + rec.report()
+
+
+def test_unlabeled_mask_loss_has_no_dice_against_an_empty_confident_target():
+    """An all-background confident pseudo-label teaches BCE only (soft Dice against it would read ~1, saturated);
+    BCE is summed over the confident pixels and divided by every counted pixel (UniMatch V2's normalisation)."""
+    import torch.nn.functional as F
+
+    from ssbench.methods.sss.losses import unlabeled_mask_losses
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 16, 16, generator=g) - 2
+    target = torch.zeros(2, 16, 16, dtype=torch.bool)
+    target[1, 4:10, 4:10] = True
+    confident = torch.ones_like(target)
+    confident[:, :, :8] = False  # half of each image unconfident
+    confident[1, 4:10, 4:10] = True  # image 1's foreground confident
+    counted = torch.ones_like(target)
+    loss, active = unlabeled_mask_losses(logits, target, confident, counted)
+    assert active.tolist() == [False, True]
+    bce = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), reduction="none")
+    expected0 = float((bce[0] * confident[0]).sum() / 256)  # over the counted pixels, not the confident ones
+    assert float(loss[0, 0]) == pytest.approx(expected0, rel=1e-5)  # BCE only: no Dice term
+    assert float(loss[1, 0]) > float((bce[1] * confident[1]).sum() / 256) + 0.5  # Dice acts on a real target
+    counted[:, :4] = False  # ignored (pasted) pixels leave the denominator
+    loss, _ = unlabeled_mask_losses(logits, target, confident & counted, counted)
+    assert float(loss[0, 0]) == pytest.approx(float((bce[0] * (confident & counted)[0]).sum() / 192), rel=1e-5)
+
+
+def test_the_log_tells_an_inactive_dice_from_a_saturated_one():
+    """Every slot prompted, no confident foreground: the step says the Dice term is inactive (u_dice_s1 = 0) beside
+    the loss, so a small or large loss_s1 is read against what acted (the loss itself: the test above)."""
+    from ssbench.methods.api import StepInfo
+
+    method = _method(pcsw_refresh=1000)
+    _volumes(method)
+    _force_prompts(method)
+    with torch.no_grad():
+        for net in filter(None, (method.student, method.teacher)):
+            net.sam.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
+    lab, unl = _batches()
+    method.train()
+    losses = method.training_step(lab, unl, StepInfo(0, 10))
+    assert float(losses["u_dice_s1"]) == 0 and float(losses["u_dice_s2"]) == 0
+    assert all(float(losses[f"u_fg_c{c}"]) == 0 for c in (1, 2, 3))
+    assert float(losses["loss_s1"]) > 0  # the branch acted (BCE and presence)
