@@ -406,3 +406,31 @@ def test_only_the_lowest_loss_candidate_is_back_propagated():
     ious = torch.tensor([[0.5, 1.0, 0.0], [0.0, 0.0, 0.8]])
     actual = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 16 / 20]])  # each candidate's IoU with the target
     torch.testing.assert_close(iou_losses(logits.detach(), target, ious), (ious - actual).abs().mean(1))
+
+
+def test_an_empty_class_is_prompted_with_the_whole_image_when_asked():
+    """sss.empty_prompt = whole-image: class 3 (nowhere in the coarse map) is prompted on the middle slice with the
+    whole-image box (the released code's prompt), so it can be predicted; absent (default) never prompts it."""
+    method = make(coarse_map(REGIONS), empty_prompt="whole-image")
+    x = volume()
+    spy = DecoderSpy(method.student.sam, x)
+    method.predict_volume(x)
+    spy.close()
+    prompted = [c for c in spy.calls if c[1]]
+    assert len(prompted) == 1 and len(prompted[0][0]) == 3  # classes 1, 2 and 3 in one prompted call
+    assert prompted[0][0][2] == D // 2  # class 3's row: the middle slice
+    assert prompted[0][2][2, :2].tolist() == [[0.0, 0.0], [S - 1.0, S - 1.0]]  # its box: the whole image
+
+
+def test_a_class_needs_the_minimum_coarse_area_to_be_present():
+    """One stray coarse pixel of class 3 prompts it by the paper's rule (presence_min_voxels = 1); with a minimum
+    of 2 voxels it stays absent. The probability the coarse foreground needs is pcsw_prob."""
+    regions = {**REGIONS, 3: (range(5, 6), (slice(60, 61), slice(60, 61)))}
+    for kw, classes in ((dict(), 3), (dict(presence_min_voxels=2), 2), (dict(pcsw_prob=0.99999999), 0)):
+        method = make(coarse_map(regions), **kw)
+        x = volume()
+        spy = DecoderSpy(method.student.sam, x)
+        method.predict_volume(x)
+        spy.close()
+        prompted = [c for c in spy.calls if c[1]]
+        assert (len(prompted[0][0]) if prompted else 0) == classes, kw

@@ -60,6 +60,14 @@ class SSSConfig:
     pcsw: bool = True  # false: the largest coarse slice of each class (PCSW's own fallback) without the window search
     pcsw_threshold: float = 0.8  # paper: continuity C >= 0.8
     pcsw_connectivity: Literal[6, 26] = 6  # 6: SciPy's default (the released code); 26: what its comment says
+    pcsw_prob: float = 0.5  # paper: the coarse foreground B = probability > 0.5
+    # ssbench: a class is present in a volume when its coarse foreground has at least this many voxels (1: a single
+    # stray pixel prompts it, as the paper's rule reads)
+    presence_min_voxels: Annotated[int, Field(ge=1)] = 1
+    # a class without coarse foreground: absent = never prompted, no prediction, no unlabeled signal (ssbench);
+    # whole-image = prompted with the whole-image box on the middle slice (the released code's whole-image prompt;
+    # the slice: ssbench), so that a class the coarse head never finds can still be predicted and taught
+    empty_prompt: Literal["absent", "whole-image"] = "absent"
     pcsw_refresh: int = 500  # ssbench: iterations between re-propagations of an unlabeled volume's pseudo-label prompts
     # ssbench: the coarse head PCSW reads is trained on labeled slices (CE + Dice); false is refused (untrained, it
     # finds every class absent and the unlabeled branch never acts)

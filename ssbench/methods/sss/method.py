@@ -232,8 +232,7 @@ class SSS(Method):
     def _segment(self, net: SAM2Segmenter, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(D, 1, S, S) one volume -> mask logits (D, K, S, S), object scores (D, K): coarse head, PCSW, sequence."""
         feats = net.encode_chunks(x, batch)
-        prompts = sequence.class_prompts(net.coarse_probs(feats), self.config.pcsw, self.config.pcsw_threshold,
-                                         self.config.pcsw_connectivity, with_slices=not self.config.memory)
+        prompts = sequence.class_prompts(net.coarse_probs(feats), self.config, with_slices=not self.config.memory)
         return sequence.segment_volume(net.sam, feats, prompts, self.config.memory, self.config.point_prompt,
                                        self.fill_hole_area)
 
