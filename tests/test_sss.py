@@ -623,3 +623,55 @@ def test_the_log_tells_an_inactive_dice_from_a_saturated_one():
     assert float(losses["u_dice_s1"]) == 0 and float(losses["u_dice_s2"]) == 0
     assert all(float(losses[f"u_fg_c{c}"]) == 0 for c in (1, 2, 3))
     assert float(losses["loss_s1"]) > 0  # the branch acted (BCE and presence)
+
+
+def test_frozen_encoders_and_per_module_learning_rates():
+    """sss.train_image_encoder / train_prompt_encoder = false: frozen (no gradient, not in the optimizer), the
+    decoder's projections of the high-resolution levels still trained; the memory modules and the mask decoder get
+    their own rate through the engine's parameter groups (MedSAM-2: memory 1e-8 at lr 1e-4)."""
+    from types import SimpleNamespace
+
+    from ssbench.engine.train import make_optimizer
+    from ssbench.methods.api import StepInfo
+
+    method = _method(pcsw_refresh=1000, train_image_encoder=False, train_prompt_encoder=False,
+                     lr_scale_memory=1e-4, lr_scale_decoder=2.0)
+    _volumes(method)
+    _force_prompts(method)
+    lab, unl = _batches()
+    method.train()
+    method.training_step(lab, unl, StepInfo(0, 10))["loss"].backward()
+    sam = method.student.sam
+    assert all(p.grad is None for p in sam.image_encoder.parameters())
+    assert all(p.grad is None for p in sam.sam_prompt_encoder.parameters())
+    assert sam.sam_mask_decoder.conv_s0.weight.grad is not None  # a decoder part, applied after the encoder
+    t = SimpleNamespace(optimizer="adamw", lr=1e-4, weight_decay=0.0)
+    opt = make_optimizer(method, t, SimpleNamespace(device=torch.device("cpu")))
+    rates = {}
+    for g in opt.param_groups:
+        for p in g["params"]:
+            rates[id(p)] = g["lr"]
+    assert id(sam.image_encoder.trunk.patch_embed.proj.weight) not in rates
+    assert rates[id(sam.memory_attention.layers[0].self_attn.q_proj.weight)] == pytest.approx(1e-8)
+    assert rates[id(sam.obj_ptr_proj.layers[0].weight)] == pytest.approx(1e-8)
+    assert rates[id(sam.sam_mask_decoder.conv_s0.weight)] == pytest.approx(2e-4)
+    assert rates[id(method.student.coarse.fuse[0].weight)] == pytest.approx(1e-4)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """sss.activation_checkpointing = encoder recomputes each encode in backward: the same loss and gradients."""
+    grads = []
+    for mode in ("off", "encoder"):
+        method = _method(activation_checkpointing=mode)
+        method.train()
+        x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+        f = method.student.encode(x)
+        (sum(m.square().mean() for m in f.maps)).backward()
+        grads.append(method.student.sam.image_encoder.trunk.patch_embed.proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_compile_is_refused_for_sss(cli):
+    """SSS never calls its networks' __call__: train.compile=on would compile nothing that runs, so it is refused."""
+    code, _, err = cli("config", "--method", "sss", "--set", "train.compile=on")
+    one_line(code, err, "train.compile=on", "sss")

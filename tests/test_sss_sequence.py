@@ -434,3 +434,58 @@ def test_a_class_needs_the_minimum_coarse_area_to_be_present():
         spy.close()
         prompted = [c for c in spy.calls if c[1]]
         assert (len(prompted[0][0]) if prompted else 0) == classes, kw
+
+
+def _sparse_volume():
+    """BHSD-like: 20 slices, class 1 on slices 8-10, class 2 on slice 9 only, class 3 nowhere."""
+    from ssbench.methods.sss.clips import LabeledVolume
+
+    label = np.zeros((20, 64, 64), np.uint8)
+    label[8:11, 10:20, 12:30] = 1
+    label[9, 40:50, 30:44] = 2
+    return LabeledVolume.of(np.random.default_rng(0).random((20, 64, 64)).astype(np.float32), label, 3)
+
+
+@pytest.mark.slow
+def test_sparse_clips_start_on_a_lesion_and_decode_only_present_objects():
+    """A clip drawn on an empty slice starts on a slice holding a class instead (clip_start = holding); only the
+    classes of its first slice are decoded through the clip, at most max_objects of them, the others on the first
+    slice only (their decoy)."""
+    from ssbench.methods.api import Batch
+
+    method = make(None, clip_length=3)
+    method.labeled = {"v": _sparse_volume()}
+    batch = Batch(torch.zeros(1, 1, S, S), torch.zeros(1, S, S, dtype=torch.long), ["v"], [0])
+    for seed in range(8):
+        torch.manual_seed(seed)
+        clip = method._labeled_clips(batch)
+        assert clip.present[0].any()  # the first slice holds a class
+        assert {c for _, c in clip.objects} <= {0, 1} and clip.objects
+        assert sorted(clip.objects + clip.decoys) == [(0, 0), (0, 1), (0, 2)]
+    rows = []
+    hook = method.student.sam.sam_mask_decoder.register_forward_hook(lambda m, a, kw, out: rows.append(
+        kw["image_embeddings"].shape[0]), with_kwargs=True)
+    method.train()
+    torch.manual_seed(0)
+    clip = method._labeled_clips(batch)
+    from ssbench.methods.sss.clips import clip_losses
+
+    clip_losses(method.student, clip, with_point=False, absent_prompts=True)
+    hook.remove()
+    assert rows == [len(clip.objects)] * 3 + [len(clip.decoys)]  # tracked objects on 3 slices, decoys once
+    from dataclasses import replace
+
+    capped = method
+    capped.config = replace(method.config, max_objects=1)
+    torch.manual_seed(0)
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        b = Batch(batch.image, batch.label, ["v"], [9])  # slice 9 holds classes 1 and 2
+        clip = capped._labeled_clips(b)
+        assert len(clip.objects) == 1 and clip.decoys == [(0, 2)]  # the class left out is not a decoy: it is there
+        seen.add(clip.objects[0][1])
+    assert seen == {0, 1}  # the kept object is drawn
+    anywhere = method
+    anywhere.config = replace(method.config, clip_start="any")
+    assert not anywhere._labeled_clips(batch).objects  # slice 0 kept: nothing tracked

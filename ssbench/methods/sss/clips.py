@@ -50,6 +50,15 @@ class LabeledVolume:
         return cls(to(image.astype(np.float32, copy=False)), to(label.astype(np.uint8, copy=False)), holding)
 
     @property
+    def any_class(self) -> np.ndarray:
+        """The slices that hold some foreground class (sorted, host)."""
+        return np.unique(np.concatenate([np.asarray(h, np.int64) for h in self.holding] + [np.zeros(0, np.int64)]))
+
+    def on_slice(self, z: int) -> list[int]:
+        """The class indices (0-based) on slice z (host)."""
+        return [c for c, h in enumerate(self.holding) if z in h]
+
+    @property
     def depth(self) -> int:
         return self.image.shape[0]
 
@@ -61,6 +70,36 @@ class ClipBatch:
     boxes: torch.Tensor  # (N, K, 4): every class's prompt on the first slice
     points: torch.Tensor  # (N, K, 2)
     present: torch.Tensor  # (N, K) bool: the class is on the first slice (tracked through the clip)
+    # Chosen on the host (``choose_objects``): the (clip, class index) pairs decoded through the clip, and the decoys
+    # decoded on its first slice only. None: every pair is decoded on every slice, the untracked weighted 0.
+    objects: list[tuple[int, int]] | None = None
+    decoys: list[tuple[int, int]] | None = None
+
+
+def choose_objects(on_first: list[list[int]], k: int, max_objects: int, absent_prompts: bool
+                   ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Per clip the class indices on its first slice (host: from the volume's ``holding``) -> the objects tracked
+    (at most ``max_objects`` per clip, drawn with the host RNG when more are there, as SAM-2's sampler keeps at
+    most max_num_objects) and the decoys (every other class, with ``absent_prompts``). An absent class is never
+    decoded past the first slice."""
+    objects, decoys = [], []
+    for i, there in enumerate(on_first):
+        kept = list(there)
+        if max_objects and len(kept) > max_objects:  # drawn only then: a dataset within the cap keeps its RNG
+            kept = sorted(kept[j] for j in torch.randperm(len(kept))[:max_objects].tolist())
+        objects += [(i, c) for c in kept]
+        decoys += [(i, c) for c in range(k) if c not in there] if absent_prompts else []
+    return objects, decoys
+
+
+def clip_start(volume: "LabeledVolume", drawn: int, rule: str) -> int:
+    """The first slice of a clip: the drawn slice, or (rule ``holding``) where it holds no class, a slice drawn
+    uniformly among those that hold one (so starts are uniform over the holding slices; a volume whose every slice
+    holds a class, ACDC's, keeps the drawn slice and its RNG). MedSAM-2 skips clips without objects."""
+    holding = volume.any_class
+    if rule == "any" or len(holding) == 0 or drawn in holding:
+        return drawn
+    return int(holding[int(torch.randint(len(holding), ()))])
 
 
 def clip_length(volumes: list[LabeledVolume], wanted: int) -> int:
@@ -102,30 +141,61 @@ def draw_clip(volume: LabeledVolume, first: int, length: int, size: int, resize:
 
 
 def clip_losses(net: SAM2Segmenter, clips: ClipBatch, with_point: bool, absent_prompts: bool) -> dict[str, torch.Tensor]:
-    """Track every class of every clip through its slices; the losses above."""
+    """Track every chosen object of every clip through its slices, decode the decoys on the first; the losses
+    above."""
     n, length = clips.images.shape[:2]
     k = clips.boxes.shape[1]
     device = clips.labels.device
     feats = net.encode(clips.images.flatten(0, 1))  # row i * L + t
-    memory = sam2_net.new_memory()
-    prompts = sam2_net.prompt_inputs(clips.boxes.flatten(0, 1), clips.points.flatten(0, 1) if with_point else None)
-    classes = torch.arange(1, k + 1, device=device)[None, :, None, None]
-    tracked = clips.present.flatten()  # object i * K + c - 1
-    prompted = torch.ones_like(tracked) if absent_prompts else tracked
+    if clips.objects is None:  # every pair an object, the absent ones prompted with their decoy on the first slice
+        objects, decoys = [(i, c) for i in range(n) for c in range(k)], []
+    else:
+        objects, decoys = clips.objects, clips.decoys or []
     masks, ious, presence = [], [], []  # per frame: (loss per object, weight per object)
-    for t in range(length):
-        rows = feats.take(torch.arange(n, device=device) * length + t).repeat(k)
-        frame = sam2_net.track(net.sam, rows, t, memory, length, prompts if t == 0 else None, store=t < length - 1)
-        target = (clips.labels[:, t, None] == classes).flatten(0, 1)
-        there = target.flatten(1).any(1)
-        on = tracked & there
-        masks.append((best_mask_losses(frame.masks, target), on & decoded(frame.score)))
-        ious.append((iou_losses(frame.masks, target, frame.ious), on))
-        presence.append((presence_losses(frame.score, there), prompted if t == 0 else tracked))
-    out = {name: _frames_mean(parts) for name, parts in
+    if objects:
+        tracked = _pick(clips.present, objects)
+        prompted = torch.ones_like(tracked) if absent_prompts and clips.objects is None else tracked
+        prompts = _prompts(clips, objects, with_point)
+        memory = sam2_net.new_memory()
+        for t in range(length):
+            rows = _rows(feats, objects, length, t)
+            frame = sam2_net.track(net.sam, rows, t, memory, length, prompts if t == 0 else None,
+                                   store=t < length - 1)
+            target = _targets(clips.labels, objects, t)
+            there = target.flatten(1).any(1)
+            on = tracked & there
+            masks.append((best_mask_losses(frame.masks, target), on & decoded(frame.score)))
+            ious.append((iou_losses(frame.masks, target, frame.ious), on))
+            presence.append((presence_losses(frame.score, there), prompted if t == 0 else tracked))
+    if decoys:  # "not here" under a prompt, on the first slice only (image mode: nothing enters memory)
+        frame = sam2_net.track(net.sam, _rows(feats, decoys, length, 0), 0, sam2_net.new_memory(), 1,
+                               _prompts(clips, decoys, with_point), store=False)
+        there = _targets(clips.labels, decoys, 0).flatten(1).any(1)
+        presence.append((presence_losses(frame.score, there), torch.ones_like(there)))
+    zero = feats.maps[0].sum() * 0
+    out = {name: _frames_mean(parts) if parts else zero for name, parts in
            (("loss_mask", masks), ("loss_iou", ious), ("loss_presence", presence))}
     out["loss_coarse"] = ce_dice_loss(net.coarse(feats, net.size), clips.labels.flatten(0, 1))
     return out
+
+
+def _pick(x: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
+    """x (N, K, ...) -> the rows of the (clip, class) pairs, stacked (views: no index tensor, no host copy)."""
+    return torch.stack([x[i, c] for i, c in pairs])
+
+
+def _rows(feats: sam2_net.Features, pairs: list[tuple[int, int]], length: int, t: int) -> sam2_net.Features:
+    """The features of slice t of each pair's clip, one row per pair (slices and cat: deterministic backward)."""
+    return sam2_net.Features([torch.cat([m[i * length + t : i * length + t + 1] for i, _ in pairs]) for m in feats.maps],
+                             torch.cat([feats.pos[i * length + t : i * length + t + 1] for i, _ in pairs]))
+
+
+def _targets(labels: torch.Tensor, pairs: list[tuple[int, int]], t: int) -> torch.Tensor:
+    return torch.stack([labels[i, t] == c + 1 for i, c in pairs])
+
+
+def _prompts(clips: ClipBatch, pairs: list[tuple[int, int]], with_point: bool) -> dict:
+    return sam2_net.prompt_inputs(_pick(clips.boxes, pairs), _pick(clips.points, pairs) if with_point else None)
 
 
 def _frames_mean(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

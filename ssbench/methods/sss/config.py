@@ -45,6 +45,14 @@ class SSSConfig:
     # target 0 on that slice (SAM-2 training/loss_fns.py: absent -> object score 0, no mask loss), so that "not
     # here" is learnt under a prompt (ssbench); false: it is not prompted at all (MedSAM-2)
     absent_prompts: bool = True
+    # holding: a clip starts on a slice that holds some class (a drawn slice without one is replaced by one drawn
+    # uniformly among those that do: MedSAM-2 skips clips without objects; BHSD's slices mostly hold none); any: the
+    # drawn slice. ACDC, every slice of which holds a class, is the same under both.
+    clip_start: Literal["holding", "any"] = "holding"
+    # SAM-2 (sam2.1 training config: max_num_objects 3): at most this many classes tracked per clip, drawn among
+    # those on its first slice; 0: all. Absent classes are decoded on the first slice only (their decoy), never
+    # through the clip.
+    max_objects: Annotated[int, Field(ge=0)] = 3
     point_prompt: bool = False  # MedSAM-2 3-D / SSS README: boxes (-prompt bbox); true adds a positive point
     # SAM-2's configs: a propagated slice is decoded as 3 masks and the one with the highest predicted IoU is kept;
     # training back-propagates the lowest-loss one and trains the IoU head (SAM-2 loss_fns.py). false: 1 mask
@@ -89,6 +97,20 @@ class SSSConfig:
     # the unlabeled losses' weight: 1 = the paper; 0 = SSS's labeled-only ablation (the unlabeled branch still runs
     # and is logged, but teaches nothing: benchmarks/sss_ssl_effect.py)
     unlabeled_weight: Annotated[float, Field(ge=0)] = 1.0
+
+    # --- what trains, and how much memory the step takes (MedSAM-2 train_3d.py trains the mask decoder at 1e-4 and
+    # the memory modules -- obj_ptr_proj, memory_encoder, memory_attention, mask_downsample -- at 1e-8, its image
+    # and prompt encoders frozen; SAM-2 and ssbench's default: everything at train.lr) ---
+    train_image_encoder: bool = True  # false: frozen (and encoded without autograd: no activations kept)
+    train_prompt_encoder: bool = True
+    # learning rate of the memory modules (MedSAM-2's four, with SAM-2's memory-only parameters: maskmem_tpos_enc,
+    # no_mem_embed, no_mem_pos_enc, no_obj_ptr, obj_ptr_tpos_proj) and of the mask decoder, as x train.lr
+    # (MedSAM-2: memory 1e-8 / 1e-4 = 1e-4, decoder 1)
+    lr_scale_memory: Annotated[float, Field(ge=0)] = 1.0
+    lr_scale_decoder: Annotated[float, Field(ge=0)] = 1.0
+    # encoder: each image-encoder call of a training step is recomputed in backward instead of keeping its
+    # activations (torch.utils.checkpoint, non-reentrant, RNG preserved); off: none
+    activation_checkpointing: Literal["off", "encoder"] = "off"
 
     # recorded and hashed, but not part of the run folder's name (the engine's variant tag)
     resolved_fields: ClassVar[tuple[str, ...]] = ("checkpoint_sha256",)

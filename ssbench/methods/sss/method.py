@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssbench.errors import UserError
+from ssbench.errors import ConfigError, UserError
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
 from ssbench.methods.ema import ema_alpha, ema_update, freeze
 from ssbench.methods.sss import clips, sam2_net, sequence
@@ -125,7 +125,9 @@ class SSS(Method):
         sam = sam2_net.build(config.model, ctx.image_size, torch.device("cpu"), config.multimask_tracking,
                              config.postprocess)
         self._init_weights(sam)
-        self.student = SAM2Segmenter(sam, ctx.num_classes)
+        sam.image_encoder.requires_grad_(config.train_image_encoder)
+        sam.sam_prompt_encoder.requires_grad_(config.train_prompt_encoder)
+        self.student = SAM2Segmenter(sam, ctx.num_classes, config.activation_checkpointing == "encoder")
         self.dfe = DFE(mode=config.dfe_mode) if config.dfe else None
         self.teacher = freeze(copy.deepcopy(self.student)) if config.teacher == "unimatch-v2" else None
         self.k = ctx.num_classes - 1
@@ -154,10 +156,30 @@ class SSS(Method):
     # --- state -------------------------------------------------------------------------------------------
 
     def trainable_parameters(self):
-        # all of SAM-2 (memory modules included), the coarse head and DFE; parameters without a gradient in a
-        # step (e.g. the memory modules with memory = false) are left alone by the optimizer
-        params = list(self.student.parameters())
+        # SAM-2 (memory modules included, encoders unless frozen), the coarse head and DFE; parameters without a
+        # gradient in a step (e.g. the memory modules with memory = false) are left alone by the optimizer
+        params = [p for p in self.student.parameters() if p.requires_grad]
         return params + (list(self.dfe.parameters()) if self.dfe is not None else [])
+
+    def optimizer_params(self):
+        """One optimizer; the memory modules and the mask decoder in their own groups at ``lr_scale_memory`` and
+        ``lr_scale_decoder`` x train.lr (the engine's parameter groups), the rest at train.lr."""
+        cfg = self.config
+        groups = {"memory": [], "decoder": [], "rest": []}
+        for name, p in self.student.named_parameters():
+            if p.requires_grad:
+                groups[sam2_net.module_group(name)].append(p)
+        groups["rest"] += list(self.dfe.parameters()) if self.dfe is not None else []
+        scales = {"memory": cfg.lr_scale_memory, "decoder": cfg.lr_scale_decoder, "rest": 1.0}
+        return {"main": [{"params": ps, "lr_scale": scales[g]} for g, ps in groups.items() if ps]}
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        # SSS calls SAM-2's submodules and its private track step directly, never the networks' __call__, so
+        # nn.Module.compile would compile only what is not run: refused rather than recorded as if it acted
+        if cfg.train.compile == "on":
+            raise ConfigError("train.compile=on: not supported for sss (SAM-2 is driven through its submodules and "
+                              "track step, which nn.Module.compile does not reach); use train.compile=off")
 
     def get_extra_state(self):
         cases = sorted(self.cache)
@@ -253,11 +275,14 @@ class SSS(Method):
         cfg = self.config
         volumes = [self.labeled[c] for c in labeled.case_ids]
         length = clips.clip_length(volumes, cfg.clip_length if cfg.memory else 1)
-        drawn = []
+        drawn, on_first = [], []
         for v, z in zip(volumes, labeled.slice_indices):
+            z = clips.clip_start(v, z, cfg.clip_start)
             backward = cfg.clip_directions == "both" and bool(torch.rand(()) < 0.5)  # host RNG: no device read
             drawn.append(clips.draw_clip(v, z, length, self.size, self.ctx.resize, cfg.crop_scale, backward))
-        return clips.ClipBatch(*(torch.stack([d[i] for d in drawn]) for i in range(5)))
+            on_first.append(v.on_slice(clips.clip_slices(v.depth, z, length, backward)[0]))
+        objects, decoys = clips.choose_objects(on_first, self.k, cfg.max_objects, cfg.absent_prompts)
+        return clips.ClipBatch(*(torch.stack([d[i] for d in drawn]) for i in range(5)), objects, decoys)
 
     def _weak_unlabeled(self, unlabeled: Batch, iteration: int):
         """Weak views of the unlabeled slices and their sequence prompts, moved through the same crop; a structure
