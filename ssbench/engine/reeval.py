@@ -18,11 +18,37 @@ from ssbench.errors import ConfigError, UserError
 
 
 def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_name: str) -> str:
-
-    from ssbench.config import apply_override
     from ssbench.engine.evaluate import evaluate_checkpoints, summary_of
-    from ssbench.engine.run import build_method, load_cases, resolve_device, resolve_hd_units
     from ssbench.engine.train import deterministic_algorithms
+
+    run_dir = Path(run_dir)
+    cfg, dataset, method, test, recorded, device = _open_run(run_dir, hd_units, empty, device_name)
+    with deterministic_algorithms(cfg.train.deterministic):
+        frame = evaluate_checkpoints(method, test, dataset, cfg, device, run_dir / "checkpoints",
+                                     config_hash=recorded)
+    sub = f"evals/{cfg.eval.empty}-{cfg.eval.hd_units}"
+    write_csv(run_dir / sub / "metrics_per_case.csv", frame)
+    write_json(run_dir / sub / "summary.json", summary_of(frame, cfg))
+    return sub
+
+
+def reevaluate_prompted(run_dir: Path, protocol: str, device_name: str) -> str:
+    """``ssbench eval RUN --protocol medsam2``: predict again with ground-truth prompts (engine/prompted_eval.py)."""
+    from ssbench.engine.prompted_eval import check_promptable, evaluate_prompted
+    from ssbench.engine.train import deterministic_algorithms
+
+    run_dir = Path(run_dir)
+    cfg, dataset, method, test, recorded, device = _open_run(run_dir, None, None, device_name,
+                                                             lambda cls: check_promptable(cls, protocol))
+    with deterministic_algorithms(cfg.train.deterministic):
+        return evaluate_prompted(method, test, dataset, cfg, device, run_dir, protocol, config_hash=recorded)
+
+
+def _open_run(run_dir: Path, hd_units: str | None, empty: str | None, device_name: str, check=None):
+    """A completed run folder, checked -> (cfg, dataset, method with the run's architecture, test cases, recorded
+    config hash, device)."""
+    from ssbench.config import apply_override
+    from ssbench.engine.run import build_method, load_cases, resolve_device, resolve_hd_units
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -48,6 +74,8 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
     split = _read(run_dir / "split.json", dict)
     if not isinstance(split.get("test"), list) or not all(isinstance(p, str) for p in split["test"]):
         raise UserError(f"{run_dir / 'split.json'}: no list of test patients")
+    if check is not None:
+        check(method_cls)
     policy = cfg.eval
     if hd_units is not None:
         policy = apply_override(policy, "hd_units", hd_units, label="--hd-units")
@@ -59,13 +87,7 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
     device = resolve_device(device_name)
     method = build_method(cfg, method_cls, dataset, device, weights_from_checkpoint=True)
     test = load_cases(dataset, split["test"], True)
-    with deterministic_algorithms(cfg.train.deterministic):
-        frame = evaluate_checkpoints(method, test, dataset, cfg, device, run_dir / "checkpoints",
-                                     config_hash=recorded)
-    sub = f"evals/{cfg.eval.empty}-{cfg.eval.hd_units}"
-    write_csv(run_dir / sub / "metrics_per_case.csv", frame)
-    write_json(run_dir / sub / "summary.json", summary_of(frame, cfg))
-    return sub
+    return cfg, dataset, method, test, recorded, device
 
 
 def _recorded_hash(raw: dict) -> str:

@@ -25,6 +25,7 @@ from ssbench.config import from_dict, to_dict
 from ssbench.datasets.base import check_case
 from ssbench.engine.config import (CPU_SMALL, CPU_SMALL_TRAIN_SIZE, SET_BY_ENGINE, DataConfig, RunConfig,
                                    TrainConfig, unused_fields)
+from ssbench.engine.prompted_eval import PROMPTED, check_promptable, evaluate_prompted
 from ssbench.errors import ConfigError, UserError
 from ssbench.metrics.evaluation import MetricPolicy
 from ssbench.splits import split_tag
@@ -175,6 +176,9 @@ def _check_values(cfg: RunConfig, method_cls) -> None:
         raise ConfigError(f"train.batch_unlabeled={t.batch_unlabeled}: method {method_cls.name} trains on unlabeled "
                           "batches and needs at least 1")
     method_cls.check_config(cfg)
+    for name in cfg.eval.also_protocols:
+        if name in PROMPTED:
+            check_promptable(method_cls, name)
 
 
 def dataset_tag(cfg: RunConfig) -> str:
@@ -430,7 +434,10 @@ def execute(req: RunRequest, console=None) -> Path:
                          **({"stages": best["stages"]} if "stages" in best else {})}
             write_json(staging / "summary.json", summary_of(frame, cfg, selection=selection))
             for name in cfg.eval.also_protocols:  # the published numbers' protocol, from the same predictions
-                rescore_under_protocol(staging, test, dataset, cfg, name)
+                if name in PROMPTED:  # ground-truth prompts: predicted again, into evals/<name>/
+                    evaluate_prompted(method, test, dataset, cfg, device, staging, name)
+                else:
+                    rescore_under_protocol(staging, test, dataset, cfg, name)
             if cfg.train.deterministic:
                 run_info["deterministic_ops_warned"] = nondeterministic_ops  # ops without a deterministic kernel
             run_info.update(status="complete", end=_now(), wall_time_s=round(time.time() - t0, 1))

@@ -43,6 +43,7 @@ from ssbench.methods.sss.consistency import unlabeled_losses
 from ssbench.methods.sss.dfe import DFE
 from ssbench.methods.sss.geometry import Crop
 from ssbench.methods.sss.network import SAM2Segmenter
+from ssbench.methods.sss.sam2_net import NO_OBJECT
 from ssbench.methods.sss.sequence import SlicePrompts
 from ssbench.resize import resize_volume
 
@@ -332,6 +333,37 @@ class SSS(Method):
         if scores.shape[-1] != slices.shape[-1]:
             scores = F.interpolate(scores, size=slices.shape[-2:], mode="bilinear", align_corners=False)
         return scores
+
+    @torch.no_grad()
+    def predict_prompted(self, x: torch.Tensor, prompts: dict[int, dict[int, tuple | None]]) -> torch.Tensor:
+        """The ``medsam2`` protocol's prediction (``metrics/medsam2.py``): x (F, 1, S, S) slices at the input size,
+        prompts {slice: {class: box or None}} -> (F, K, S, S) mask logits. As SAM-2's video predictor in MedSAM-2's
+        validation: per object, every prompted slice a conditioning frame (a box, or an all-zero mask prompt),
+        decoded first; then the other slices in increasing order with memory of all of them."""
+        net = self.teacher if self.teacher is not None and self.config.evaluate == "teacher" else self.student
+        f, size = x.shape[0], self.size
+        logits = torch.full((f, self.k, size, size), NO_OBJECT, device=x.device)
+        with self._inference(net):
+            feats = net.encode_chunks(x, 16)
+            classes = sorted({c for per in prompts.values() for c in per})
+            for c in classes:
+                memory = sam2_net.new_memory()
+                for z, per in sorted(prompts.items()):
+                    rows = feats.rows(z, z + 1)
+                    box = per.get(c)
+                    if box is None:
+                        frame = sam2_net.track(net.sam, rows, z, memory, f, fill_hole_area=self.fill_hole_area,
+                                               mask_inputs=torch.zeros(1, 1, size, size, device=x.device))
+                    else:
+                        inputs = sam2_net.prompt_inputs(torch.tensor([box], dtype=torch.float32, device=x.device))
+                        frame = sam2_net.track(net.sam, rows, z, memory, f, inputs, fill_hole_area=self.fill_hole_area)
+                    logits[z, c - 1] = frame.mask[0]
+                for z in range(f):
+                    if z not in prompts:
+                        frame = sam2_net.track(net.sam, feats.rows(z, z + 1), z, memory, f,
+                                               fill_hole_area=self.fill_hole_area)
+                        logits[z, c - 1] = frame.mask[0]
+        return logits
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor) -> torch.Tensor:

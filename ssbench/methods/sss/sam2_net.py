@@ -218,18 +218,20 @@ class Frame:
 
 
 def track(sam, feats: Features, frame: int, memory: dict, num_frames: int, prompts: dict | None = None,
-          reverse: bool = False, store: bool = True, fill_hole_area: int = 0) -> Frame:
+          reverse: bool = False, store: bool = True, fill_hole_area: int = 0,
+          mask_inputs: torch.Tensor | None = None) -> Frame:
     """One frame of a sequence of B objects. With ``prompts`` it is a prompted (initial conditioning) frame, decoded
     without memory; without, memory attention conditions it on the stored frames. With ``store`` its memory is
     encoded and kept in ``memory`` under ``frame``. ``fill_hole_area`` > 0 (evaluation only, the video
     predictor's post-processing): holes up to that area in the kept low-resolution mask are filled in the returned
-    mask, after its memory was encoded (as SAM2VideoPredictor._run_single_frame_inference does)."""
+    mask, after its memory was encoded (as SAM2VideoPredictor._run_single_frame_inference does). ``mask_inputs``
+    (B, 1, S, S): a mask prompt instead (the video predictor's add_new_mask; SAM-2 uses it as the frame's output)."""
     vision = [m.flatten(2).permute(2, 0, 1) for m in feats.maps]  # (HW, B, C) per level
     pos = [feats.pos.flatten(2).permute(2, 0, 1)]  # memory attention reads the S/16 level's only
     sizes = [tuple(m.shape[-2:]) for m in feats.maps]
-    cond = prompts is not None
-    out, heads, _, _ = sam._track_step(frame, cond, vision, pos, sizes, prompts, None, memory, num_frames, reverse,
-                                       None)
+    cond = prompts is not None or mask_inputs is not None
+    out, heads, _, _ = sam._track_step(frame, cond, vision, pos, sizes, prompts, mask_inputs, memory, num_frames,
+                                       reverse, None)
     _, multimasks, ious, low_res, high_res, obj_ptr, score = heads
     if store:
         sam._encode_memory_in_output(vision, sizes, prompts, True, high_res, score, out)
