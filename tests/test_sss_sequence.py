@@ -489,3 +489,46 @@ def test_sparse_clips_start_on_a_lesion_and_decode_only_present_objects():
     anywhere = method
     anywhere.config = replace(method.config, clip_start="any")
     assert not anywhere._labeled_clips(batch).objects  # slice 0 kept: nothing tracked
+
+
+def test_training_box_frames_the_largest_component_with_sam2_noise():
+    """train_box = component: on a slice where class 1 has two parts, the box frames the part of its largest 3-D
+    component (PCSW's box frames one component at test time); box_noise moves each corner by at most 0.1 x side."""
+    from ssbench.methods.sss.clips import LabeledVolume, box_noise, draw_clip
+
+    label = np.zeros((4, 64, 64), np.uint8)
+    label[0:4, 10:30, 10:30] = 1  # the big component: 4 slices
+    label[0, 40:44, 40:50] = 1  # a small one on slice 0 only
+    image = np.random.default_rng(0).random((4, 64, 64)).astype(np.float32)
+    whole = LabeledVolume.of(image, label, 3)
+    parts = LabeledVolume.of(image, label, 3, connectivity=6)
+    box_all = draw_clip(whole, 0, 2, 64, "bilinear", (1.0, 1.0))[2][0]
+    torch.manual_seed(0)
+    box_main = draw_clip(parts, 0, 2, 64, "bilinear", (1.0, 1.0))[2][0]
+    flipped = bool(box_main[0] > 32)  # the crop's flip (drawn with the seed)
+    expected = [64 - 1 - 29.0, 10, 64 - 1 - 10.0, 29] if flipped else [10.0, 10, 29, 29]
+    assert box_main.tolist() == expected
+    assert (box_all[2] - box_all[0]) > 30  # every pixel of the class: both parts
+    boxes = torch.tensor([[10.0, 10, 29, 29]]).expand(200, 4)
+    moved = box_noise(boxes, 64, 0.1, 20.0)
+    assert ((moved - boxes).abs() <= 1.9 + 1e-5).all() and (moved != boxes).any()
+    assert torch.equal(box_noise(boxes, 64, 0.1, 0.5).sub(boxes).abs().amax() <= 0.5, torch.tensor(True))
+
+
+def test_weak_crop_keeps_a_symmetric_label_symmetric():
+    """Labels are cropped with nearest-exact, as they were resized: legacy nearest shifts them half a pixel (a
+    symmetric label would come out asymmetric)."""
+    from ssbench.methods.sss.geometry import Crop
+
+    label = torch.zeros(1, 48, 48)
+    label[:, :, 0] = 1
+    label[:, :, 47] = 1
+    out = Crop(0, 0, 48, 48, False).label(label, 64)[0]  # what draw_clip crops its labels with
+    assert torch.equal(out, out.flip(-1)) and out.dtype == torch.long
+
+
+def test_predict_volume_resizes_non_square_slices():
+    """predict_volume checks both sides of the slices against the input size (it read only the width)."""
+    method = make(coarse_map(REGIONS))
+    x = torch.rand(D, 1, 48, S)  # the width is already the input size, the height is not
+    assert method.predict_volume(x).shape == (D, 4, 48, S)

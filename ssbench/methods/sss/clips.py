@@ -42,12 +42,24 @@ class LabeledVolume:
     image: torch.Tensor  # (D, H, W) float32, native, on the run's device
     label: torch.Tensor  # (D, H, W) uint8, native, on the run's device
     holding: list[np.ndarray]  # per foreground class: the slices that hold it (host)
+    # train_box = component: the 3-D connected components of every class (ids unique over classes, 0 background)
+    # and, per class and slice, the id of the largest component that crosses the slice (0 where none), on the
+    # run's device: the box PCSW gives at test time frames one component, and so does the training box
+    components: torch.Tensor | None = None  # (D, H, W) int32
+    main_component: torch.Tensor | None = None  # (K, D) int32
 
     @classmethod
-    def of(cls, image: np.ndarray, label: np.ndarray, num_foreground: int, device=None) -> "LabeledVolume":
+    def of(cls, image: np.ndarray, label: np.ndarray, num_foreground: int, device=None,
+           connectivity: int | None = None) -> "LabeledVolume":
+        """``connectivity`` (6 or 26): also label the components (train_box = component); None: not."""
         holding = [np.nonzero((label == c).any(axis=(1, 2)))[0] for c in range(1, num_foreground + 1)]
         to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-        return cls(to(image.astype(np.float32, copy=False)), to(label.astype(np.uint8, copy=False)), holding)
+        comps = main = None
+        if connectivity is not None:
+            comps, main = _components(label, num_foreground, connectivity)
+            comps, main = to(comps), to(main)
+        return cls(to(image.astype(np.float32, copy=False)), to(label.astype(np.uint8, copy=False)), holding,
+                   comps, main)
 
     @property
     def any_class(self) -> np.ndarray:
@@ -61,6 +73,41 @@ class LabeledVolume:
     @property
     def depth(self) -> int:
         return self.image.shape[0]
+
+
+def _components(label: np.ndarray, k: int, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Host, once per volume: the 3-D components of each class (SciPy, PCSW's connectivity) and the largest one
+    crossing each slice (see LabeledVolume)."""
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(3, 1 if connectivity == 6 else 3)
+    comps = np.zeros(label.shape, np.int32)
+    main = np.zeros((k, label.shape[0]), np.int32)
+    offset = 0
+    for c in range(1, k + 1):
+        ids, n = ndimage.label(label == c, structure=structure)
+        if n == 0:
+            continue
+        sizes = np.bincount(ids.ravel())
+        for z in range(label.shape[0]):
+            there = np.unique(ids[z])
+            there = there[there > 0]
+            if len(there):
+                main[c - 1, z] = offset + int(there[np.argmax(sizes[there])])
+        comps[ids > 0] = ids[ids > 0] + offset
+        offset += n
+    return comps, main
+
+
+def box_noise(boxes: torch.Tensor, size: int, noise: float, bound: float) -> torch.Tensor:
+    """SAM-2's training box noise (sam2/modeling/sam2_utils.py sample_box_points): each corner coordinate moved
+    uniformly by at most min(noise x the box side, bound) pixels, clamped to the image; drawn on the device."""
+    if noise <= 0:
+        return boxes
+    wh = boxes[..., 2:] - boxes[..., :2]
+    most = torch.clamp(wh * noise, max=bound).repeat(*([1] * (boxes.dim() - 1)), 2)  # (dx, dy, dx, dy)
+    moved = boxes + (2 * torch.rand(boxes.shape, device=boxes.device) - 1) * most
+    return moved.clamp(0, size - 1)
 
 
 @dataclass
@@ -116,9 +163,15 @@ def clip_slices(depth: int, first: int, length: int, backward: bool) -> list[int
 
 
 def draw_clip(volume: LabeledVolume, first: int, length: int, size: int, resize: str,
-              crop_scale: tuple[float, float], backward: bool = False):
+              crop_scale: tuple[float, float], backward: bool = False, geometry=None):
     """The clip of ``length`` slices from ``first`` at ``size``, cropped and flipped as one; with its first
-    slice's prompts. -> images (L, 1, S, S), labels (L, S, S), boxes (K, 4), points (K, 2), present (K,)."""
+    slice's prompts. -> images (L, 1, S, S), labels (L, S, S), boxes (K, 4), points (K, 2), present (K,).
+    ``geometry``: the SSSConfig whose crop_min, flip_p, decoy_side, box_noise, box_noise_bound apply (None: their
+    defaults, no box noise); with ``volume.components`` the prompt box frames the class's largest 3-D component
+    crossing the first slice, as PCSW's box at test time does (train_box = component)."""
+    crop_min, flip_p, decoy_side, noise, bound = ((geometry.crop_min, geometry.flip_p, geometry.decoy_side,
+                                                   geometry.box_noise, geometry.box_noise_bound)
+                                                  if geometry is not None else (8, 0.5, (0.1, 0.5), 0.0, 0.0))
     zs = clip_slices(volume.depth, first, length, backward)
     k = len(volume.holding)
     # each class's decoy slice: the slice nearest to the prompted one that holds it (any slice when none does: its
@@ -126,17 +179,25 @@ def draw_clip(volume: LabeledVolume, first: int, length: int, size: int, resize:
     near = [int(h[np.argmin(np.abs(h - zs[0]))]) if len(h) else zs[0] for h in volume.holding]
     images = torch.stack([resize_image_torch(volume.image[z], size, resize) for z in zs])
     labels = torch.stack([resize_label_torch(volume.label[z], size, resize) for z in zs + near])
-    crop = Crop.random(size, crop_scale)
+    crop = Crop.random(size, crop_scale, flip_p, crop_min)
     images = crop.image(images, size)
-    labels = crop.image(labels.float(), size, mode="nearest").round().long()
+    labels = crop.label(labels, size)
     classes = torch.arange(1, k + 1, device=labels.device)[:, None, None]
     on_first = labels[0][None] == classes  # (K, S, S)
-    box, present = mask_boxes(on_first)
+    framed = on_first
+    if volume.components is not None:  # the largest 3-D component crossing the slice, as PCSW frames one
+        ids = crop.label(resize_label_torch(volume.components[zs[0]], size, resize)[None], size)[0]
+        main = volume.main_component[:, zs[0]].long()[:, None, None]  # (K, 1, 1)
+        framed = on_first & (ids[None] == main)
+        framed = torch.where(framed.flatten(1).any(1)[:, None, None], framed, on_first)  # cropped away: all
+    box, present = mask_boxes(framed)
+    present = present & on_first.flatten(1).any(1)
+    box = box_noise(box, size, noise, bound)
     decoy, found = mask_boxes(labels[length:] == classes)
-    decoy = torch.where(found[:, None], decoy, random_boxes((k,), size, labels.device))
+    decoy = torch.where(found[:, None], decoy, random_boxes((k,), size, labels.device, decoy_side))
     boxes = torch.where(present[:, None], box, decoy)
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    points = torch.where(present[:, None], interior_points(on_first), centres)
+    points = torch.where(present[:, None], interior_points(framed), centres)
     return images[:, None], labels[:length], boxes, points, present
 
 

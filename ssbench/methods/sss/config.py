@@ -53,6 +53,16 @@ class SSSConfig:
     # those on its first slice; 0: all. Absent classes are decoded on the first slice only (their decoy), never
     # through the clip.
     max_objects: Annotated[int, Field(ge=0)] = 3
+    # component: a training box frames the class's largest 3-D connected component crossing the prompted slice (at
+    # pcsw_connectivity), as PCSW's test box frames one component (BHSD's SAH, SDH, multifocal IPH have several);
+    # class: every pixel of the class on the slice (ssbench's earlier rule)
+    train_box: Literal["component", "class"] = "component"
+    # SAM-2 (sam2_utils.sample_box_points, its training default): each box corner moved by at most
+    # min(box_noise x side, box_noise_bound px); 0: exact boxes. The bound is SAM-2's 20 px (at 1024).
+    box_noise: Annotated[float, Field(ge=0)] = 0.1
+    box_noise_bound: Annotated[float, Field(ge=0)] = 20.0
+    # ssbench: a random decoy box's sides (x input size) for a class absent from the whole volume
+    decoy_side: tuple[float, float] = (0.1, 0.5)
     point_prompt: bool = False  # MedSAM-2 3-D / SSS README: boxes (-prompt bbox); true adds a positive point
     # SAM-2's configs: a propagated slice is decoded as 3 masks and the one with the highest predicted IoU is kept;
     # training back-propagates the lowest-loss one and trains the IoU head (SAM-2 loss_fns.py). false: 1 mask
@@ -76,6 +86,7 @@ class SSSConfig:
     # whole-image = prompted with the whole-image box on the middle slice (the released code's whole-image prompt;
     # the slice: ssbench), so that a class the coarse head never finds can still be predicted and taught
     empty_prompt: Literal["absent", "whole-image"] = "absent"
+    refresh_batch: Annotated[int, Field(ge=1)] = 16  # ssbench: slices encoded at a time when prompts are refreshed
     pcsw_refresh: int = 500  # ssbench: iterations between re-propagations of an unlabeled volume's pseudo-label prompts
     # ssbench: the coarse head PCSW reads is trained on labeled slices (CE + Dice); false is refused (untrained, it
     # finds every class absent and the unlabeled branch never acts)
@@ -92,6 +103,8 @@ class SSSConfig:
     cutmix: Literal["off", "ignore-pasted"] = "off"
     cutmix_p: float = 0.5  # V2 semi.py: obtain_cutmix_box(p=0.5), with cutmix = ignore-pasted
     crop_scale: tuple[float, float] = (0.7, 1.0)  # paper: weak = crop, resize, flip; the crop's area range: ssbench
+    crop_min: Annotated[int, Field(ge=1)] = 8  # ssbench: the crop's smallest side in pixels
+    flip_p: Annotated[float, Field(ge=0, le=1)] = 0.5  # ssbench: probability of the weak view's left-right flip
     # V2 unimatch_v2.py:255: the best checkpoint is chosen by the student's score (the EMA model is only logged)
     evaluate: Literal["student", "teacher"] = "student"
     # the unlabeled losses' weight: 1 = the paper; 0 = SSS's labeled-only ablation (the unlabeled branch still runs

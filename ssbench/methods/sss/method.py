@@ -224,7 +224,9 @@ class SSS(Method):
     def attach_labeled_volumes(self, volumes: dict) -> None:
         # native volumes on the run's device, once: each clip is resized and cropped there, outside the host
         device = self.student.sam.maskmem_tpos_enc.device
-        self.labeled = {cid: clips.LabeledVolume.of(img, lab, self.k, device) for cid, (img, lab) in volumes.items()}
+        conn = self.config.pcsw_connectivity if self.config.train_box == "component" else None
+        self.labeled = {cid: clips.LabeledVolume.of(img, lab, self.k, device, conn) for cid, (img, lab) in
+                        volumes.items()}
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -265,7 +267,7 @@ class SSS(Method):
         if entry is None or iteration - entry[1] >= self.config.pcsw_refresh:
             x = torch.from_numpy(resize_volume(self.unlabeled[case_id], self.size, self.ctx.resize))
             with self._inference(self._prompt_net()) as net:
-                logits, scores = self._segment(net, x[:, None].to(device), batch=16)
+                logits, scores = self._segment(net, x[:, None].to(device), batch=self.config.refresh_batch)
             entry = (sequence.slice_prompts(logits, scores), iteration)
             self.cache[case_id] = entry
         return entry[0]
@@ -280,7 +282,7 @@ class SSS(Method):
         for v, z in zip(volumes, labeled.slice_indices):
             z = clips.clip_start(v, z, cfg.clip_start)
             backward = cfg.clip_directions == "both" and bool(torch.rand(()) < 0.5)  # host RNG: no device read
-            drawn.append(clips.draw_clip(v, z, length, self.size, self.ctx.resize, cfg.crop_scale, backward))
+            drawn.append(clips.draw_clip(v, z, length, self.size, self.ctx.resize, cfg.crop_scale, backward, cfg))
             on_first.append(v.on_slice(clips.clip_slices(v.depth, z, length, backward)[0]))
         objects, decoys = clips.choose_objects(on_first, self.k, cfg.max_objects, cfg.absent_prompts)
         return clips.ClipBatch(*(torch.stack([d[i] for d in drawn]) for i in range(5)), objects, decoys)
@@ -292,7 +294,7 @@ class SSS(Method):
         device = unlabeled.image.device
         for img, cid, z in zip(unlabeled.image, unlabeled.case_ids, unlabeled.slice_indices):
             prompts = self._slice_prompts(cid, iteration, device)
-            crop = Crop.random(self.size, self.config.crop_scale)
+            crop = Crop.random(self.size, self.config.crop_scale, self.config.flip_p, self.config.crop_min)
             x_w.append(crop.image(img, self.size))
             moved, inside = crop.boxes(prompts.boxes[z], self.size)
             there = prompts.present[z] & inside
@@ -325,12 +327,12 @@ class SSS(Method):
         """(D, 1, S', S') all slices of one volume -> (D, K+1, S', S') class scores; never sees a label."""
         net = self.teacher if self.teacher is not None and self.config.evaluate == "teacher" else self.student
         x = slices
-        if x.shape[-1] != self.size:
+        if tuple(x.shape[-2:]) != (self.size, self.size):  # both sides: a non-square slice is resized too
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         with self._inference(net):
             logits, _ = self._segment(net, x, batch)
         scores = sequence.class_scores(logits)
-        if scores.shape[-1] != slices.shape[-1]:
+        if scores.shape[-2:] != slices.shape[-2:]:
             scores = F.interpolate(scores, size=slices.shape[-2:], mode="bilinear", align_corners=False)
         return scores
 
