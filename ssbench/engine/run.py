@@ -23,6 +23,7 @@ from ssbench import registry
 from ssbench.atomic import make_dirs, write_csv, write_json, write_text, write_yaml
 from ssbench.config import from_dict, to_dict
 from ssbench.datasets.base import check_case
+from ssbench.datasets.duplicates import check_unlabeled_against, held_out_hashes
 from ssbench.engine.config import (CPU_SMALL, CPU_SMALL_TRAIN_SIZE, SET_BY_ENGINE, DataConfig, RunConfig,
                                    TrainConfig, unused_fields)
 from ssbench.engine.prompted_eval import PROMPTED, check_promptable, evaluate_prompted
@@ -281,9 +282,14 @@ def load_inputs(cfg: RunConfig, method_cls, dataset, split, say) -> Inputs:
     labeled = load_cases(dataset, split.labeled, True)
     unlabeled = load_cases(dataset, split.unlabeled, False) if method_cls.uses_unlabeled else []
     val = load_cases(dataset, split.val, True)
+    held_out = held_out_hashes(val, "val") if unlabeled else {}  # datasets/duplicates.py: the same scan, renamed
     for p in split.test:  # one at a time: checked, then dropped
         for cid in dataset.case_ids(p):
-            check_case(dataset.load_case(cid, True), dataset.num_classes)
+            case = dataset.load_case(cid, True)
+            check_case(case, dataset.num_classes)
+            if unlabeled:
+                held_out.update(held_out_hashes([case], "test"))
+    check_unlabeled_against(unlabeled, held_out)
     if method_cls.uses_unlabeled and not unlabeled:
         raise UserError(f"--split {cfg.data.split}: method {cfg.method_name} needs unlabeled patients, none left")
     pools = {"labeled": SlicePool.from_cases(labeled, True)}
