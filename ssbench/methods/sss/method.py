@@ -215,6 +215,8 @@ class SSS(Method):
             sam2_net.move_rope_tables(net.sam, device)
         for v in getattr(self, "labeled", {}).values():
             v.image, v.label = v.image.to(device), v.label.to(device)
+            if v.components is not None:
+                v.components, v.main_component = v.components.to(device), v.main_component.to(device)
         self.cache = {c: (e.to(device), stamp) for c, (e, stamp) in getattr(self, "cache", {}).items()}
         return self
 
