@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from ssbench import runfolder
 from ssbench.errors import UserError, WriteError, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -115,7 +116,6 @@ def _relaunch_under_torchrun(gpus: int) -> None:
 def _print_summary(console, run_dir: Path, sub: str = "") -> None:
     from rich.table import Table
 
-    from ssbench import runfolder
     from ssbench.metrics.catalog import metrics
 
     summary = runfolder.read_json(run_dir / sub / runfolder.SUMMARY, full_path=True)
@@ -143,23 +143,34 @@ def eval_cmd(
     hd_units: Optional[str] = typer.Option(None, "--hd-units", help="mm or voxel."),
     empty_policy: Optional[str] = typer.Option(None, "--empty-policy", help="worst, exclude or legacy-zero."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help=(
-        "a named protocol of the literature, e.g. bcp (= --empty-policy legacy-zero --hd-units voxel)")),
+        "a named protocol of the literature, e.g. bcp (= --empty-policy legacy-zero --hd-units voxel), or medsam2 "
+        "(MedSAM-2's prompted 2-D validation; methods that take prompts: sss)")),
     device: str = typer.Option("auto", "--device"),
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Re-evaluate a run's best and final checkpoints on its test set, e.g. under another metric policy."""
-    from ssbench.engine.reeval import reevaluate
+    from ssbench.engine.prompted_eval import PROMPTED
+    from ssbench.engine.reeval import reevaluate, reevaluate_prompted
     from ssbench.metrics.evaluation import PROTOCOLS
 
     if protocol is not None:
-        if protocol not in PROTOCOLS:
-            raise UserError(f"--protocol {protocol}: unknown (known: {', '.join(PROTOCOLS)})")
+        if protocol not in PROTOCOLS and protocol not in PROMPTED:
+            raise UserError(f"--protocol {protocol}: unknown (known: {', '.join([*PROTOCOLS, *PROMPTED])})")
         if hd_units is not None or empty_policy is not None:
             raise UserError("--protocol names the empty policy and HD units itself: give it without --hd-units and "
                             "--empty-policy")
+    _load_plugins(plugins)
+    if protocol in PROMPTED:  # predicts again with ground-truth prompts: its own folder and summary
+        sub = reevaluate_prompted(run_dir, protocol, device)
+        summary = runfolder.read_json(run_dir / sub / runfolder.SUMMARY, full_path=True)
+        for ckpt, v in summary["protocol"]["volume_means"].items():
+            typer.echo(f"{protocol} {ckpt}: mean Dice {_shown(v['mean_dice'], 100.0)} over {v['volumes']} volumes "
+                       f"({v['skipped']} without an evaluated slice, scored 0 as MedSAM-2 does)")
+        typer.echo(f"results: {run_dir / sub}")
+        return
+    if protocol is not None:
         policy = PROTOCOLS[protocol][0]
         hd_units, empty_policy = policy.hd_units, policy.empty
-    _load_plugins(plugins)
     sub = reevaluate(run_dir, hd_units, empty_policy, device)
     _print_summary(_console(), run_dir, sub)
 

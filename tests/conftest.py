@@ -6,11 +6,23 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# The suite runs on pytest-xdist workers (pyproject's addopts: -n auto): each worker owns one core, so torch gets one
+# thread in each worker and in every process a test starts (set before anything imports torch). Numbers do not
+# depend on it: a run records its thread count, and tests compare runs made under the same one.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):
-    """Embedded phantoms go to a per-session cache, never to the user's home."""
-    cache = tmp_path_factory.mktemp("ssbench-cache")
+    """Embedded phantoms go to a cache of this test session (shared by its workers: generation is atomic), never
+    to the user's home."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        cache = tmp_path_factory.getbasetemp().parent / "ssbench-cache"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("ssbench-cache")
     old = os.environ.get("SSBENCH_CACHE")
     os.environ["SSBENCH_CACHE"] = str(cache)
     yield cache

@@ -55,5 +55,6 @@ def test_sss_step_tiny(capsys):
     import sss_step
 
     printed = sss_step.main(["--tiny"])
-    assert printed[0].startswith("hardware: CPU") and any(line.startswith("sss") for line in printed)
-    assert sum("not judged (this is CPU)" in line for line in printed) == 2
+    assert printed[0].startswith("hardware: CPU") and any(line.startswith("sss default") for line in printed)
+    assert any(line.startswith("sss frozen") for line in printed)
+    assert sum("not judged (this is CPU)" in line for line in printed) == 3  # default: 1 target, frozen: 2

@@ -579,3 +579,100 @@ def test_sss_training_step_waits_for_the_device_only_where_listed(tiny_nnunet, t
     rec = _step_on_stand_in_device("sss", tiny_nnunet, tmp_path, steps=2, sets=sets, setup=fill_cache)
     expected = "host-to-device copy (aten._to_copy.default, non_blocking)"
     assert [str(e).split(" at ")[0] for e in rec.events] == [expected] * 2 * (3 - 1), "\n" + rec.report()
+
+
+def test_unlabeled_mask_loss_has_no_dice_against_an_empty_confident_target():
+    """An all-background confident pseudo-label teaches BCE only (soft Dice against it would read ~1, saturated);
+    BCE is summed over the confident pixels and divided by every counted pixel (UniMatch V2's normalisation)."""
+    import torch.nn.functional as F
+
+    from ssbench.methods.sss.losses import unlabeled_mask_losses
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 16, 16, generator=g) - 2
+    target = torch.zeros(2, 16, 16, dtype=torch.bool)
+    target[1, 4:10, 4:10] = True
+    confident = torch.ones_like(target)
+    confident[:, :, :8] = False  # half of each image unconfident
+    confident[1, 4:10, 4:10] = True  # image 1's foreground confident
+    counted = torch.ones_like(target)
+    loss, active = unlabeled_mask_losses(logits, target, confident, counted)
+    assert active.tolist() == [False, True]
+    bce = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), reduction="none")
+    expected0 = float((bce[0] * confident[0]).sum() / 256)  # over the counted pixels, not the confident ones
+    assert float(loss[0, 0]) == pytest.approx(expected0, rel=1e-5)  # BCE only: no Dice term
+    assert float(loss[1, 0]) > float((bce[1] * confident[1]).sum() / 256) + 0.5  # Dice acts on a real target
+    counted[:, :4] = False  # ignored (pasted) pixels leave the denominator
+    loss, _ = unlabeled_mask_losses(logits, target, confident & counted, counted)
+    assert float(loss[0, 0]) == pytest.approx(float((bce[0] * (confident & counted)[0]).sum() / 192), rel=1e-5)
+
+
+def test_the_log_tells_an_inactive_dice_from_a_saturated_one():
+    """Every slot prompted, no confident foreground: the step says the Dice term is inactive (u_dice_s1 = 0) beside
+    the loss, so a small or large loss_s1 is read against what acted (the loss itself: the test above)."""
+    from ssbench.methods.api import StepInfo
+
+    method = _method(pcsw_refresh=1000)
+    _volumes(method)
+    _force_prompts(method)
+    with torch.no_grad():
+        for net in filter(None, (method.student, method.teacher)):
+            net.sam.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
+    lab, unl = _batches()
+    method.train()
+    losses = method.training_step(lab, unl, StepInfo(0, 10))
+    assert float(losses["u_dice_s1"]) == 0 and float(losses["u_dice_s2"]) == 0
+    assert all(float(losses[f"u_fg_c{c}"]) == 0 for c in (1, 2, 3))
+    assert float(losses["loss_s1"]) > 0  # the branch acted (BCE and presence)
+
+
+def test_frozen_encoders_and_per_module_learning_rates():
+    """sss.train_image_encoder / train_prompt_encoder = false: frozen (no gradient, not in the optimizer), the
+    decoder's projections of the high-resolution levels still trained; the memory modules and the mask decoder get
+    their own rate through the engine's parameter groups (MedSAM-2: memory 1e-8 at lr 1e-4)."""
+    from types import SimpleNamespace
+
+    from ssbench.engine.train import make_optimizer
+    from ssbench.methods.api import StepInfo
+
+    method = _method(pcsw_refresh=1000, train_image_encoder=False, train_prompt_encoder=False,
+                     lr_scale_memory=1e-4, lr_scale_decoder=2.0)
+    _volumes(method)
+    _force_prompts(method)
+    lab, unl = _batches()
+    method.train()
+    method.training_step(lab, unl, StepInfo(0, 10))["loss"].backward()
+    sam = method.student.sam
+    assert all(p.grad is None for p in sam.image_encoder.parameters())
+    assert all(p.grad is None for p in sam.sam_prompt_encoder.parameters())
+    assert sam.sam_mask_decoder.conv_s0.weight.grad is not None  # a decoder part, applied after the encoder
+    t = SimpleNamespace(optimizer="adamw", lr=1e-4, weight_decay=0.0)
+    opt = make_optimizer(method, t, SimpleNamespace(device=torch.device("cpu")))
+    rates = {}
+    for g in opt.param_groups:
+        for p in g["params"]:
+            rates[id(p)] = g["lr"]
+    assert id(sam.image_encoder.trunk.patch_embed.proj.weight) not in rates
+    assert rates[id(sam.memory_attention.layers[0].self_attn.q_proj.weight)] == pytest.approx(1e-8)
+    assert rates[id(sam.obj_ptr_proj.layers[0].weight)] == pytest.approx(1e-8)
+    assert rates[id(sam.sam_mask_decoder.conv_s0.weight)] == pytest.approx(2e-4)
+    assert rates[id(method.student.coarse.fuse[0].weight)] == pytest.approx(1e-4)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """sss.activation_checkpointing = encoder recomputes each encode in backward: the same loss and gradients."""
+    grads = []
+    for mode in ("off", "encoder"):
+        method = _method(activation_checkpointing=mode)
+        method.train()
+        x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+        f = method.student.encode(x)
+        (sum(m.square().mean() for m in f.maps)).backward()
+        grads.append(method.student.sam.image_encoder.trunk.patch_embed.proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_compile_is_refused_for_sss(cli):
+    """SSS never calls its networks' __call__: train.compile=on would compile nothing that runs, so it is refused."""
+    code, _, err = cli("config", "--method", "sss", "--set", "train.compile=on")
+    one_line(code, err, "train.compile=on", "sss")

@@ -406,3 +406,129 @@ def test_only_the_lowest_loss_candidate_is_back_propagated():
     ious = torch.tensor([[0.5, 1.0, 0.0], [0.0, 0.0, 0.8]])
     actual = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 16 / 20]])  # each candidate's IoU with the target
     torch.testing.assert_close(iou_losses(logits.detach(), target, ious), (ious - actual).abs().mean(1))
+
+
+def test_an_empty_class_is_prompted_with_the_whole_image_when_asked():
+    """sss.empty_prompt = whole-image: class 3 (nowhere in the coarse map) is prompted on the middle slice with the
+    whole-image box (the released code's prompt), so it can be predicted; absent (default) never prompts it."""
+    method = make(coarse_map(REGIONS), empty_prompt="whole-image")
+    x = volume()
+    spy = DecoderSpy(method.student.sam, x)
+    method.predict_volume(x)
+    spy.close()
+    prompted = [c for c in spy.calls if c[1]]
+    assert len(prompted) == 1 and len(prompted[0][0]) == 3  # classes 1, 2 and 3 in one prompted call
+    assert prompted[0][0][2] == D // 2  # class 3's row: the middle slice
+    assert prompted[0][2][2, :2].tolist() == [[0.0, 0.0], [S - 1.0, S - 1.0]]  # its box: the whole image
+
+
+def test_a_class_needs_the_minimum_coarse_area_to_be_present():
+    """One stray coarse pixel of class 3 prompts it by the paper's rule (presence_min_voxels = 1); with a minimum
+    of 2 voxels it stays absent. The probability the coarse foreground needs is pcsw_prob."""
+    regions = {**REGIONS, 3: (range(5, 6), (slice(60, 61), slice(60, 61)))}
+    for kw, classes in ((dict(), 3), (dict(presence_min_voxels=2), 2), (dict(pcsw_prob=0.99999999), 0)):
+        method = make(coarse_map(regions), **kw)
+        x = volume()
+        spy = DecoderSpy(method.student.sam, x)
+        method.predict_volume(x)
+        spy.close()
+        prompted = [c for c in spy.calls if c[1]]
+        assert (len(prompted[0][0]) if prompted else 0) == classes, kw
+
+
+def _sparse_volume():
+    """BHSD-like: 20 slices, class 1 on slices 8-10, class 2 on slice 9 only, class 3 nowhere."""
+    from ssbench.methods.sss.clips import LabeledVolume
+
+    label = np.zeros((20, 64, 64), np.uint8)
+    label[8:11, 10:20, 12:30] = 1
+    label[9, 40:50, 30:44] = 2
+    return LabeledVolume.of(np.random.default_rng(0).random((20, 64, 64)).astype(np.float32), label, 3)
+
+
+@pytest.mark.slow
+def test_sparse_clips_start_on_a_lesion_and_decode_only_present_objects():
+    """A clip drawn on an empty slice starts on a slice holding a class instead (clip_start = holding); only the
+    classes of its first slice are decoded through the clip, at most max_objects of them, the others on the first
+    slice only (their decoy)."""
+    from ssbench.methods.api import Batch
+
+    method = make(None, clip_length=3)
+    method.labeled = {"v": _sparse_volume()}
+    batch = Batch(torch.zeros(1, 1, S, S), torch.zeros(1, S, S, dtype=torch.long), ["v"], [0])
+    for seed in range(8):
+        torch.manual_seed(seed)
+        clip = method._labeled_clips(batch)
+        assert clip.present[0].any()  # the first slice holds a class
+        assert {c for _, c in clip.objects} <= {0, 1} and clip.objects
+        assert sorted(clip.objects + clip.decoys) == [(0, 0), (0, 1), (0, 2)]
+    rows = []
+    hook = method.student.sam.sam_mask_decoder.register_forward_hook(lambda m, a, kw, out: rows.append(
+        kw["image_embeddings"].shape[0]), with_kwargs=True)
+    method.train()
+    torch.manual_seed(0)
+    clip = method._labeled_clips(batch)
+    from ssbench.methods.sss.clips import clip_losses
+
+    clip_losses(method.student, clip, with_point=False, absent_prompts=True)
+    hook.remove()
+    assert rows == [len(clip.objects)] * 3 + [len(clip.decoys)]  # tracked objects on 3 slices, decoys once
+    from dataclasses import replace
+
+    capped = method
+    capped.config = replace(method.config, max_objects=1)
+    torch.manual_seed(0)
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        b = Batch(batch.image, batch.label, ["v"], [9])  # slice 9 holds classes 1 and 2
+        clip = capped._labeled_clips(b)
+        assert len(clip.objects) == 1 and clip.decoys == [(0, 2)]  # the class left out is not a decoy: it is there
+        seen.add(clip.objects[0][1])
+    assert seen == {0, 1}  # the kept object is drawn
+    anywhere = method
+    anywhere.config = replace(method.config, clip_start="any")
+    assert not anywhere._labeled_clips(batch).objects  # slice 0 kept: nothing tracked
+
+
+def test_training_box_frames_the_largest_component_with_sam2_noise():
+    """train_box = component: on a slice where class 1 has two parts, the box frames the part of its largest 3-D
+    component (PCSW's box frames one component at test time); box_noise moves each corner by at most 0.1 x side."""
+    from ssbench.methods.sss.clips import LabeledVolume, box_noise, draw_clip
+
+    label = np.zeros((4, 64, 64), np.uint8)
+    label[0:4, 10:30, 10:30] = 1  # the big component: 4 slices
+    label[0, 40:44, 40:50] = 1  # a small one on slice 0 only
+    image = np.random.default_rng(0).random((4, 64, 64)).astype(np.float32)
+    whole = LabeledVolume.of(image, label, 3)
+    parts = LabeledVolume.of(image, label, 3, connectivity=6)
+    box_all = draw_clip(whole, 0, 2, 64, "bilinear", (1.0, 1.0))[2][0]
+    torch.manual_seed(0)
+    box_main = draw_clip(parts, 0, 2, 64, "bilinear", (1.0, 1.0))[2][0]
+    flipped = bool(box_main[0] > 32)  # the crop's flip (drawn with the seed)
+    expected = [64 - 1 - 29.0, 10, 64 - 1 - 10.0, 29] if flipped else [10.0, 10, 29, 29]
+    assert box_main.tolist() == expected
+    assert (box_all[2] - box_all[0]) > 30  # every pixel of the class: both parts
+    boxes = torch.tensor([[10.0, 10, 29, 29]]).expand(200, 4)
+    moved = box_noise(boxes, 64, 0.1, 20.0)
+    assert ((moved - boxes).abs() <= 1.9 + 1e-5).all() and (moved != boxes).any()
+    assert torch.equal(box_noise(boxes, 64, 0.1, 0.5).sub(boxes).abs().amax() <= 0.5, torch.tensor(True))
+
+
+def test_weak_crop_keeps_a_symmetric_label_symmetric():
+    """Labels are cropped with nearest-exact, as they were resized: legacy nearest shifts them half a pixel (a
+    symmetric label would come out asymmetric)."""
+    from ssbench.methods.sss.geometry import Crop
+
+    label = torch.zeros(1, 48, 48)
+    label[:, :, 0] = 1
+    label[:, :, 47] = 1
+    out = Crop(0, 0, 48, 48, False).label(label, 64)[0]  # what draw_clip crops its labels with
+    assert torch.equal(out, out.flip(-1)) and out.dtype == torch.long
+
+
+def test_predict_volume_resizes_non_square_slices():
+    """predict_volume checks both sides of the slices against the input size (it read only the width)."""
+    method = make(coarse_map(REGIONS))
+    x = torch.rand(D, 1, 48, S)  # the width is already the input size, the height is not
+    assert method.predict_volume(x).shape == (D, 4, 48, S)

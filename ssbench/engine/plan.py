@@ -229,6 +229,11 @@ def _check_values(cfg: RunConfig, method_cls) -> None:
         raise ConfigError(f"train.batch_unlabeled={t.batch_unlabeled}: method {method_cls.name} trains on unlabeled "
                           "batches and needs at least 1")
     method_cls.check_config(cfg)
+    from ssbench.engine.prompted_eval import PROMPTED, check_promptable
+
+    for name in cfg.eval.also_protocols:
+        if name in PROMPTED:
+            check_promptable(method_cls, name)
 
 
 def dataset_tag(cfg: RunConfig) -> str:

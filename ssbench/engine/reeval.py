@@ -15,12 +15,37 @@ from ssbench.errors import ConfigError, UserError
 
 
 def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_name: str) -> str:
-
-    from ssbench.config import apply_override
     from ssbench.engine.evaluate import evaluate_checkpoints, summary_of
+    from ssbench.engine.train import deterministic_algorithms
+
+    run_dir = Path(run_dir)
+    cfg, dataset, method, test, recorded, device = _open_run(run_dir, hd_units, empty, device_name)
+    with deterministic_algorithms(cfg.train.deterministic):
+        frame = evaluate_checkpoints(method, test, dataset, cfg, device, run_dir / runfolder.CHECKPOINTS,
+                                     config_hash=recorded)
+    sub = runfolder.evaluation_dir(run_dir, cfg.eval.empty, cfg.eval.hd_units)
+    runfolder.write_results(sub, frame, summary_of(frame, cfg))
+    return str(sub.relative_to(run_dir))
+
+
+def reevaluate_prompted(run_dir: Path, protocol: str, device_name: str) -> str:
+    """``ssbench eval RUN --protocol medsam2``: predict again with ground-truth prompts (engine/prompted_eval.py)."""
+    from ssbench.engine.prompted_eval import check_promptable, evaluate_prompted
+    from ssbench.engine.train import deterministic_algorithms
+
+    run_dir = Path(run_dir)
+    cfg, dataset, method, test, recorded, device = _open_run(run_dir, None, None, device_name,
+                                                             lambda cls: check_promptable(cls, protocol))
+    with deterministic_algorithms(cfg.train.deterministic):
+        return evaluate_prompted(method, test, dataset, cfg, device, run_dir, protocol, config_hash=recorded)
+
+
+def _open_run(run_dir: Path, hd_units: str | None, empty: str | None, device_name: str, check=None):
+    """A completed run folder, checked -> (cfg, dataset, method with the run's architecture, test cases, recorded
+    config hash, device)."""
+    from ssbench.config import apply_override
     from ssbench.engine.plan import resolve_device, resolve_hd_units
     from ssbench.engine.run import build_method, load_cases
-    from ssbench.engine.train import deterministic_algorithms
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -43,6 +68,8 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
     split = runfolder.read_json(run_dir / runfolder.SPLIT, full_path=True)
     if not isinstance(split.get("test"), list) or not all(isinstance(p, str) for p in split["test"]):
         raise UserError(f"{run_dir / runfolder.SPLIT}: no list of test patients")
+    if check is not None:
+        check(method_cls)
     policy = cfg.eval
     if hd_units is not None:
         policy = apply_override(policy, "hd_units", hd_units, label="--hd-units")
@@ -54,12 +81,7 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
     device = resolve_device(device_name)
     method = build_method(cfg, method_cls, dataset, device, weights_from_checkpoint=True)
     test = load_cases(dataset, split["test"], True)
-    with deterministic_algorithms(cfg.train.deterministic):
-        frame = evaluate_checkpoints(method, test, dataset, cfg, device, run_dir / runfolder.CHECKPOINTS,
-                                     config_hash=recorded)
-    sub = runfolder.evaluation_dir(run_dir, cfg.eval.empty, cfg.eval.hd_units)
-    runfolder.write_results(sub, frame, summary_of(frame, cfg))
-    return str(sub.relative_to(run_dir))
+    return cfg, dataset, method, test, recorded, device
 
 
 def _registered(load, name: str, source):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ssbench import runfolder
 from ssbench.datasets.base import check_case
+from ssbench.datasets.duplicates import check_unlabeled_against, held_out_hashes
 from ssbench.engine import record
 from ssbench.engine.config import RunConfig
 from ssbench.engine.plan import RunRequest, dataset_tag, plan  # noqa: F401  (RunRequest: the API's run request)
@@ -49,9 +50,14 @@ def load_inputs(cfg: RunConfig, method_cls, dataset, split, say) -> Inputs:
     labeled = load_cases(dataset, split.labeled, True)
     unlabeled = load_cases(dataset, split.unlabeled, False) if method_cls.uses_unlabeled else []
     val = load_cases(dataset, split.val, True)
+    held_out = held_out_hashes(val, "val") if unlabeled else {}  # datasets/duplicates.py: the same scan, renamed
     for p in split.test:  # one at a time: checked, then dropped
         for cid in dataset.case_ids(p):
-            check_case(dataset.load_case(cid, True), dataset.num_classes)
+            case = dataset.load_case(cid, True)
+            check_case(case, dataset.num_classes)
+            if unlabeled:
+                held_out.update(held_out_hashes([case], "test"))
+    check_unlabeled_against(unlabeled, held_out)
     if method_cls.uses_unlabeled and not unlabeled:
         raise UserError(f"--split {cfg.data.split}: method {cfg.method_name} needs unlabeled patients, none left")
     pools = {"labeled": SlicePool.from_cases(labeled, True)}
@@ -88,6 +94,7 @@ def execute(req: RunRequest, console=None) -> Path:
     import torch
 
     from ssbench.engine.evaluate import evaluate_checkpoints, rescore_under_protocol, summary_of
+    from ssbench.engine.prompted_eval import PROMPTED, evaluate_prompted
     from ssbench.engine.runtime import init_distributed, make_runtime
     from ssbench.engine.train import deterministic_algorithms, train
 
@@ -155,7 +162,10 @@ def execute(req: RunRequest, console=None) -> Path:
                          **({"stages": best["stages"]} if "stages" in best else {})}
             staging.write_results(frame, summary_of(frame, cfg, selection=selection))
             for name in cfg.eval.also_protocols:  # the published numbers' protocol, from the same predictions
-                rescore_under_protocol(staging.path, test, dataset, cfg, name)
+                if name in PROMPTED:  # ground-truth prompts: predicted again, into evals/<name>/
+                    evaluate_prompted(method, test, dataset, cfg, device, staging.path, name)
+                else:
+                    rescore_under_protocol(staging.path, test, dataset, cfg, name)
             staging.write_info(record.complete(info, time.time() - t0,
                                                nondeterministic_ops if cfg.train.deterministic else None))
             staging.publish()  # 6. in one rename

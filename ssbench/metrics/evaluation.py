@@ -34,7 +34,8 @@ class MetricPolicy:
     connectivity: Literal[1, 2, 3] = 1  # surface neighbourhood of the 3-D masks (medpy's default: 1)
     # Named protocols (PROTOCOLS) the test predictions are scored under as well, into evals/<empty>-<units>/ of
     # the run: the published numbers' own protocol beside the benchmark's (the main numbers are not changed).
-    also_protocols: tuple[Literal["bcp"], ...] = ()  # also score the test predictions under these protocols
+    # medsam2 (engine/prompted_eval.py): predicts again with ground-truth prompts, methods that take them (sss)
+    also_protocols: tuple[Literal["bcp", "medsam2"], ...] = ()  # also score the test predictions under these
 
 
 # The literature's metric protocols, by name: `ssbench eval RUN --protocol NAME`, `eval.also_protocols`.

@@ -45,6 +45,24 @@ class SSSConfig:
     # target 0 on that slice (SAM-2 training/loss_fns.py: absent -> object score 0, no mask loss), so that "not
     # here" is learnt under a prompt (ssbench); false: it is not prompted at all (MedSAM-2)
     absent_prompts: bool = True
+    # holding: a clip starts on a slice that holds some class (a drawn slice without one is replaced by one drawn
+    # uniformly among those that do: MedSAM-2 skips clips without objects; BHSD's slices mostly hold none); any: the
+    # drawn slice. ACDC, every slice of which holds a class, is the same under both.
+    clip_start: Literal["holding", "any"] = "holding"
+    # SAM-2 (sam2.1 training config: max_num_objects 3): at most this many classes tracked per clip, drawn among
+    # those on its first slice; 0: all. Absent classes are decoded on the first slice only (their decoy), never
+    # through the clip.
+    max_objects: Annotated[int, Field(ge=0)] = 3
+    # component: a training box frames the class's largest 3-D connected component crossing the prompted slice (at
+    # pcsw_connectivity), as PCSW's test box frames one component (BHSD's SAH, SDH, multifocal IPH have several);
+    # class: every pixel of the class on the slice (ssbench's earlier rule)
+    train_box: Literal["component", "class"] = "component"
+    # SAM-2 (sam2_utils.sample_box_points, its training default): each box corner moved by at most
+    # min(box_noise x side, box_noise_bound px); 0: exact boxes. The bound is SAM-2's 20 px (at 1024).
+    box_noise: Annotated[float, Field(ge=0)] = 0.1
+    box_noise_bound: Annotated[float, Field(ge=0)] = 20.0
+    # ssbench: a random decoy box's sides (x input size) for a class absent from the whole volume
+    decoy_side: tuple[float, float] = (0.1, 0.5)
     point_prompt: bool = False  # MedSAM-2 3-D / SSS README: boxes (-prompt bbox); true adds a positive point
     # SAM-2's configs: a propagated slice is decoded as 3 masks and the one with the highest predicted IoU is kept;
     # training back-propagates the lowest-loss one and trains the IoU head (SAM-2 loss_fns.py). false: 1 mask
@@ -60,6 +78,15 @@ class SSSConfig:
     pcsw: bool = True  # false: the largest coarse slice of each class (PCSW's own fallback) without the window search
     pcsw_threshold: float = 0.8  # paper: continuity C >= 0.8
     pcsw_connectivity: Literal[6, 26] = 6  # 6: SciPy's default (the released code); 26: what its comment says
+    pcsw_prob: float = 0.5  # paper: the coarse foreground B = probability > 0.5
+    # ssbench: a class is present in a volume when its coarse foreground has at least this many voxels (1: a single
+    # stray pixel prompts it, as the paper's rule reads)
+    presence_min_voxels: Annotated[int, Field(ge=1)] = 1
+    # a class without coarse foreground: absent = never prompted, no prediction, no unlabeled signal (ssbench);
+    # whole-image = prompted with the whole-image box on the middle slice (the released code's whole-image prompt;
+    # the slice: ssbench), so that a class the coarse head never finds can still be predicted and taught
+    empty_prompt: Literal["absent", "whole-image"] = "absent"
+    refresh_batch: Annotated[int, Field(ge=1)] = 16  # ssbench: slices encoded at a time when prompts are refreshed
     pcsw_refresh: int = 500  # ssbench: iterations between re-propagations of an unlabeled volume's pseudo-label prompts
     # ssbench: the coarse head PCSW reads is trained on labeled slices (CE + Dice); false is refused (untrained, it
     # finds every class absent and the unlabeled branch never acts)
@@ -76,11 +103,27 @@ class SSSConfig:
     cutmix: Literal["off", "ignore-pasted"] = "off"
     cutmix_p: float = 0.5  # V2 semi.py: obtain_cutmix_box(p=0.5), with cutmix = ignore-pasted
     crop_scale: tuple[float, float] = (0.7, 1.0)  # paper: weak = crop, resize, flip; the crop's area range: ssbench
+    crop_min: Annotated[int, Field(ge=1)] = 8  # ssbench: the crop's smallest side in pixels
+    flip_p: Annotated[float, Field(ge=0, le=1)] = 0.5  # ssbench: probability of the weak view's left-right flip
     # V2 unimatch_v2.py:255: the best checkpoint is chosen by the student's score (the EMA model is only logged)
     evaluate: Literal["student", "teacher"] = "student"
     # the unlabeled losses' weight: 1 = the paper; 0 = SSS's labeled-only ablation (the unlabeled branch still runs
     # and is logged, but teaches nothing: benchmarks/sss_ssl_effect.py)
     unlabeled_weight: Annotated[float, Field(ge=0)] = 1.0
+
+    # --- what trains, and how much memory the step takes (MedSAM-2 train_3d.py trains the mask decoder at 1e-4 and
+    # the memory modules -- obj_ptr_proj, memory_encoder, memory_attention, mask_downsample -- at 1e-8, its image
+    # and prompt encoders frozen; SAM-2 and ssbench's default: everything at train.lr) ---
+    train_image_encoder: bool = True  # false: frozen (and encoded without autograd: no activations kept)
+    train_prompt_encoder: bool = True
+    # learning rate of the memory modules (MedSAM-2's four, with SAM-2's memory-only parameters: maskmem_tpos_enc,
+    # no_mem_embed, no_mem_pos_enc, no_obj_ptr, obj_ptr_tpos_proj) and of the mask decoder, as x train.lr
+    # (MedSAM-2: memory 1e-8 / 1e-4 = 1e-4, decoder 1)
+    lr_scale_memory: Annotated[float, Field(ge=0)] = 1.0
+    lr_scale_decoder: Annotated[float, Field(ge=0)] = 1.0
+    # encoder: each image-encoder call of a training step is recomputed in backward instead of keeping its
+    # activations (torch.utils.checkpoint, non-reentrant, RNG preserved); off: none
+    activation_checkpointing: Literal["off", "encoder"] = "off"
 
     # recorded and hashed, but not part of the run folder's name (the engine's variant tag)
     resolved_fields: ClassVar[tuple[str, ...]] = ("checkpoint_sha256",)

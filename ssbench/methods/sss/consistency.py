@@ -8,7 +8,9 @@ For the others, as UniMatch V2 (the default teacher):
   pixels / presences with confidence max(p, 1 - p) < conf_thresh ignored;
   two strong views (colour jitter, blur; optionally CutMix with the pasted pixels ignored), DFE(weak, strong) on
   the three feature levels, V2's complementary channel dropout, decoded under the same prompts;
-  loss per view = BCE + Dice on the masks + BCE on the object score.
+  loss per view = BCE on the confident pixels normalised by all non-ignored pixels (V2's normalisation), + Dice
+  only where the confident target has foreground (never against an empty target, as SAM-2), + BCE on the object
+  score (``losses.unlabeled_mask_losses``).
 Teacher ``released``: the student's own weak decoding, thresholded at 0.5, every pixel kept.
 
 The slices are decoded one by one in image mode (SAM-2 without memory): the consistency signal reaches the
@@ -19,7 +21,9 @@ What the branch did in a step is returned beside the losses (and logged): per cl
 (slice, class) slots, ``u_valid_c<c>`` the fraction of them whose presence is confident (where the presence loss
 acts), ``u_fg_c<c>`` the fraction of their pixels that are confident foreground (the foreground the mask loss
 teaches); ``conf_ratio`` the fraction of the pseudo-labels' foreground pixels that are confident (0 when there is
-none: it cannot read high when no foreground pixel is confident).
+none: it cannot read high when no foreground pixel is confident); ``u_dice_s1``/``u_dice_s2`` the fraction of the
+mask-supervised objects of each strong view whose Dice term acts (0: the mask loss is BCE only, "inactive", never a
+saturated Dice near 1).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from ssbench.methods import perturb
 from ssbench.methods.sss import sam2_net
 from ssbench.methods.sss.config import SSSConfig
 from ssbench.methods.sss.dfe import DFE
-from ssbench.methods.sss.losses import best_mask_losses, decoded, presence_losses, weighted_mean
+from ssbench.methods.sss.losses import decoded, presence_losses, unlabeled_mask_losses, weighted_mean
 from ssbench.methods.sss.network import SAM2Segmenter
 from ssbench.methods.sss.sam2_net import Features
 from ssbench.methods.strong import cutmix_boxes, strong_view
@@ -79,11 +83,12 @@ def unlabeled_losses(student: SAM2Segmenter, teacher: SAM2Segmenter | None, dfe:
     b, c = cfg.jitter
     for view in range(2):
         s = strong_view(x_w, brightness=b, contrast=c)
-        valid_px, valid_pr = pixels, presences
+        valid_px, valid_pr, counted = pixels, presences, torch.ones_like(pixels)
         if cfg.cutmix == "ignore-pasted":  # V2 pastes from the reversed batch; here the pasted pixels are ignored
             box = cutmix_boxes(n, size, p=cfg.cutmix_p, device=x_w.device)
             s = torch.where(box[:, None], s.flip(0), s)
-            valid_px = valid_px & ~box.repeat_interleave(k, 0)
+            counted = ~box.repeat_interleave(k, 0)
+            valid_px = valid_px & counted
             valid_pr = valid_pr & ~box.flatten(1).any(1).repeat_interleave(k)  # presence unknown once mixed
         feats_s = student.encode(s)
         if dfe is not None:
@@ -91,9 +96,13 @@ def unlabeled_losses(student: SAM2Segmenter, teacher: SAM2Segmenter | None, dfe:
         if drop is not None:
             feats_s = feats_s.with_maps([f * m for f, m in zip(feats_s.maps, drop[view])])
         strong = decode(student, feats_s, prompts, k)
-        loss = weighted_mean(best_mask_losses(strong.masks, pseudo, valid_px), slots & there & decoded(strong.score))
+        masks, dice_on = unlabeled_mask_losses(strong.masks, pseudo, valid_px, counted)
+        taught = slots & there & decoded(strong.score)
+        loss = weighted_mean(masks.min(1).values, taught)
         loss = loss + weighted_mean(presence_losses(strong.score, there), slots & valid_pr)
         out[f"loss_s{view + 1}"] = loss
+        # where the mask loss acts, how many of those objects have a Dice term: 0 says "inactive", not "saturated"
+        out[f"u_dice_s{view + 1}"] = weighted_mean(dice_on.float(), taught)
     out.update(activity(pseudo, pixels, there, presences, slots, n, k))
     return out
 

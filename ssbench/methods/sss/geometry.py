@@ -64,9 +64,9 @@ class Crop:
     flip: bool
 
     @classmethod
-    def random(cls, size: int, scale=(0.7, 1.0), flip_p: float = 0.5) -> "Crop":
+    def random(cls, size: int, scale=(0.7, 1.0), flip_p: float = 0.5, min_side: int = 8) -> "Crop":
         side = int(round(size * float(torch.empty(()).uniform_(*scale).sqrt())))
-        side = max(8, min(side, size))
+        side = max(min_side, min(side, size))
         y0 = int(torch.randint(0, size - side + 1, ()))
         x0 = int(torch.randint(0, size - side + 1, ()))
         return cls(y0, x0, side, side, bool(torch.rand(()) < flip_p))
@@ -74,9 +74,14 @@ class Crop:
     def image(self, x: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
         """(C, H, W) -> (C, size, size)."""
         crop = x[:, self.y0 : self.y0 + self.h, self.x0 : self.x0 + self.w]
-        kwargs = {"align_corners": False} if mode == "bilinear" else {}
+        kwargs = {"align_corners": False} if mode == "bilinear" else {}  # labels: nearest-exact
         out = F.interpolate(crop[None].float(), size=(size, size), mode=mode, **kwargs)[0]
         return out.flip(-1) if self.flip else out
+
+    def label(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """(C, H, W) integer maps -> (C, size, size) long, nearest-exact (pixel centres, as the labels were resized
+        before: legacy nearest would move them half a pixel)."""
+        return self.image(x.float(), size, mode="nearest-exact").round().long()
 
     def boxes(self, box: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Map (..., 4) boxes through the crop -> (moved boxes, inside (...) bool); a box outside the crop (what it

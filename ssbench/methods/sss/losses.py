@@ -39,6 +39,27 @@ def mask_losses(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor 
     return bce + dice
 
 
+def unlabeled_mask_losses(logits: torch.Tensor, target: torch.Tensor, confident: torch.Tensor,
+                          counted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unlabeled mask loss of each candidate against a pseudo-label: logits (N, M, S, S); target, confident and
+    counted (N, S, S) -> (loss (N, M), dice_active (N,) bool).
+
+    BCE is summed over the confident pixels and divided by the counted (non-ignored) pixels, as UniMatch V2
+    normalises its unlabeled loss (unimatch_v2.py: ``(loss * conf_mask * valid).sum() / valid.sum()``), so an
+    unconfident teacher teaches proportionally less instead of being renormalised away. Dice acts only where the
+    confident target has foreground: against an empty target soft Dice is ``1 - 1/(sum p + 1)``, saturated near 1
+    with a gradient that does not shrink with the image (SAM-2 never applies Dice to an empty target)."""
+    target = target.float()[:, None].expand_as(logits)
+    conf = confident.float()[:, None].expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = (bce * conf).sum((-2, -1)) / counted.float().sum((-2, -1)).clamp_min(1)[:, None]
+    p = torch.sigmoid(logits) * conf
+    t = target * conf
+    active = t[:, 0].sum((-2, -1)) > 0
+    dice = 1 - (2 * (p * t).sum((-2, -1)) + 1) / (p.sum((-2, -1)) + t.sum((-2, -1)) + 1)
+    return bce + dice * active[:, None].to(dice.dtype), active
+
+
 def best_mask_losses(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """(N,): the lowest candidate loss of each object (its gradient reaches that candidate only)."""
     return mask_losses(logits, target, valid).min(1).values

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssbench.errors import UserError
+from ssbench.errors import ConfigError, UserError
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
 from ssbench.methods.ema import ema_alpha, ema_update, freeze
 from ssbench.methods.sss import clips, sam2_net, sequence
@@ -43,6 +43,7 @@ from ssbench.methods.sss.consistency import unlabeled_losses
 from ssbench.methods.sss.dfe import DFE
 from ssbench.methods.sss.geometry import Crop
 from ssbench.methods.sss.network import SAM2Segmenter
+from ssbench.methods.sss.sam2_net import NO_OBJECT
 from ssbench.methods.sss.sequence import SlicePrompts
 from ssbench.resize import resize_volume
 
@@ -125,7 +126,9 @@ class SSS(Method):
         sam = sam2_net.build(config.model, ctx.image_size, torch.device("cpu"), config.multimask_tracking,
                              config.postprocess)
         self._init_weights(sam)
-        self.student = SAM2Segmenter(sam, ctx.num_classes)
+        sam.image_encoder.requires_grad_(config.train_image_encoder)
+        sam.sam_prompt_encoder.requires_grad_(config.train_prompt_encoder)
+        self.student = SAM2Segmenter(sam, ctx.num_classes, config.activation_checkpointing == "encoder")
         self.dfe = DFE(mode=config.dfe_mode) if config.dfe else None
         self.teacher = freeze(copy.deepcopy(self.student)) if config.teacher == "unimatch-v2" else None
         self.k = ctx.num_classes - 1
@@ -154,10 +157,30 @@ class SSS(Method):
     # --- state -------------------------------------------------------------------------------------------
 
     def trainable_parameters(self):
-        # all of SAM-2 (memory modules included), the coarse head and DFE; parameters without a gradient in a
-        # step (e.g. the memory modules with memory = false) are left alone by the optimizer
-        params = list(self.student.parameters())
+        # SAM-2 (memory modules included, encoders unless frozen), the coarse head and DFE; parameters without a
+        # gradient in a step (e.g. the memory modules with memory = false) are left alone by the optimizer
+        params = [p for p in self.student.parameters() if p.requires_grad]
         return params + (list(self.dfe.parameters()) if self.dfe is not None else [])
+
+    def optimizer_params(self):
+        """One optimizer; the memory modules and the mask decoder in their own groups at ``lr_scale_memory`` and
+        ``lr_scale_decoder`` x train.lr (the engine's parameter groups), the rest at train.lr."""
+        cfg = self.config
+        groups = {"memory": [], "decoder": [], "rest": []}
+        for name, p in self.student.named_parameters():
+            if p.requires_grad:
+                groups[sam2_net.module_group(name)].append(p)
+        groups["rest"] += list(self.dfe.parameters()) if self.dfe is not None else []
+        scales = {"memory": cfg.lr_scale_memory, "decoder": cfg.lr_scale_decoder, "rest": 1.0}
+        return {"main": [{"params": ps, "lr_scale": scales[g]} for g, ps in groups.items() if ps]}
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        # SSS calls SAM-2's submodules and its private track step directly, never the networks' __call__, so
+        # nn.Module.compile would compile only what is not run: refused rather than recorded as if it acted
+        if cfg.train.compile == "on":
+            raise ConfigError("train.compile=on: not supported for sss (SAM-2 is driven through its submodules and "
+                              "track step, which nn.Module.compile does not reach); use train.compile=off")
 
     def get_extra_state(self):
         cases = sorted(self.cache)
@@ -192,6 +215,8 @@ class SSS(Method):
             sam2_net.move_rope_tables(net.sam, device)
         for v in getattr(self, "labeled", {}).values():
             v.image, v.label = v.image.to(device), v.label.to(device)
+            if v.components is not None:
+                v.components, v.main_component = v.components.to(device), v.main_component.to(device)
         self.cache = {c: (e.to(device), stamp) for c, (e, stamp) in getattr(self, "cache", {}).items()}
         return self
 
@@ -201,7 +226,9 @@ class SSS(Method):
     def attach_labeled_volumes(self, volumes: dict) -> None:
         # native volumes on the run's device, once: each clip is resized and cropped there, outside the host
         device = self.student.sam.maskmem_tpos_enc.device
-        self.labeled = {cid: clips.LabeledVolume.of(img, lab, self.k, device) for cid, (img, lab) in volumes.items()}
+        conn = self.config.pcsw_connectivity if self.config.train_box == "component" else None
+        self.labeled = {cid: clips.LabeledVolume.of(img, lab, self.k, device, conn) for cid, (img, lab) in
+                        volumes.items()}
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -232,8 +259,7 @@ class SSS(Method):
     def _segment(self, net: SAM2Segmenter, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(D, 1, S, S) one volume -> mask logits (D, K, S, S), object scores (D, K): coarse head, PCSW, sequence."""
         feats = net.encode_chunks(x, batch)
-        prompts = sequence.class_prompts(net.coarse_probs(feats), self.config.pcsw, self.config.pcsw_threshold,
-                                         self.config.pcsw_connectivity, with_slices=not self.config.memory)
+        prompts = sequence.class_prompts(net.coarse_probs(feats), self.config, with_slices=not self.config.memory)
         return sequence.segment_volume(net.sam, feats, prompts, self.config.memory, self.config.point_prompt,
                                        self.fill_hole_area)
 
@@ -243,7 +269,7 @@ class SSS(Method):
         if entry is None or iteration - entry[1] >= self.config.pcsw_refresh:
             x = torch.from_numpy(resize_volume(self.unlabeled[case_id], self.size, self.ctx.resize))
             with self._inference(self._prompt_net()) as net:
-                logits, scores = self._segment(net, x[:, None].to(device), batch=16)
+                logits, scores = self._segment(net, x[:, None].to(device), batch=self.config.refresh_batch)
             entry = (sequence.slice_prompts(logits, scores), iteration)
             self.cache[case_id] = entry
         return entry[0]
@@ -254,11 +280,14 @@ class SSS(Method):
         cfg = self.config
         volumes = [self.labeled[c] for c in labeled.case_ids]
         length = clips.clip_length(volumes, cfg.clip_length if cfg.memory else 1)
-        drawn = []
+        drawn, on_first = [], []
         for v, z in zip(volumes, labeled.slice_indices):
+            z = clips.clip_start(v, z, cfg.clip_start)
             backward = cfg.clip_directions == "both" and bool(torch.rand(()) < 0.5)  # host RNG: no device read
-            drawn.append(clips.draw_clip(v, z, length, self.size, self.ctx.resize, cfg.crop_scale, backward))
-        return clips.ClipBatch(*(torch.stack([d[i] for d in drawn]) for i in range(5)))
+            drawn.append(clips.draw_clip(v, z, length, self.size, self.ctx.resize, cfg.crop_scale, backward, cfg))
+            on_first.append(v.on_slice(clips.clip_slices(v.depth, z, length, backward)[0]))
+        objects, decoys = clips.choose_objects(on_first, self.k, cfg.max_objects, cfg.absent_prompts)
+        return clips.ClipBatch(*(torch.stack([d[i] for d in drawn]) for i in range(5)), objects, decoys)
 
     def _weak_unlabeled(self, unlabeled: Batch, iteration: int):
         """Weak views of the unlabeled slices and their sequence prompts, moved through the same crop; a structure
@@ -267,7 +296,7 @@ class SSS(Method):
         device = unlabeled.image.device
         for img, cid, z in zip(unlabeled.image, unlabeled.case_ids, unlabeled.slice_indices):
             prompts = self._slice_prompts(cid, iteration, device)
-            crop = Crop.random(self.size, self.config.crop_scale)
+            crop = Crop.random(self.size, self.config.crop_scale, self.config.flip_p, self.config.crop_min)
             x_w.append(crop.image(img, self.size))
             moved, inside = crop.boxes(prompts.boxes[z], self.size)
             there = prompts.present[z] & inside
@@ -300,14 +329,45 @@ class SSS(Method):
         """(D, 1, S', S') all slices of one volume -> (D, K+1, S', S') class scores; never sees a label."""
         net = self.teacher if self.teacher is not None and self.config.evaluate == "teacher" else self.student
         x = slices
-        if x.shape[-1] != self.size:
+        if tuple(x.shape[-2:]) != (self.size, self.size):  # both sides: a non-square slice is resized too
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         with self._inference(net):
             logits, _ = self._segment(net, x, batch)
         scores = sequence.class_scores(logits)
-        if scores.shape[-1] != slices.shape[-1]:
+        if scores.shape[-2:] != slices.shape[-2:]:
             scores = F.interpolate(scores, size=slices.shape[-2:], mode="bilinear", align_corners=False)
         return scores
+
+    @torch.no_grad()
+    def predict_prompted(self, x: torch.Tensor, prompts: dict[int, dict[int, tuple | None]]) -> torch.Tensor:
+        """The ``medsam2`` protocol's prediction (``metrics/medsam2.py``): x (F, 1, S, S) slices at the input size,
+        prompts {slice: {class: box or None}} -> (F, K, S, S) mask logits. As SAM-2's video predictor in MedSAM-2's
+        validation: per object, every prompted slice a conditioning frame (a box, or an all-zero mask prompt),
+        decoded first; then the other slices in increasing order with memory of all of them."""
+        net = self.teacher if self.teacher is not None and self.config.evaluate == "teacher" else self.student
+        f, size = x.shape[0], self.size
+        logits = torch.full((f, self.k, size, size), NO_OBJECT, device=x.device)
+        with self._inference(net):
+            feats = net.encode_chunks(x, 16)
+            classes = sorted({c for per in prompts.values() for c in per})
+            for c in classes:
+                memory = sam2_net.new_memory()
+                for z, per in sorted(prompts.items()):
+                    rows = feats.rows(z, z + 1)
+                    box = per.get(c)
+                    if box is None:
+                        frame = sam2_net.track(net.sam, rows, z, memory, f, fill_hole_area=self.fill_hole_area,
+                                               mask_inputs=torch.zeros(1, 1, size, size, device=x.device))
+                    else:
+                        inputs = sam2_net.prompt_inputs(torch.tensor([box], dtype=torch.float32, device=x.device))
+                        frame = sam2_net.track(net.sam, rows, z, memory, f, inputs, fill_hole_area=self.fill_hole_area)
+                    logits[z, c - 1] = frame.mask[0]
+                for z in range(f):
+                    if z not in prompts:
+                        frame = sam2_net.track(net.sam, feats.rows(z, z + 1), z, memory, f,
+                                               fill_hole_area=self.fill_hole_area)
+                        logits[z, c - 1] = frame.mask[0]
+        return logits
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor) -> torch.Tensor:

@@ -27,18 +27,31 @@ class CoarseHead(nn.Module):
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def _flat(f: Features) -> tuple[torch.Tensor, ...]:
+    return (*f.maps, f.pos)
+
+
 class SAM2Segmenter(nn.Module):
-    def __init__(self, sam, num_classes: int):
+    def __init__(self, sam, num_classes: int, checkpointing: bool = False):
         super().__init__()
         self.sam = sam
         self.coarse = CoarseHead(num_classes)
+        self.checkpointing = checkpointing
 
     @property
     def size(self) -> int:
         return self.sam.image_size
 
     def encode(self, x: torch.Tensor) -> Features:
-        return sam2_net.encode(self.sam, x)
+        """A frozen image encoder runs without autograd (nothing of it kept for backward); with checkpointing a
+        trained one keeps only its input and is recomputed in backward."""
+        trained = any(p.requires_grad for p in self.sam.image_encoder.parameters())
+        if self.checkpointing and trained and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            flat = checkpoint(lambda t: _flat(sam2_net.encode(self.sam, t)), x, use_reentrant=False)
+            return Features(list(flat[:3]), flat[3])
+        return sam2_net.encode(self.sam, x, encoder_grad=trained)
 
     def encode_chunks(self, x: torch.Tensor, batch: int) -> Features:
         """Encode a whole volume's slices a few at a time (bounded memory)."""

@@ -151,11 +151,32 @@ def _normalisation(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tens
     return made(MEAN).view(1, 3, 1, 1), made(STD).view(1, 3, 1, 1)  # filled on the device: no host data copied
 
 
-def encode(sam, x: torch.Tensor) -> Features:
-    """(B, 1, S, S) slices in [0, 1] -> their Features."""
+def encode(sam, x: torch.Tensor, encoder_grad: bool = True) -> Features:
+    """(B, 1, S, S) slices in [0, 1] -> their Features: what ``SAM2Base.forward_image`` computes (the image encoder,
+    then the mask decoder's projections of the two high-resolution levels). ``encoder_grad = False``: the image
+    encoder runs without autograd (frozen: none of its activations kept), the projections, which train with the
+    mask decoder, with it."""
     mean, std = _normalisation(x.device, x.dtype)
-    out = sam.forward_image((x.expand(-1, 3, -1, -1) - mean) / std)
-    return Features(list(out["backbone_fpn"][:3]), out["vision_pos_enc"][2])
+    with torch.set_grad_enabled(torch.is_grad_enabled() and encoder_grad):
+        out = sam.image_encoder((x.expand(-1, 3, -1, -1) - mean) / std)
+    fpn = list(out["backbone_fpn"])
+    if sam.use_high_res_features_in_sam:
+        fpn[0], fpn[1] = sam.sam_mask_decoder.conv_s0(fpn[0]), sam.sam_mask_decoder.conv_s1(fpn[1])
+    return Features(fpn[:3], out["vision_pos_enc"][2])
+
+
+# the memory modules as MedSAM-2 groups them (train_3d.py: obj_ptr_proj, memory_encoder, memory_attention,
+# mask_downsample) and SAM-2's parameters that only memory reads
+_MEMORY = ("obj_ptr_proj.", "memory_encoder.", "memory_attention.", "mask_downsample.", "maskmem_tpos_enc",
+           "no_mem_embed", "no_mem_pos_enc", "no_obj_ptr", "obj_ptr_tpos_proj.")
+
+
+def module_group(name: str) -> str:
+    """A SAM2Segmenter parameter name -> its learning-rate group: memory, decoder (the mask decoder) or rest."""
+    inner = name.removeprefix("sam.")
+    if inner != name and inner.startswith(_MEMORY):
+        return "memory"
+    return "decoder" if name.startswith("sam.sam_mask_decoder.") else "rest"
 
 
 def prompt_inputs(boxes: torch.Tensor, points: torch.Tensor | None = None) -> dict:
@@ -197,18 +218,20 @@ class Frame:
 
 
 def track(sam, feats: Features, frame: int, memory: dict, num_frames: int, prompts: dict | None = None,
-          reverse: bool = False, store: bool = True, fill_hole_area: int = 0) -> Frame:
+          reverse: bool = False, store: bool = True, fill_hole_area: int = 0,
+          mask_inputs: torch.Tensor | None = None) -> Frame:
     """One frame of a sequence of B objects. With ``prompts`` it is a prompted (initial conditioning) frame, decoded
     without memory; without, memory attention conditions it on the stored frames. With ``store`` its memory is
     encoded and kept in ``memory`` under ``frame``. ``fill_hole_area`` > 0 (evaluation only, the video
     predictor's post-processing): holes up to that area in the kept low-resolution mask are filled in the returned
-    mask, after its memory was encoded (as SAM2VideoPredictor._run_single_frame_inference does)."""
+    mask, after its memory was encoded (as SAM2VideoPredictor._run_single_frame_inference does). ``mask_inputs``
+    (B, 1, S, S): a mask prompt instead (the video predictor's add_new_mask; SAM-2 uses it as the frame's output)."""
     vision = [m.flatten(2).permute(2, 0, 1) for m in feats.maps]  # (HW, B, C) per level
     pos = [feats.pos.flatten(2).permute(2, 0, 1)]  # memory attention reads the S/16 level's only
     sizes = [tuple(m.shape[-2:]) for m in feats.maps]
-    cond = prompts is not None
-    out, heads, _, _ = sam._track_step(frame, cond, vision, pos, sizes, prompts, None, memory, num_frames, reverse,
-                                       None)
+    cond = prompts is not None or mask_inputs is not None
+    out, heads, _, _ = sam._track_step(frame, cond, vision, pos, sizes, prompts, mask_inputs, memory, num_frames,
+                                       reverse, None)
     _, multimasks, ious, low_res, high_res, obj_ptr, score = heads
     if store:
         sam._encode_memory_in_output(vision, sizes, prompts, True, high_res, score, out)

@@ -1,7 +1,9 @@
 """A volume as a sequence of slices (MedSAM-2's 3-D mode): per class one prompt, on the slice PCSW picks from the
 model's own coarse prediction, carried through the volume by SAM-2's memory, forward then backward.
 
-* A class PCSW finds absent (no coarse foreground in the volume) is not prompted: it gets no prediction at all.
+* A class PCSW finds absent (fewer than ``presence_min_voxels`` coarse voxels above ``pcsw_prob`` in the volume) is
+  not prompted: it gets no prediction at all; with ``empty_prompt = whole-image`` it is prompted with the whole
+  image on the middle slice instead (the released code's choice, pcsw.py).
 * A slice where the object-score head says absent keeps SAM-2's NO_OBJECT mask logit: it gets nothing.
 * ``memory = False`` (ablation): no memory; each slice of the 3-D component PCSW found is prompted with the box of
   that component on it, in image mode; the other slices get nothing.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ssbench.methods.sss import sam2_net
@@ -40,19 +43,31 @@ class ClassPrompt:
         return self.slice_index < 0
 
 
-def class_prompts(probs: torch.Tensor, use_pcsw: bool, threshold: float, connectivity: int,
-                  with_slices: bool) -> list[ClassPrompt]:
-    """(D, K+1, S, S) coarse probabilities -> one prompt per foreground class (PCSW, or its largest-slice step).
-    PCSW's 3-D connected components run on the host (SciPy): the probabilities come to the host once."""
+def class_prompts(probs: torch.Tensor, cfg, with_slices: bool) -> list[ClassPrompt]:
+    """(D, K+1, S, S) coarse probabilities -> one prompt per foreground class (PCSW, or its largest-slice step), under
+    ``cfg`` (SSSConfig: pcsw, pcsw_threshold, pcsw_connectivity, pcsw_prob, presence_min_voxels, empty_prompt).
+    A class whose coarse foreground (probability > pcsw_prob) has fewer than ``presence_min_voxels`` voxels in the
+    volume is empty: absent (never prompted) or, with ``empty_prompt = whole-image``, prompted on the middle slice
+    with the whole-image box (the released code's prompt there). PCSW's 3-D connected components run on the host
+    (SciPy): the probabilities come to the host once."""
     out = []
     host = probs.float().cpu().numpy()
+    d, size = host.shape[0], host.shape[-1]
+    whole = (0.0, 0.0, float(size - 1), float(size - 1))
     for c in range(1, probs.shape[1]):
         p_c = host[:, c]
-        p = pcsw(p_c, threshold, connectivity) if use_pcsw else largest_slice(p_c)
+        if int((p_c > cfg.pcsw_prob).sum()) < cfg.presence_min_voxels:
+            p_c = np.zeros_like(p_c)  # too little foreground to say the class is there
+        p = (pcsw(p_c, cfg.pcsw_threshold, cfg.pcsw_connectivity, cfg.pcsw_prob) if cfg.pcsw
+             else largest_slice(p_c, cfg.pcsw_prob))
         if p.source == "empty":
-            out.append(ClassPrompt(-1, p.box, p.point))
+            if cfg.empty_prompt == "whole-image":
+                mid = d // 2
+                out.append(ClassPrompt(mid, whole, ((size - 1) / 2, (size - 1) / 2), {mid: whole}))
+            else:
+                out.append(ClassPrompt(-1, p.box, p.point))
             continue
-        slices = slice_boxes(component(p_c, p, connectivity)) if with_slices else {}
+        slices = slice_boxes(component(p_c, p, cfg.pcsw_connectivity, cfg.pcsw_prob)) if with_slices else {}
         out.append(ClassPrompt(p.slice_index, p.box, p.point, slices))
     return out
 
