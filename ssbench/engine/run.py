@@ -49,6 +49,7 @@ class RunRequest:
     execution: dict | None = None  # Runtime overrides (channels_last, augment_on_device, log_every): benchmarks
     deterministic: bool = False
     world: int | None = None  # training processes; None: this process's (torchrun's WORLD_SIZE, else 1)
+    data_cache: str | None = None  # --data-cache: prepared-data folder, or 'off' (ssbench.datasets.cache)
 
 
 def resolve_device(name: str):
@@ -211,9 +212,63 @@ def resolve_where_it_runs(cfg: RunConfig, dataset, device) -> RunConfig:
 
 
 def load_cases(dataset, patients, with_label: bool):
-    """The cases of ``patients``, each checked against the dataset contract (whichever loader made it)."""
+    """The cases of ``patients``, each checked against the dataset contract (whichever loader made it). Cases read
+    through the prepared cache were checked when they were prepared: their arrays stay on disk until used."""
+    if getattr(dataset, "prepared", False):
+        return [dataset.load_case(cid, with_label) for p in patients for cid in dataset.case_ids(p)]
     return [check_case(dataset.load_case(cid, with_label), dataset.num_classes)
             for p in patients for cid in dataset.case_ids(p)]
+
+
+def open_prepared(dataset, split, method_cls, location: str | None, rank: int, world: int, console, say):
+    """The dataset read through its prepared cache (``ssbench.datasets.cache``), the cases this run needs prepared
+    first (rank 0 prepares, the other ranks then map the same files); ``(dataset, None)`` with ``--data-cache
+    off``. Returns (dataset, what run.json records of the cache)."""
+    from ssbench.datasets import cache
+
+    folder = cache.cache_location(location)
+    if folder is None:
+        return dataset, {"path": None}
+    prepared = cache.PreparedData(dataset, folder)
+    needs = cache.needs_of(dataset, split, method_cls.uses_unlabeled)
+    report = None
+    if rank == 0:
+        report = prepare_with_progress(prepared, needs, console if rank == 0 else None, say)
+    _barrier(world)
+    if rank > 0:
+        report = prepared.prepare(needs)  # everything is there now: nothing is written
+    return prepared, {**prepared.record(), "cases_prepared_now": report.prepared, "cases_reused": report.reused,
+                      "bytes": report.bytes}
+
+
+def prepare_with_progress(prepared, needs, console, say, again: bool = False):
+    """``prepared.prepare(needs)`` with a progress bar on a terminal; says what was prepared and the disk use."""
+    from ssbench.datasets.cache import human_bytes
+
+    todo = [n for n in needs if prepared._info(n[0]) is None]
+    bar = task = None
+    if todo:
+        others = prepared.others()
+        why = (f" (the cache at {others[0]} was prepared by another loader version, code or options: not used)"
+               if others else "")
+        say(f"data: preparing {len(todo)} case(s) into {prepared.dir}{why}")
+        if console is not None and console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar = Progress(TextColumn("prepare"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                           console=console, transient=True)
+            bar.start()
+            task = bar.add_task("prepare", total=len(todo))
+    try:
+        report = prepared.prepare(needs, (lambda done, total, cid: bar.update(task, completed=done))
+                                  if bar is not None else None, again=again)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if report.prepared or again:
+        say(f"data: {report.prepared} case(s) prepared ({report.again} of them again: their sources changed), "
+            f"{report.reused} reused; {human_bytes(report.bytes)} on disk in {prepared.dir}")
+    return report
 
 
 def provenance() -> dict:
@@ -277,9 +332,11 @@ def load_inputs(cfg: RunConfig, method_cls, dataset, split, say) -> Inputs:
     labeled = load_cases(dataset, split.labeled, True)
     unlabeled = load_cases(dataset, split.unlabeled, False) if method_cls.uses_unlabeled else []
     val = load_cases(dataset, split.val, True)
-    for p in split.test:  # one at a time: checked, then dropped
+    for p in split.test:  # one at a time: checked, then dropped (a prepared cache checked them when preparing)
         for cid in dataset.case_ids(p):
-            check_case(dataset.load_case(cid, True), dataset.num_classes)
+            case = dataset.load_case(cid, True)
+            if not getattr(dataset, "prepared", False):
+                check_case(case, dataset.num_classes)
     if method_cls.uses_unlabeled and not unlabeled:
         raise UserError(f"--split {cfg.data.split}: method {cfg.method_name} needs unlabeled patients, none left")
     pools = {"labeled": SlicePool.from_cases(labeled, True)}
@@ -346,7 +403,8 @@ def execute(req: RunRequest, console=None) -> Path:
     if final_dir.exists() and not req.overwrite:
         raise UserError(f"{final_dir}: a completed run is already there (pass --overwrite to replace it)")
 
-    # 1. Load and check every input, 2. build the method: both before anything is written.
+    # 1. Load and check every input, 2. build the method: both before anything is written (but the data cache).
+    dataset, data_cache = open_prepared(dataset, split, method_cls, req.data_cache, rank, world, console, say)
     inputs = load_inputs(cfg, method_cls, dataset, split, say)
     cfg, schedule = resolve_schedule(cfg, method_cls, inputs.pools)
     if req.resume:
@@ -381,6 +439,7 @@ def execute(req: RunRequest, console=None) -> Path:
         "world_size": world,
         "execution": runtime.record(),
         "data": dataset.describe(),
+        "data_cache": data_cache,  # where the prepared arrays are: recorded, never hashed (no number depends on it)
         "split_protocol": split.protocol,
         "schedule": schedule,
         **method_layout(method),
