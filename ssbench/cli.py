@@ -66,6 +66,8 @@ def run(
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA only)."),
     gpus: int = typer.Option(1, "--gpus", help="GPUs on this node: >1 relaunches under torchrun (DDP)."),
     data_cache: Optional[str] = typer.Option(None, "--data-cache", help=DATA_CACHE_HELP),
+    data_workers: int = typer.Option(0, "--data-workers", min=0, help=(
+        "DataLoader processes that read and augment the training batches ahead of the step (no number changes).")),
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Train and evaluate one method on one labeled split."""
@@ -85,7 +87,8 @@ def run(
     req = RunRequest(method=method, dataset=dataset, data_root=str(data_root) if data_root else None, split=split,
                      split_seed=split_seed, seed=seed, iters=iters, sets=tuple(extra + list(sets)), out=str(out),
                      device=device, resume=resume, overwrite=overwrite, quiet=quiet, deterministic=deterministic,
-                     amp=None if amp is None else ("bf16" if amp else "off"), data_cache=data_cache)
+                     amp=None if amp is None else ("bf16" if amp else "off"), data_cache=data_cache,
+                     execution={"data_workers": data_workers} if data_workers else None)
     from ssbench.engine.runtime import distributed_env
 
     console = _console()

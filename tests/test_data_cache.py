@@ -148,3 +148,88 @@ def test_a_full_disk_while_preparing_leaves_no_case_that_looks_complete(tiny_nnu
     one_line(proc.returncode, proc.stderr, "cannot write the prepared-data cache", "free space")
     leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".incomplete")]
     assert not leftovers and not list((tmp_path / "cache").rglob("case.json"))
+
+
+def test_a_device_budget_keeps_only_its_share_resident_and_changes_no_pixel():
+    import torch
+
+    from ssbench.engine.data import DevicePool, Sampler, SlicePool
+
+    rng = np.random.default_rng(0)
+    shapes = [(int(rng.integers(20, 40)), int(rng.integers(20, 40))) for _ in range(12)]
+    images = [rng.random(s).astype(np.float32) for s in shapes]
+    labels = [rng.integers(0, 4, s).astype(np.uint8) for s in shapes]
+    pool = SlicePool(images, labels, [(f"c{i}", 0) for i in range(12)], {})
+    budget = sum(i.nbytes + l.nbytes for i, l in zip(images[:3], labels[:3])) + 10
+    device_pool = DevicePool(pool, "cpu", budget)
+    assert len(device_pool.images) == 3 and device_pool.resident_bytes <= budget
+    host = Sampler(pool, 5, seed=3, size=32)
+    dev = Sampler(pool, 5, seed=3, size=32, device_pool=device_pool)
+    for _ in range(6):
+        a, b = host.next("cpu"), dev.next("cpu")
+        assert a.case_ids == b.case_ids and torch.equal(a.image, b.image) and torch.equal(a.label, b.label)
+    assert len(device_pool.images) == 3  # the streamed slices were not kept
+
+
+def test_the_device_budget_is_recorded_but_not_hashed(tiny_nnunet):
+    from conftest import tiny_request
+    from ssbench.engine.run import build_config
+
+    cfg = build_config(tiny_request(tiny_nnunet, "out"))[0]
+    other = cfg.override("data.device_budget_gb", "0.5")
+    assert other.data.device_budget_gb == 0.5 and other.to_dict()["data"]["device_budget_gb"] == 0.5
+    assert other.hash() == cfg.hash()
+    assert cfg.override("data.train_size", "48").hash() != cfg.hash()  # the hash does see data fields
+
+
+def _memmap_pool(tmp_path, n=6, depth=4):
+    """A pool over volumes mapped from .npy files, as a run through the cache builds it."""
+    from ssbench.datasets.base import Case
+    from ssbench.engine.data import SlicePool
+
+    rng = np.random.default_rng(1)
+    cases = []
+    for k in range(n):
+        shape = (depth, int(rng.integers(24, 40)), int(rng.integers(24, 40)))
+        np.save(tmp_path / f"i{k}.npy", rng.random(shape).astype(np.float32))
+        np.save(tmp_path / f"l{k}.npy", rng.integers(0, 3, shape).astype(np.uint8))
+        cases.append(Case(f"c{k}", f"c{k}", cache._open(tmp_path / f"i{k}.npy"), cache._open(tmp_path / f"l{k}.npy"),
+                          None))
+    return SlicePool.from_cases(cases, True)
+
+
+def _batches(sampler, n):
+    out = [sampler.next("cpu") for _ in range(n)]
+    return [(b.case_ids, b.slice_indices, b.image, b.label) for b in out]
+
+
+def _same(a, b):
+    import torch
+
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x[0] == y[0] and x[1] == y[1] and torch.equal(x[2], y[2]) and torch.equal(x[3], y[3])
+
+
+@pytest.mark.slow  # worker processes start in seconds on 2 loaded cores
+def test_data_workers_change_no_batch_and_resume_draws_what_an_uninterrupted_run_draws(tmp_path):
+    import torch
+
+    from ssbench.engine.data import Sampler
+
+    pool = _memmap_pool(tmp_path)
+    make = lambda workers: Sampler(pool, 5, seed=4, size=32, drop_last=True, workers=workers)  # noqa: E731
+    reference = _batches(make(0), 12)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    two = make(2)
+    _same(_batches(two, 5), reference[:5])
+    assert len(two._pending) > 0  # the workers have drawn ahead ...
+    state = two.state_dict()  # ... and the state saved is that after the 5th batch, the last one used
+    _same(_batches(two, 7), reference[5:])  # the batches do not depend on the number of workers
+    assert torch.equal(torch.get_rng_state(), before)  # the workers' seeds did not come from the model's RNG
+    two.close()
+    resumed = make(1)
+    resumed.load_state_dict(state)
+    _same(_batches(resumed, 7), reference[5:])
+    resumed.close()

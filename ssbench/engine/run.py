@@ -23,8 +23,8 @@ from ssbench import registry
 from ssbench.atomic import make_dirs, write_csv, write_json, write_text, write_yaml
 from ssbench.config import from_dict, to_dict
 from ssbench.datasets.base import check_case
-from ssbench.engine.config import (CPU_SMALL, CPU_SMALL_TRAIN_SIZE, SET_BY_ENGINE, DataConfig, RunConfig,
-                                   TrainConfig, unused_fields)
+from ssbench.engine.config import (CPU_SMALL, CPU_SMALL_TRAIN_SIZE, SET_BY_ENGINE, UNHASHED_DATA, DataConfig,
+                                   RunConfig, TrainConfig, unused_fields)
 from ssbench.errors import ConfigError, UserError
 from ssbench.metrics.evaluation import MetricPolicy
 from ssbench.splits import split_tag
@@ -540,7 +540,7 @@ def check_resumable(staging: Path, cfg: RunConfig) -> None:
     now = _flatten(cfg.to_dict())
     before = _flatten(recorded)
     diffs = [f"{k}: {before.get(k, '(absent)')} -> {now.get(k, '(absent)')}" for k in sorted(set(now) | set(before))
-             if k != "data.root" and before.get(k) != now.get(k)]
+             if k.removeprefix("data.") not in UNHASHED_DATA and before.get(k) != now.get(k)]
     raise UserError(f"--resume: the interrupted run in {staging} has another config "
                     f"({'; '.join(diffs[:3]) or 'hash'}); use its options, or run without --resume to start over")
 
