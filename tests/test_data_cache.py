@@ -233,3 +233,32 @@ def test_data_workers_change_no_batch_and_resume_draws_what_an_uninterrupted_run
     resumed.load_state_dict(state)
     _same(_batches(resumed, 7), reference[5:])
     resumed.close()
+
+
+class _Counting(list):
+    """A pool's slice list that records which slices were read."""
+
+    def __init__(self, items):
+        super().__init__(items)
+        self.read = set()
+
+    def __getitem__(self, i):
+        self.read.add(i)
+        return super().__getitem__(i)
+
+
+def test_under_ddp_each_rank_reads_only_its_share_of_the_mapped_slices(tmp_path):
+    from ssbench.engine.data import Sampler, SlicePool
+
+    mapped = _memmap_pool(tmp_path)
+    drawn_by_rank = []
+    for rank in range(2):
+        pool = SlicePool(_Counting(mapped.images), _Counting(mapped.labels), mapped.origin, mapped.cases)
+        sampler = Sampler(pool, 6, seed=2, size=24, rank=rank, world=2)
+        mine = set()
+        for _ in range(3):
+            batch = sampler.next("cpu")
+            mine |= {mapped.origin.index((c, z)) for c, z in zip(batch.case_ids, batch.slice_indices)}
+        assert pool.images.read == mine and pool.labels.read == mine  # nothing of the other rank's share
+        drawn_by_rank.append(mine)
+    assert drawn_by_rank[0] and drawn_by_rank[1] and drawn_by_rank[0] != drawn_by_rank[1]

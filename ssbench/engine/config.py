@@ -45,11 +45,12 @@ class DataConfig:
     inference_resize: Annotated[Literal["order0", "bilinear"], Field(
         description="how val/test volumes go to train_size and predictions back to the native grid")] = "order0"
     synthetic: Annotated[bool, Field(description="the embedded phantom (set by the engine, never by --set)")] = False
-    # GPU memory for training slices (engine.data.DevicePool): the rest is read from the prepared cache when drawn.
+    # GPU memory for training slices (engine.data.DevicePool), copied before training (seconds for the default);
+    # the rest is read from the prepared cache when drawn.
     # Where a slice comes from changes no pixel, so this is recorded but not hashed (as data.root).
     device_budget_gb: Annotated[float, Field(ge=0, description=(
         "GiB of device memory for resident training slices (augment on device); the rest streamed; not hashed"))
-    ] = 8.0
+    ] = 4.0
 
 
 @dataclass(frozen=True)

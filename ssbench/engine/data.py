@@ -55,9 +55,10 @@ class DevicePool:
     (``ssbench.augment.apply_weak_torch``, ``ssbench.resize.*_torch``), pixel for pixel as on the CPU path, and only
     the random decisions are drawn on the host.
 
-    The first slices of the pool, up to ``budget_bytes`` (``data.device_budget_gb``; None: all), stay on the device
-    once used; the others are read when drawn and copied from pinned memory without waiting (``non_blocking``).
-    Where a slice comes from never changes a pixel."""
+    The first slices of the pool, up to ``budget_bytes`` (``data.device_budget_gb``; None: all), are copied to the
+    device here, before training: a step that draws only them copies nothing. The others are read when drawn and
+    copied from pinned memory without waiting (``non_blocking``): one host-to-device copy per such slice. Where a
+    slice comes from never changes a pixel."""
 
     def __init__(self, pool: SlicePool, device, budget_bytes: int | None = None):
         self.pool, self.device = pool, torch.device(device)
@@ -68,28 +69,21 @@ class DevicePool:
                 break
             n, used = n + 1, used + size
         self.resident_bytes = used
-        self.images: list = [None] * n  # filled on first use: no start-up cost
-        self.labels: list | None = None if pool.labels is None else [None] * n
+        load = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
+        self.images = [load(pool.images[i]) for i in range(n)]
+        self.labels = None if pool.labels is None else [load(pool.labels[i]) for i in range(n)]
 
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+    def _stream(self, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(array))
         if self.device.type == "cuda":
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
     def image(self, i: int) -> torch.Tensor:
-        if i >= len(self.images):
-            return self._to_device(self.pool.images[i])
-        if self.images[i] is None:
-            self.images[i] = self._to_device(self.pool.images[i])
-        return self.images[i]
+        return self.images[i] if i < len(self.images) else self._stream(self.pool.images[i])
 
     def label(self, i: int) -> torch.Tensor:
-        if i >= len(self.labels):
-            return self._to_device(self.pool.labels[i])
-        if self.labels[i] is None:
-            self.labels[i] = self._to_device(self.pool.labels[i])
-        return self.labels[i]
+        return self.labels[i] if i < len(self.labels) else self._stream(self.pool.labels[i])
 
 
 class Sampler:
