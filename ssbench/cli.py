@@ -23,6 +23,8 @@ app.add_typer(sweep_app, name="sweep")
 _STATE = {"debug": False}
 
 PLUGIN_HELP = "A method or dataset without packaging: module:attr or path/to/file.py (repeatable)."
+DATA_CACHE_HELP = ("Prepared-data folder (default $SSBENCH_DATA_CACHE, else ~/.cache/ssbench/prepared); 'off' decodes "
+                   "every case into memory instead.")
 
 
 def _load_plugins(specs: List[str]) -> None:
@@ -64,6 +66,9 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA only)."),
     gpus: int = typer.Option(1, "--gpus", help="GPUs on this node: >1 relaunches under torchrun (DDP)."),
+    data_cache: Optional[str] = typer.Option(None, "--data-cache", help=DATA_CACHE_HELP),
+    data_workers: int = typer.Option(0, "--data-workers", min=0, help=(
+        "DataLoader processes that read and augment the training batches ahead of the step (no number changes).")),
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Train and evaluate one method on one labeled split."""
@@ -84,7 +89,8 @@ def run(
     req = RunRequest(method=method, dataset=dataset, data_root=str(data_root) if data_root else None, split=split,
                      split_seed=split_seed, seed=seed, iters=iters, sets=tuple(extra + list(sets)), out=str(out),
                      device=device, resume=resume, overwrite=overwrite, quiet=quiet, deterministic=deterministic,
-                     amp=None if amp is None else ("bf16" if amp else "off"))
+                     amp=None if amp is None else ("bf16" if amp else "off"), data_cache=data_cache,
+                     execution={"data_workers": data_workers} if data_workers else None)
     from ssbench.engine.runtime import distributed_env
 
     console = _console()
@@ -303,6 +309,39 @@ def data_synth(
     except OSError as exc:
         raise WriteError(f"--out {out}: cannot write ({exc.strerror or exc}: {exc.filename})") from None
     typer.echo(f"wrote a synthetic {dataset} dataset to {out}")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: str = typer.Option(..., "--dataset", help="acdc, bhsd, nnunet or a plugin dataset."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder; omit for the embedded phantom."),
+    data_cache: Optional[str] = typer.Option(None, "--data-cache", help=DATA_CACHE_HELP),
+    sets: List[str] = typer.Option([], "--set", help="A loader option as a run would set it: <dataset>.key=value."),
+    plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
+):
+    """Decode, check and normalise every case once into the prepared-data cache (runs then map it lazily).
+    Cases already prepared are kept; those whose source files changed are prepared again."""
+    from ssbench import registry
+    from ssbench.config import apply_override
+    from ssbench.datasets import cache, synthetic
+    from ssbench.engine.run import prepare_with_progress
+
+    _load_plugins(plugins)
+    cls = registry.dataset(dataset)
+    options = cls.Options()
+    for item in sets:
+        key, eq, value = item.partition("=")
+        section, _, rest = key.strip().partition(".")
+        if not eq or section != dataset or not rest:
+            raise UserError(f"--set {item}: expected {dataset}.key=value (a loader option)")
+        options = apply_override(options, rest, value.strip(), label=key.strip())
+    root = data_root if data_root is not None else synthetic.embedded(dataset)
+    folder = cache.cache_location(data_cache)
+    if folder is None:
+        raise UserError("--data-cache off: nothing to prepare (give a folder, or leave the option out)")
+    prepared = cache.PreparedData(cls(root, options), folder)
+    console = _console()
+    prepare_with_progress(prepared, cache.all_needs(prepared.dataset), console, console.print, again=True)
 
 
 def main() -> None:

@@ -127,9 +127,10 @@ def recorded_hash(raw: dict) -> str:
     """The hash RunConfig.hash() gave when the run wrote ``raw`` (config.yaml without its hash line), computed from
     the file as written, so that a field added to a config class later does not make an old run look edited."""
     from ssbench.config import config_hash
+    from ssbench.engine.config import UNHASHED_DATA
 
     data = raw.get("data")
-    d = {**raw, "data": {k: v for k, v in data.items() if k != "root"}} if isinstance(data, dict) else raw
+    d = {**raw, "data": {k: v for k, v in data.items() if k not in UNHASHED_DATA}} if isinstance(data, dict) else raw
     return config_hash(d)
 
 

@@ -58,3 +58,16 @@ def test_sss_step_tiny(capsys):
     assert printed[0].startswith("hardware: CPU") and any(line.startswith("sss default") for line in printed)
     assert any(line.startswith("sss frozen") for line in printed)
     assert sum("not judged (this is CPU)" in line for line in printed) == 3  # default: 1 target, frozen: 2
+
+
+@pytest.mark.slow
+def test_data_scale_tiny(capsys):
+    import data_scale
+
+    rows = data_scale.main(["--tiny"])
+    assert [r["N"] for r in rows] == [2, 3, 4]
+    assert all(r["prepare_s"] > 0 and r["disk_gib"] > 0 and r["mt_peak_rss_mb"] > 0 for r in rows)
+    assert all(r["reader_0w_slices_per_s"] > 0 and r["reader_1w_slices_per_s"] > 0 for r in rows)
+    assert "memory_mt_peak_rss_mb" in rows[0]
+    printed = capsys.readouterr().out
+    assert printed.startswith("hardware: CPU") and "| N unlabeled |" in printed and "in-memory path" in printed

@@ -108,6 +108,15 @@ class ACDC(Dataset):
             return self._load_raw(case_id, patient_id, with_label)
         return self._load_h5(case_id, patient_id, with_label)
 
+    def case_files(self, case_id: str, with_label: bool = True) -> list[Path]:
+        patient_id = case_id.split("_")[0]
+        if self.layout == "raw":
+            folder = self.base / patient_id
+            return [folder / "Info.cfg", folder / f"{case_id}.nii.gz"] + \
+                ([folder / f"{case_id}_gt.nii.gz"] if with_label else [])
+        path = self.base / f"{case_id}.h5"
+        return [path] if path.is_file() else sorted(self._slice_files(case_id))
+
     def _read_info(self, patient_id: str) -> dict[str, int]:
         if patient_id in self._frames:
             return self._frames[patient_id]

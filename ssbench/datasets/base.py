@@ -102,6 +102,12 @@ class Dataset(ABC):
     # ``ssbench split --dataset NAME`` without ``--data-root`` then prints it. None: the split needs the data.
     frozen_split: ClassVar[object] = None
 
+    def case_files(self, case_id: str, with_label: bool = True) -> list[Path]:
+        """The files ``load_case`` reads for this case: the prepared-data cache (``ssbench.datasets.cache``) checks
+        their size and mtime before it uses the case's arrays. Default: none named (the cache then checks the
+        case's ``meta["source"]``)."""
+        return []
+
     def describe(self) -> dict:
         """What was detected on disk; saved in run.json."""
         return {"root": str(self.root)}

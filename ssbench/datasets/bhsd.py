@@ -118,6 +118,11 @@ class BHSD(Dataset):
             "storage": self.options.storage,
         }
 
+    def case_files(self, case_id: str, with_label: bool = True) -> list[Path]:
+        if case_id in self._unlabeled:
+            return [self._unlabeled[case_id]]
+        return [self.image_dir / f"{case_id}.nii.gz"] + ([self.label_dir / f"{case_id}.nii.gz"] if with_label else [])
+
     def load_case(self, case_id: str, with_label: bool = True) -> Case:
         if case_id in self._unlabeled:
             image_path, has_label = self._unlabeled[case_id], False

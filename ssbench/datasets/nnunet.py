@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
@@ -98,6 +99,11 @@ class NNUNet(Dataset):
     def describe(self) -> dict:
         return {"root": str(self.root), "classes": list(self.class_names), "labeled": len(self._labeled),
                 "imagesTs": len(self._test_images), "intensity": self.options.intensity}
+
+    def case_files(self, case_id: str, with_label: bool = True) -> list[Path]:
+        folder, name = ("imagesTs", case_id[3:]) if case_id.startswith("Ts:") else ("imagesTr", case_id)
+        return [self.root / folder / f"{name}_0000{self.ending}"] + \
+            ([self.root / "labelsTr" / f"{name}{self.ending}"] if with_label and folder == "imagesTr" else [])
 
     def load_case(self, case_id: str, with_label: bool = True) -> Case:
         folder, name = ("imagesTs", case_id[3:]) if case_id.startswith("Ts:") else ("imagesTr", case_id)

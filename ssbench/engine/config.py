@@ -45,6 +45,12 @@ class DataConfig:
     inference_resize: Annotated[Literal["order0", "bilinear"], Field(
         description="how val/test volumes go to train_size and predictions back to the native grid")] = "order0"
     synthetic: Annotated[bool, Field(description="the embedded phantom (set by the engine, never by --set)")] = False
+    # GPU memory for training slices (engine.data.DevicePool), copied before training (seconds for the default);
+    # the rest is read from the prepared cache when drawn.
+    # Where a slice comes from changes no pixel, so this is recorded but not hashed (as data.root).
+    device_budget_gb: Annotated[float, Field(ge=0, description=(
+        "GiB of device memory for resident training slices (augment on device); the rest streamed; not hashed"))
+    ] = 4.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ CPU_SMALL = {"iters": 600, "batch_labeled": 4, "batch_unlabeled": 4, "val_every"
 CPU_SMALL_TRAIN_SIZE = 128
 
 SHARED_SECTIONS = ("data", "train", "eval")
+# data fields that cannot change a number: recorded in config.yaml, left out of the hash (and of --resume's check)
+UNHASHED_DATA = ("root", "device_budget_gb")
 # Fields the engine sets from the command line or the data: a --set would make the record disagree with the run.
 SET_BY_ENGINE = {
     "data.dataset": "--dataset",
@@ -158,7 +166,7 @@ class RunConfig:
     def hash(self) -> str:
         """Hash of everything that can change the numbers (the data root's location is not part of it)."""
         d = self.to_dict()
-        d["data"] = {k: v for k, v in d["data"].items() if k != "root"}
+        d["data"] = {k: v for k, v in d["data"].items() if k not in UNHASHED_DATA}
         return config_hash(d)
 
     def check(self) -> "RunConfig":

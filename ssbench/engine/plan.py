@@ -52,6 +52,7 @@ class RunRequest:
     execution: dict | None = None  # Runtime overrides (channels_last, augment_on_device, log_every): benchmarks
     deterministic: bool = False
     world: int | None = None  # training processes; None: this process's (torchrun's WORLD_SIZE, else 1)
+    data_cache: str | None = None  # --data-cache: prepared-data folder, or 'off' (ssbench.datasets.cache)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from pathlib import Path
 from ssbench import registry
 
 
-def run_info(plan, split, runtime, method) -> dict:
-    """run.json as a run opens it (status 'running'); ``complete`` adds the end."""
+def run_info(plan, split, runtime, method, dataset, data_cache: dict) -> dict:
+    """run.json as a run opens it (status 'running'); ``complete`` adds the end. ``dataset``: as the run reads it
+    (through its prepared cache, ``data_cache`` saying where)."""
     from ssbench.engine.plan import dataset_tag
 
     cfg, device = plan.cfg, plan.device
@@ -30,7 +31,8 @@ def run_info(plan, split, runtime, method) -> dict:
         "device": _device_name(device),
         "world_size": runtime.world,
         "execution": runtime.record(),
-        "data": plan.dataset.describe(),
+        "data": dataset.describe(),
+        "data_cache": data_cache,  # where the prepared arrays are: recorded, never hashed (no number depends on it)
         "split_protocol": split.protocol,
         "schedule": plan.schedule,
         **method_layout(method),

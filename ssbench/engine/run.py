@@ -17,16 +17,70 @@ from ssbench import runfolder
 from ssbench.datasets.base import check_case
 from ssbench.datasets.duplicates import check_unlabeled_against, held_out_hashes
 from ssbench.engine import record
-from ssbench.engine.config import RunConfig
+from ssbench.engine.config import UNHASHED_DATA, RunConfig
 from ssbench.engine.plan import RunRequest, dataset_tag, plan  # noqa: F401  (RunRequest: the API's run request)
 from ssbench.errors import UserError
 from ssbench.runfolder import Staging
 
 
 def load_cases(dataset, patients, with_label: bool):
-    """The cases of ``patients``, each checked against the dataset contract (whichever loader made it)."""
+    """The cases of ``patients``, each checked against the dataset contract (whichever loader made it). Cases read
+    through the prepared cache were checked when they were prepared: their arrays stay on disk until used."""
+    if getattr(dataset, "prepared", False):
+        return [dataset.load_case(cid, with_label) for p in patients for cid in dataset.case_ids(p)]
     return [check_case(dataset.load_case(cid, with_label), dataset.num_classes)
             for p in patients for cid in dataset.case_ids(p)]
+
+
+def open_prepared(dataset, split, method_cls, location: str | None, rank: int, world: int, console, say):
+    """The dataset read through its prepared cache (``ssbench.datasets.cache``), the cases this run needs prepared
+    first (rank 0 prepares, the other ranks then map the same files); ``(dataset, None)`` with ``--data-cache
+    off``. Returns (dataset, what run.json records of the cache)."""
+    from ssbench.datasets import cache
+
+    folder = cache.cache_location(location)
+    if folder is None:
+        return dataset, {"path": None}
+    prepared = cache.PreparedData(dataset, folder)
+    needs = cache.needs_of(dataset, split, method_cls.uses_unlabeled)
+    report = None
+    if rank == 0:
+        report = prepare_with_progress(prepared, needs, console if rank == 0 else None, say)
+    _barrier(world)
+    if rank > 0:
+        report = prepared.prepare(needs)  # everything is there now: nothing is written
+    return prepared, {**prepared.record(), "cases_prepared_now": report.prepared, "cases_reused": report.reused,
+                      "bytes": report.bytes}
+
+
+def prepare_with_progress(prepared, needs, console, say, again: bool = False):
+    """``prepared.prepare(needs)`` with a progress bar on a terminal; says what was prepared and the disk use."""
+    from ssbench.datasets.cache import human_bytes
+
+    todo = [n for n in needs if prepared._info(n[0]) is None]
+    bar = task = None
+    if todo:
+        others = prepared.others()
+        why = (f" (the cache at {others[0]} was prepared by another loader version, code or options: not used)"
+               if others else "")
+        say(f"data: preparing {len(todo)} case(s) into {prepared.dir}{why}")
+        if console is not None and console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar = Progress(TextColumn("prepare"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                           console=console, transient=True)
+            bar.start()
+            task = bar.add_task("prepare", total=len(todo))
+    try:
+        report = prepared.prepare(needs, (lambda done, total, cid: bar.update(task, completed=done))
+                                  if bar is not None else None, again=again)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if report.prepared or again:
+        say(f"data: {report.prepared} case(s) prepared ({report.again} of them again: their sources changed), "
+            f"{report.reused} reused; {human_bytes(report.bytes)} on disk in {prepared.dir}")
+    return report
 
 
 @dataclass
@@ -51,10 +105,11 @@ def load_inputs(cfg: RunConfig, method_cls, dataset, split, say) -> Inputs:
     unlabeled = load_cases(dataset, split.unlabeled, False) if method_cls.uses_unlabeled else []
     val = load_cases(dataset, split.val, True)
     held_out = held_out_hashes(val, "val") if unlabeled else {}  # datasets/duplicates.py: the same scan, renamed
-    for p in split.test:  # one at a time: checked, then dropped
+    for p in split.test:  # one at a time: checked, then dropped (a prepared cache checked them when preparing)
         for cid in dataset.case_ids(p):
             case = dataset.load_case(cid, True)
-            check_case(case, dataset.num_classes)
+            if not getattr(dataset, "prepared", False):
+                check_case(case, dataset.num_classes)
             if unlabeled:
                 held_out.update(held_out_hashes([case], "test"))
     check_unlabeled_against(unlabeled, held_out)
@@ -113,7 +168,8 @@ def execute(req: RunRequest, console=None) -> Path:
     if p.run_dir.exists() and not req.overwrite:
         raise UserError(f"{p.run_dir}: a completed run is already there (pass --overwrite to replace it)")
 
-    # 1. Load and check every input, 2. build the method: both before anything is written.
+    # 1. Load and check every input, 2. build the method: both before anything is written (but the data cache).
+    dataset, data_cache = open_prepared(dataset, split, p.method_cls, req.data_cache, rank, world, console, say)
     inputs = load_inputs(cfg, p.method_cls, dataset, split, say)
     p = p.with_schedule(inputs.pools)
     cfg = p.cfg
@@ -133,7 +189,7 @@ def execute(req: RunRequest, console=None) -> Path:
 
     # 3. Open the staging folder and record the protocol.
     t0 = time.time()
-    info = record.run_info(p, split, runtime, method)
+    info = record.run_info(p, split, runtime, method, dataset, data_cache)
     if runtime.is_main:  # only rank 0 writes; the other ranks wait at the barriers
         staging.open(resume=req.resume)
     try:
@@ -196,7 +252,7 @@ def check_resumable(folder: Path, cfg: RunConfig) -> None:
     now = _flatten(cfg.to_dict())
     before = _flatten(recorded)
     diffs = [f"{k}: {before.get(k, '(absent)')} -> {now.get(k, '(absent)')}" for k in sorted(set(now) | set(before))
-             if k != "data.root" and before.get(k) != now.get(k)]
+             if k.removeprefix("data.") not in UNHASHED_DATA and before.get(k) != now.get(k)]
     raise UserError(f"--resume: the interrupted run in {folder} has another config "
                     f"({'; '.join(diffs[:3]) or 'hash'}); use its options, or run without --resume to start over")
 

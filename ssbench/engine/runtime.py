@@ -27,6 +27,7 @@ class Runtime:
     augment_on_device: bool  # weak augmentation and resize on the device (pixel-equal to the host path)
     log_every: int  # steps between loss rows: a row needs a host synchronisation
     cudnn_benchmark: bool
+    data_workers: int = 0  # DataLoader processes reading and augmenting host batches ahead of the step
     rank: int = 0
     world: int = 1
 
@@ -91,7 +92,7 @@ def resolve_amp(setting: str, device: torch.device) -> str:
 
 def make_runtime(device: torch.device, amp: str, deterministic: bool, rank: int = 0, world: int = 1,
                  channels_last: bool | None = None, augment_on_device: bool | None = None,
-                 log_every: int | None = None) -> Runtime:
+                 log_every: int | None = None, data_workers: int = 0) -> Runtime:
     cuda = device.type == "cuda"
     return Runtime(
         device=device,
@@ -100,6 +101,7 @@ def make_runtime(device: torch.device, amp: str, deterministic: bool, rank: int 
         augment_on_device=cuda if augment_on_device is None else augment_on_device,
         log_every=(25 if cuda else 1) if log_every is None else log_every,
         cudnn_benchmark=cuda and not deterministic,
+        data_workers=data_workers,
         rank=rank,
         world=world,
     )

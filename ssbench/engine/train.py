@@ -76,14 +76,23 @@ def make_samplers(method_cls, cfg, pools, runtime=None) -> dict[str, Sampler]:
     first = epoch_pool(method_cls, cfg)
     rank, world = (runtime.rank, runtime.world) if runtime is not None else (0, 1)
     on_device = runtime is not None and runtime.augment_on_device
-    device_pools = {name: DevicePool(pool, runtime.device) for name, pool in pools.items()} if on_device else {}
+    device_pools = {}
+    if on_device:  # the budget (data.device_budget_gb) goes to the labeled pool first, the rest to the unlabeled
+        budget = int(d.device_budget_gb * 2**30)
+        for name in ("labeled", "unlabeled"):
+            if name in pools:
+                device_pools[name] = DevicePool(pools[name], runtime.device, budget)
+                budget -= device_pools[name].resident_bytes
     for name, batch in (("batch_labeled", t.batch_labeled), ("batch_unlabeled", t.batch_unlabeled)):
         if batch % world:
             raise UserError(f"train.{name}={batch}: not divisible by the {world} processes (the batch is global)")
 
+    workers = runtime.data_workers if runtime is not None else 0
+    pin = runtime is not None and runtime.device.type == "cuda"
+
     def sampler(pool_name, batch, seed, drop_last):
         return Sampler(pools[pool_name], batch, seed, d.train_size, d.train_resize, augment, drop_last,
-                       device_pools.get(pool_name), rank, world)
+                       device_pools.get(pool_name), rank, world, workers, pin)
 
     samplers = {"labeled": sampler("labeled", t.batch_labeled, t.seed, by_epoch and first == "labeled")}
     if first == "unlabeled":
@@ -407,6 +416,8 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
                         old.unlink()
         progress.update(done, row, val_dice, best)
     progress.close()
+    for s in samplers.values():
+        s.close()  # the DataLoader workers, if any
     if runtime.is_main:
         torch_save(ckpt_dir / "final.pt", _weights(method, total, val_dice, cfg))
     if len(stages) > 1:
