@@ -22,7 +22,7 @@ from pathlib import Path
 from ssbench import registry
 from ssbench.atomic import make_dirs, write_csv, write_json, write_text, write_yaml
 from ssbench.config import from_dict, to_dict
-from ssbench.datasets.base import check_case
+from ssbench.datasets.base import check_case, check_foreground, check_split
 from ssbench.engine.config import (CPU_SMALL, CPU_SMALL_TRAIN_SIZE, SET_BY_ENGINE, DataConfig, RunConfig,
                                    TrainConfig, unused_fields)
 from ssbench.errors import ConfigError, UserError
@@ -274,9 +274,12 @@ def load_inputs(cfg: RunConfig, method_cls, dataset, split, say) -> Inputs:
 
     say(f"[bold]{cfg.method_name}[/] on {dataset_tag(cfg)}: split {cfg.data.split} -> {len(split.labeled)} labeled "
         f"patients, {len(split.unlabeled)} unlabeled, {len(split.val)} val, {len(split.test)} test")
+    check_split(split, dataset, ("labeled", "val", "test") + (("unlabeled",) if method_cls.uses_unlabeled else ()))
     labeled = load_cases(dataset, split.labeled, True)
+    check_foreground(labeled, "labeled")
     unlabeled = load_cases(dataset, split.unlabeled, False) if method_cls.uses_unlabeled else []
     val = load_cases(dataset, split.val, True)
+    check_foreground(val, "val")
     for p in split.test:  # one at a time: checked, then dropped
         for cid in dataset.case_ids(p):
             check_case(dataset.load_case(cid, True), dataset.num_classes)

@@ -1,0 +1,253 @@
+"""Inputs that break the protocol without breaking a file (issue 28): refused with one line before anything trains;
+`ssbench table` verifies each run it reads; every command ends in one line, never a traceback.
+
+Each test corrupts real on-disk formats (tests/formats.py) or run folders the engine wrote."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import one_line, tiny_args
+from formats import nifti, write_acdc_h5, write_acdc_raw
+from test_bad_input import nothing_that_looks_like_a_result
+
+ZOOMS = (1.2, 1.2, 5.0)
+
+
+@pytest.fixture
+def data(tmp_path, tiny_nnunet):
+    """A private copy of the tiny nnU-Net dataset (labeled 3, 7; unlabeled 0, 2, 4, 8, 9; val 5; test 1, 6)."""
+    return shutil.copytree(tiny_nnunet, tmp_path / "data")
+
+
+def _img(i):
+    return f"imagesTr/case_{i:03d}_0000.nii.gz"
+
+
+def _lab(i):
+    return f"labelsTr/case_{i:03d}.nii.gz"
+
+
+def _run(cli, root, out, *extra, method="supervised"):
+    return cli("run", *tiny_args(root, out)[2:], "--method", method, *extra)
+
+
+# --- 1. metadata that breaks the protocol ---------------------------------------------------------------------
+
+
+def _bhsd(root, train, test, extra_images=()):
+    """A BHSD release whose dataset.json lists ``train`` and ``test`` (image names without extension)."""
+    rng = np.random.default_rng(0)
+    for cid in dict.fromkeys([*train, *test, *extra_images]):
+        lab = np.zeros((24, 24, 3), np.uint8)
+        lab[8:14, 8:14, 1] = 2
+        nifti(root / "images" / f"{cid}.nii.gz", rng.normal(40, 10, (24, 24, 3)) + lab * 30, (0.5, 0.5, 5.0),
+              np.int16)
+        nifti(root / "ground truths" / f"{cid}.nii.gz", lab, (0.5, 0.5, 5.0), np.uint8)
+    (root / "dataset.json").write_text(json.dumps({
+        "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in train],
+        "test": [f"./imagesTs/{c}.nii.gz" for c in test]}))
+    return root
+
+
+def test_bhsd_test_list_repeating_training_cases_is_refused(cli, tmp_path):
+    train = [f"ID_{i}" for i in range(8)]
+    root = _bhsd(tmp_path / "bhsd", train, ["ID_2", "ID_9"])
+    code, _, err = cli("split", "--dataset", "bhsd", "--data-root", root, "--split", "2")
+    one_line(code, err, "dataset.json", "ID_2", "both the training and the test list")
+    out = tmp_path / "o"
+    code, _, err = cli("run", "--method", "supervised", "--dataset", "bhsd", "--data-root", root, "--split", "2",
+                       "--iters", "1", "--device", "cpu", "--quiet", "--out", out)
+    one_line(code, err, "dataset.json", "ID_2")
+    assert not out.exists()
+
+
+def test_duplicate_ids_in_a_list_are_refused(cli, tmp_path):
+    train = [f"ID_{i}" for i in range(8)] + ["ID_3"]
+    root = _bhsd(tmp_path / "bhsd", train, ["ID_9"])
+    code, _, err = cli("split", "--dataset", "bhsd", "--data-root", root, "--split", "2")
+    one_line(code, err, "dataset.json", "ID_3", "twice in the training list")
+
+
+LEAKY_PLUGIN = '''
+from ssbench.datasets.base import Split
+from ssbench.datasets.nnunet import NNUNet
+
+
+class {cls}(NNUNet):
+    name = "{name}"
+
+    def split(self, spec, seed):
+        s = super().split(spec, seed)
+        return {make}
+
+    def case_ids(self, patient_id):
+        return {case_ids}
+'''
+
+
+@pytest.mark.parametrize("name,make,case_ids,needles", [
+    ("leaky-test", "Split(s.labeled, s.unlabeled, s.val, s.test + s.labeled[:1], s.protocol)", "[patient_id]",
+     ["in both the labeled and the test set"]),
+    ("dup-unlabeled", "Split(s.labeled, s.unlabeled + s.val, s.val, s.test, s.protocol)", "[patient_id]",
+     ["in both the unlabeled and the val set"]),
+    ("dup-labeled", "Split(s.labeled + s.labeled[:1], s.unlabeled, s.val, s.test, s.protocol)", "[patient_id]",
+     ["twice in the labeled set"]),
+    ("no-test", "Split(s.labeled, s.unlabeled, s.val, (), s.protocol)", "[patient_id]", ["the test set is empty"]),
+    ("no-val", "Split(s.labeled, s.unlabeled, (), s.test, s.protocol)", "[patient_id]", ["the val set is empty"]),
+    ("same-case-twice", "s", "[patient_id, patient_id]", ["case", "twice"]),
+])
+def test_a_plugin_split_that_breaks_the_protocol_is_refused(cli, tiny_nnunet, tmp_path, name, make, case_ids,
+                                                            needles):
+    """The engine checks every dataset's split (built-in or plugin) before it reads a volume."""
+    plugin = tmp_path / f"{name.replace('-', '_')}.py"
+    plugin.write_text(LEAKY_PLUGIN.format(cls=name.title().replace("-", ""), name=name, make=make,
+                                          case_ids=case_ids))
+    out = tmp_path / "o"
+    args = tiny_args(tiny_nnunet, out)
+    args[args.index("nnunet")] = name
+    code, _, err = cli("run", *args, "--plugin", plugin)
+    one_line(code, err, f"dataset {name}", *needles)
+    assert not out.exists()
+
+
+def test_acdc_ed_equal_to_es_is_refused(cli, tmp_path):
+    raw = write_acdc_raw(tmp_path / "raw", ["patient099"])
+    (raw / "training" / "patient099" / "Info.cfg").write_text("ED: 1\nES: 1\nGroup: NOR\n")
+    code, _, err = cli("run", "--method", "supervised", "--data-root", raw, "--split", "1", "--out", tmp_path / "o",
+                       "--iters", "1", "--device", "cpu")
+    one_line(code, err, "patient099/Info.cfg", "ED and ES name the same frame (1)")
+
+
+@pytest.mark.parametrize("text", ["ED: 1e999\nES: 12\n", "ED: 99999999999999999999\nES: 12\n", "ED: 1.5\nES: 12\n"],
+                         ids=["overflow", "huge", "fraction"])
+def test_acdc_info_cfg_numbers_out_of_range(cli, tmp_path, text):
+    raw = write_acdc_raw(tmp_path / "raw", ["patient099"])
+    (raw / "training" / "patient099" / "Info.cfg").write_text(text)
+    code, _, err = cli("run", "--method", "supervised", "--data-root", raw, "--split", "1", "--out", tmp_path / "o",
+                       "--iters", "1", "--device", "cpu")
+    one_line(code, err, "patient099/Info.cfg: no valid 'ED: <frame>' line")
+
+
+def test_a_byte_order_mark_is_read_not_reported_as_a_missing_key(cli, tmp_path, tiny_nnunet):
+    from ssbench.datasets.acdc import ACDC
+
+    raw = write_acdc_raw(tmp_path / "raw", ["patient099"])
+    info = raw / "training" / "patient099" / "Info.cfg"
+    info.write_text("\ufeff" + info.read_text(), encoding="utf-8")
+    assert ACDC(raw).case_ids("patient099")[0] == "patient099_frame01"
+    root = shutil.copytree(tiny_nnunet, tmp_path / "nn")
+    (root / "dataset.json").write_text("\ufeff" + (root / "dataset.json").read_text(), encoding="utf-8")
+    code, out, err = cli("split", "--dataset", "nnunet", "--data-root", root, "--split", "2", "--json")
+    assert code == 0, err
+    assert len(json.loads(out)["test"]) == 2
+
+
+def _raw_nifti(path, xyz, pixdim, dtype=np.float32):
+    """A NIfTI whose header pixdim is written as given (nibabel repairs zero pixdims when it loads a file)."""
+    img = nib.Nifti1Image(xyz.astype(dtype), np.eye(4))
+    img.header["pixdim"][1:4] = pixdim
+    nib.save(img, str(path))
+
+
+def _read_xyz(path):
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+@pytest.mark.parametrize("pixdim", [(1.2, 1.2, 0.0), (1.2, -1.2, 5.0)], ids=["zero-slice", "negative"])
+def test_nifti_spacing_is_read_from_the_raw_header(cli, data, tmp_path, pixdim):
+    _raw_nifti(data / _img(3), _read_xyz(data / _img(3)), pixdim)
+    out = tmp_path / "o"
+    code, _, err = _run(cli, data, out)
+    one_line(code, err, _img(3), "invalid voxel spacing")
+    assert not out.exists()
+
+
+def test_label_spacing_differing_from_its_image_is_refused(cli, data, tmp_path):
+    nifti(data / _lab(5), _read_xyz(data / _lab(5)), (1.2, 1.2, 4.0), np.uint8)
+    out = tmp_path / "o"
+    code, _, err = _run(cli, data, out)
+    one_line(code, err, _lab(5), "label spacing (4, 1.2, 1.2) differs from its image's (5, 1.2, 1.2)")
+    assert not out.exists()
+
+
+def test_a_dataset_whose_labels_are_all_empty_is_refused_before_training(cli, data, tmp_path):
+    for f in (data / "labelsTr").iterdir():
+        nifti(f, np.zeros_like(_read_xyz(f)), ZOOMS, np.uint8)
+    out = tmp_path / "o"
+    code, _, err = _run(cli, data, out)
+    one_line(code, err, "no foreground", "labeled set")
+    assert not out.exists()
+
+
+def test_a_val_set_without_foreground_is_refused_before_training(cli, data, tmp_path):
+    nifti(data / _lab(5), np.zeros_like(_read_xyz(data / _lab(5))), ZOOMS, np.uint8)
+    out = tmp_path / "o"
+    code, _, err = _run(cli, data, out)
+    one_line(code, err, "no foreground", "val set", "case_005")
+    assert not out.exists()
+
+
+def test_a_complex_image_is_refused_not_cast(cli, data, tmp_path):
+    xyz = _read_xyz(data / _img(7)).astype(np.complex64) * (1 + 1j)
+    nib.save(nib.Nifti1Image(xyz, np.diag([*ZOOMS, 1.0])), str(data / _img(7)))
+    code, _, err = _run(cli, data, tmp_path / "o")
+    one_line(code, err, _img(7), "complex")
+
+
+def test_huge_finite_values_are_not_called_non_finite(cli, data, tmp_path):
+    xyz = _read_xyz(data / _img(3)).astype(np.float32)
+    xyz[0, 0, 0], xyz[1, 0, 0] = -3e38, 3e38
+    nifti(data / _img(3), xyz, ZOOMS, np.float32)
+    from ssbench.datasets.nnunet import NNUNet
+
+    for intensity in ("minmax-volume", "percentile-volume"):
+        ds = NNUNet(data, NNUNet.Options(intensity=intensity))
+        image = ds.load_case("case_003").image
+        assert np.isfinite(image).all() and 0 <= image.min() and image.max() <= 1, intensity
+
+
+# --- the literature's h5 layout -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def acdc_h5(tmp_path_factory):
+    from ssbench.datasets.acdc import ACDC
+
+    s = ACDC.frozen_split("1")
+    return write_acdc_h5(tmp_path_factory.mktemp("acdc") / "h5", list(s.labeled + s.val + s.test))
+
+
+def _h5(path, **arrays):
+    path.unlink(missing_ok=True)
+    with h5py.File(path, "w") as fh:
+        for key, value in arrays.items():
+            fh[key] = value
+
+
+@pytest.mark.parametrize("name,corrupt,needles", [
+    ("empty-volume", lambda d: _h5(d / "patient001_frame01.h5", image=np.zeros((0, 40, 48), np.float32),
+                                   label=np.zeros((0, 40, 48), np.uint8)),
+     ["patient001_frame01.h5", "empty"]),
+    ("stray-slice", lambda d: [(d / "patient099_frame01.h5").unlink(),
+                               (d / "slices" / "patient099_frame01_slice_x.h5").write_bytes(b"")],
+     ["slices/patient099_frame01_slice_x.h5", "not a slice file"]),
+])
+def test_bad_h5_volumes(cli, acdc_h5, tmp_path, name, corrupt, needles):
+    root = shutil.copytree(acdc_h5, tmp_path / "acdc")
+    corrupt(root / "data")
+    out = tmp_path / "results"
+    code, _, err = cli("run", "--method", "supervised", "--data-root", root, "--split", "1", "--iters", "2",
+                       "--device", "cpu", "--quiet", "--out", out)
+    one_line(code, err, *needles)
+    assert not out.exists()
