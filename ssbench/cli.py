@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from ssbench.errors import UserError, WriteError
+from ssbench.errors import UserError, WriteError, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible semi-supervised medical image segmentation benchmarks.")
@@ -277,7 +277,7 @@ def table(
 def data_synth(
     dataset: str = typer.Option(..., "--dataset", help="acdc or bhsd"),
     out: Path = typer.Option(..., "--out", help="Folder to write (must be empty or absent)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Phantom seed (0 .. 2^32 - 1)."),
 ):
     """Write a synthetic phantom dataset in the real on-disk format."""
     from ssbench.datasets import synthetic
@@ -294,11 +294,13 @@ def data_synth(
 
 
 def main() -> None:
-    """The console script: bad input of any kind ends in one line on stderr and exit code 2; ``--debug`` shows the
-    traceback instead."""
+    """The console script: bad input of any kind, and any error a command meets, ends in one line on stderr and
+    exit code 2 (Ctrl-C: 'interrupted' and 130); ``--debug`` shows the traceback instead."""
     debug = "--debug" in sys.argv[1:]
     try:
         code = app(standalone_mode=False)
+        if code == 130:  # Typer turns a KeyboardInterrupt into Exit(130) and returns it; no command returns 130
+            raise KeyboardInterrupt
     except UserError as exc:
         if debug:
             raise
@@ -323,23 +325,25 @@ def main() -> None:
         print("ssbench: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
+        if debug:
+            raise
         from ssbench.registry import plugin_of
 
         plugin = plugin_of(exc)
-        if plugin is None or debug:  # a bug in ssbench itself: the traceback is what a report needs
-            raise
-        _fail(f"{plugin} failed: {type(exc).__name__}: {_first_line(exc)} (ssbench --debug ... shows the traceback)")
+        if plugin is not None:
+            _fail(f"{plugin} failed: {type(exc).__name__}: {first_line(exc)} (ssbench --debug ... shows the "
+                  "traceback)")
+        if isinstance(exc, OSError) and exc.strerror:  # the OS refused something: say what and where
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror} ({type(exc).__name__})")
+        _fail(f"internal error: {type(exc).__name__}: {first_line(exc)} (a bug in ssbench; `ssbench --debug ...` "
+              "shows the traceback for a report)")
     sys.exit(code if isinstance(code, int) else 0)
 
 
 def _fail(message: str, code: int = 2) -> None:
     print(f"ssbench: error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(code)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
 
 
 if __name__ == "__main__":

@@ -251,3 +251,94 @@ def test_bad_h5_volumes(cli, acdc_h5, tmp_path, name, corrupt, needles):
                        "--device", "cpu", "--quiet", "--out", out)
     one_line(code, err, *needles)
     assert not out.exists()
+
+
+# --- 3. one line where one line is promised -------------------------------------------------------------------
+
+
+def _unshare_works():
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _unshare_works(), reason="needs unshare -rm (a private mount namespace) for a full tmpfs")
+def test_disk_full_while_saving_a_checkpoint_with_real_torch(tiny_nnunet, tmp_path):
+    """A real full disk (a 1 MiB tmpfs in a private mount namespace) under real torch.save, which raises
+    RuntimeError there, not OSError: one line naming the checkpoint, exit 2, nothing that looks complete, no
+    temporary file left."""
+    from test_cli_usage import REPO
+
+    out = tmp_path / "full"
+    out.mkdir()
+    args = " ".join(f"'{a}'" for a in tiny_args(tiny_nnunet, out))
+    script = (f"mount -t tmpfs -o size=1m tmpfs '{out}' && cd '{tmp_path}' && "
+              f"'{sys.executable}' -m ssbench run {args}; echo \"rc=$?\"; "
+              f"find '{out}' -name '*.tmp' -o -name run.json | sed 's/^/file: /'")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert "rc=2" in proc.stdout, (proc.stdout, proc.stderr[-3000:])
+    one_line(2, proc.stderr, ".seed1337.incomplete/checkpoints/", ".pt: cannot write (No space left on device)")
+    files = [line[6:] for line in proc.stdout.splitlines() if line.startswith("file: ")]
+    assert not [f for f in files if f.endswith(".tmp")], files
+    assert all("/.seed1337.incomplete/" in f for f in files), files
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(cli, tmp_path, monkeypatch):
+    """A real SIGINT delivered while a command works (Typer turns the KeyboardInterrupt into exit code 130)."""
+    import time
+
+    import ssbench.report.build as build_module
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the interrupt arrives here
+
+    monkeypatch.setattr(build_module, "build", interrupted)
+    code, _, err = cli("table", "--results", tmp_path, "--out", tmp_path / "paper")
+    assert code == 130
+    assert err.strip() == "ssbench: interrupted"
+
+
+def test_data_synth_negative_seed(cli, tmp_path):
+    code, _, err = cli("data", "synth", "--dataset", "acdc", "--out", tmp_path / "s", "--seed", "-1")
+    one_line(code, err, "--seed")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "config_hash: [1\n", "\x89PNG\x00\xff\xfe", "train: {}\n", "7\n"],
+                         ids=["list", "syntax", "binary", "no-hash", "scalar"])
+def test_damaged_staging_config_on_resume(cli, tiny_nnunet, tmp_path, text):
+    out = tmp_path / "results"
+    staging = out / "nnunet" / "supervised" / "2" / ".seed1337.incomplete"
+    staging.mkdir(parents=True)
+    (staging / "config.yaml").write_bytes(text.encode("latin-1"))
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, out, "--resume"))
+    one_line(code, err, ".seed1337.incomplete/config.yaml", "run without --resume to start over")
+
+
+@pytest.mark.parametrize("text", ["{\"runs\": 5}", "[1, 2]", "{}", "{\"runs\": [{\"job_id\": 1}]}", "\xff\xfe"],
+                         ids=["runs-not-list", "list", "no-runs", "entry-without-key", "binary"])
+def test_damaged_sweep_manifest(cli, tmp_path, text):
+    sweep = tmp_path / "results" / ".sweeps" / "20260101-000000"
+    sweep.mkdir(parents=True)
+    (sweep / "manifest.json").write_bytes(text.encode("latin-1"))
+    code, _, err = cli("sweep", "status", tmp_path / "results")
+    one_line(code, err, "manifest.json")
+
+
+def test_an_unexpected_error_inside_a_command_is_one_line(cli, tmp_path, monkeypatch):
+    """Whatever a command raises ends in one line (and exit 2); --debug shows the traceback."""
+    import ssbench.report.build as build_module
+
+    def broken(*args, **kwargs):
+        return {}["missing"]
+
+    monkeypatch.setattr(build_module, "build", broken)
+    code, _, err = cli("table", "--results", tmp_path, "--out", tmp_path / "paper")
+    one_line(code, err, "KeyError", "--debug")
+    with pytest.raises(KeyError):
+        cli("--debug", "table", "--results", tmp_path, "--out", tmp_path / "paper")

@@ -476,8 +476,10 @@ def check_resumable(staging: Path, cfg: RunConfig) -> None:
         return  # nothing recorded yet: the run starts from the beginning
     try:
         recorded = yaml.safe_load(path.read_text())
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("config_hash"), str):
+            raise ValueError("not a config with its config_hash")
         recorded_hash = recorded.pop("config_hash")
-    except (OSError, yaml.YAMLError, AttributeError, KeyError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
         raise UserError(f"{path}: unreadable ({type(exc).__name__}); run without --resume to start over") from None
     if recorded_hash == cfg.hash():
         return
