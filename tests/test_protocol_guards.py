@@ -342,3 +342,45 @@ def test_an_unexpected_error_inside_a_command_is_one_line(cli, tmp_path, monkeyp
     one_line(code, err, "KeyError", "--debug")
     with pytest.raises(KeyError):
         cli("--debug", "table", "--results", tmp_path, "--out", tmp_path / "paper")
+
+
+# --- training publishes only finite weights --------------------------------------------------------------------
+
+
+BLOWUP = """
+import torch
+
+from ssbench.methods.supervised import Supervised
+
+
+class Blowup(Supervised):
+    \"\"\"The supervised UNet plus, in its last step, a distance term sqrt(|p - p'|^2) at distance 0 (a classic): its
+    value is 0 and the logged loss finite, its gradient NaN, so the last update leaves non-finite weights.\"\"\"
+
+    name = "blowup"
+
+    def training_step(self, labeled, unlabeled, step):
+        out = super().training_step(labeled, unlabeled, step)
+        if step.iteration == step.total - 1:
+            p = next(self.parameters())
+            out["loss"] = out["loss"] + torch.sqrt(((p - p.detach()) ** 2).sum())
+        return out
+"""
+
+
+@pytest.mark.parametrize("iters", [2, 6])
+def test_a_run_that_diverges_in_its_last_step_publishes_nothing(cli, tiny_nnunet, tmp_path, iters):
+    """Every logged loss is finite; the weights after the last update are not: refused before a checkpoint with
+    them is saved, nothing published."""
+    plugin = tmp_path / "blowup.py"
+    plugin.write_text(BLOWUP)
+    out = tmp_path / "results"
+    args = tiny_args(tiny_nnunet, out, "--plugin", plugin, "--iters", str(iters))
+    code, _, err = cli("run", "--method", "blowup", *args[2:])
+    one_line(code, err, f"iteration {iters}", "non-finite values", "weights", "nothing was published")
+    nothing_that_looks_like_a_result(out)
+
+
+def test_a_learning_rate_beyond_float32_is_refused(cli, tiny_nnunet, tmp_path):
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, tmp_path / "o", "--set", "train.lr=1e300"))
+    one_line(code, err, "--set train.lr=1e300", "3.4e+38")
