@@ -63,7 +63,7 @@ class TrainConfig:
         ge=0, description="unlabeled slices per step (methods that use unlabeled data need at least 1)")] = 12
     optimizer: Annotated[Literal["sgd", "adamw"], Field(
         description="SGD with momentum (the UNet recipes) or AdamW (SAM-2 fine-tuning)")] = "sgd"
-    lr: Annotated[float, Field(gt=0, lt=3.4e38, description="initial learning rate (a float32: torch steps in it)")] = 0.01
+    lr: Annotated[float, Field(gt=0, lt=3.4e38, description="initial learning rate")] = 0.01
     momentum: Annotated[float, Field(ge=0, lt=1, description="SGD momentum")] = 0.9
     weight_decay: Annotated[float, Field(ge=0, description="weight decay of the optimizer")] = 1e-4
     # 'poly': lr = lr0 (1 - k/iters)^poly_power, set after each step as SSL4MIS and UniMatch do; 'constant': lr0
