@@ -255,6 +255,17 @@ def config_hash(data: dict) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+def recorded_config_hash(raw: dict) -> str:
+    """The hash RunConfig.hash() gave when a run wrote its config.yaml ``raw`` (its ``config_hash`` key left out),
+    computed from the file as written (so a field added to a config class later does not make an old run look
+    edited); the data root's location is not part of it. ``ssbench eval`` and ``ssbench table`` compare it with
+    the recorded hash: a config edited after the run is refused."""
+    raw = {k: v for k, v in raw.items() if k != "config_hash"}
+    data = raw.get("data")
+    d = {**raw, "data": {k: v for k, v in data.items() if k != "root"}} if isinstance(data, dict) else raw
+    return config_hash(d)
+
+
 # --- what a field allows, and its help: for error messages and ``ssbench config --help-fields`` ----------------
 
 

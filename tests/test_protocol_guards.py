@@ -384,3 +384,186 @@ def test_a_run_that_diverges_in_its_last_step_publishes_nothing(cli, tiny_nnunet
 def test_a_learning_rate_beyond_float32_is_refused(cli, tiny_nnunet, tmp_path):
     code, _, err = cli("run", *tiny_args(tiny_nnunet, tmp_path / "o", "--set", "train.lr=1e300"))
     one_line(code, err, "--set train.lr=1e300", "3.4e+38")
+
+
+# --- 2. `ssbench table` verifies each run before using it ------------------------------------------------------
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    """Two seeds of one method on the hand-written ACDC layout (tests/report_runs.py), with real config hashes."""
+    from report_runs import write_run
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "results"
+    return root, [write_run(root, "supervised", "3", seed, rng=rng) for seed in (1, 2)]
+
+
+def _table(cli, root, out):
+    code, stdout, err = cli("table", "--results", root, "--out", out, "--format", "csv")
+    assert code == 0, err
+    return stdout
+
+
+def _used(stdout):
+    return sorted(line.split()[1] for line in stdout.splitlines() if line.startswith("used"))
+
+
+def _rows(path):
+    return pd.read_csv(path / "metrics_per_case.csv")
+
+
+def _set_rows(path, frame):
+    frame.to_csv(path / "metrics_per_case.csv", index=False)
+
+
+def _truncate_csv(run):
+    text = (run / "metrics_per_case.csv").read_text()
+    (run / "metrics_per_case.csv").write_text(text[: int(len(text) * 0.6)])
+
+
+def _nan_in_ok(run):
+    f = _rows(run)
+    f.loc[(f.status == "ok") & (f.checkpoint == "best"), "dice"] = np.nan
+    _set_rows(run, f.iloc[:])
+
+
+def _one_nan_in_ok(run):
+    f = _rows(run)
+    f.loc[f.index[0], "dice"] = np.nan
+    _set_rows(run, f)
+
+
+def _inf_hd(run):
+    f = _rows(run)
+    f.loc[f.index[3], "hd95"] = np.inf
+    _set_rows(run, f)
+
+
+def _edit_config(run):
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train"]["iters"] = 5000
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _drop_patient(run):
+    f = _rows(run)
+    _set_rows(run, f[f.patient_id != "patient004"])
+
+
+def _duplicate_rows(run):
+    f = _rows(run)
+    _set_rows(run, pd.concat([f, f.iloc[:1]]))
+
+
+def _foreign_patient(run):
+    f = _rows(run)
+    f.loc[f.patient_id == "patient004", "patient_id"] = "patient099"
+    _set_rows(run, f)
+
+
+def _dice_above_one(run):
+    f = _rows(run)
+    f.loc[f.index[5], "dice"] = 1.5
+    _set_rows(run, f)
+
+
+TABLE_CASES = [
+    ("truncated-csv", _truncate_csv, "metrics_per_case.csv"),
+    ("nan-in-ok-rows", _nan_in_ok, "column 'dice' holds values that are missing"),
+    ("one-nan-in-ok", _one_nan_in_ok, "column 'dice' holds values that are missing"),
+    ("inf-hd95", _inf_hd, "column 'hd95' holds infinite values"),
+    ("config-edited", _edit_config, "config.yaml: does not match its recorded config hash"),
+    ("test-patient-missing", _drop_patient, "no rows for test patient patient004"),
+    ("duplicate-rows", _duplicate_rows, "has two rows for class"),
+    ("foreign-patient", _foreign_patient, "no rows for test patient patient004"),
+    ("dice-above-one", _dice_above_one, "outside [0, 1]"),
+]
+
+
+@pytest.mark.parametrize("name,corrupt,reason", TABLE_CASES, ids=[c[0] for c in TABLE_CASES])
+def test_table_skips_a_run_that_fails_verification(cli, two_runs, tmp_path, name, corrupt, reason):
+    root, (good, bad) = two_runs
+    corrupt(bad)
+    stdout = _table(cli, root, tmp_path / "paper")
+    assert _used(stdout) == [str(good)]
+    skipped = [line for line in stdout.splitlines() if line.startswith(f"skipped {bad}")]
+    assert len(skipped) == 1 and reason in skipped[0], stdout
+    index = json.loads((tmp_path / "paper" / "index.json").read_text())
+    assert index["runs_used"] == 1 and index["runs_skipped"] == 1
+
+
+def test_table_ignores_runs_in_hidden_folders(cli, two_runs, tmp_path):
+    root, (a, b) = two_runs
+    hidden = root / ".trash" / "acdc" / "supervised" / "3"
+    hidden.mkdir(parents=True)
+    shutil.copytree(b, hidden / "seed9")
+    shutil.move(str(b), str(b.with_name(".seed2-old")))
+    stdout = _table(cli, root, tmp_path / "paper")
+    assert _used(stdout) == [str(a)]
+    assert ".trash" not in stdout and ".seed2-old" not in stdout
+
+
+def test_a_damaged_predictions_file_costs_its_figure_only(tmp_path):
+    """The overlays read predictions/best.npz lazily: a damaged member used to crash `ssbench table` half-way."""
+    from report_runs import build_tables, write_run
+
+    pats = ["patient001", "patient002", "patient003"]
+    data = write_acdc_raw(tmp_path / "data", pats)
+    cases = [f.name.replace("_gt.nii.gz", "") for p in pats for f in sorted((data / "training" / p).glob("*_gt*"))]
+    labels = {c: np.asarray(nib.load(data / "training" / c.split("_")[0] / f"{c}_gt.nii.gz").dataobj)
+              .transpose(2, 1, 0).astype(np.uint8) for c in cases}
+    root = tmp_path / "results"
+    rng = np.random.default_rng(0)
+    runs = {m: write_run(root, m, "3", 1, cases=cases, rng=rng, predictions=labels, shift=s,
+                         settings={"data.root": str(data)}) for m, s in (("supervised", 0), ("unimatch", 0.05))}
+    npz = runs["supervised"] / "predictions" / "best.npz"
+    raw = bytearray(npz.read_bytes())
+    raw[200:260] = os.urandom(60)  # inside the first member's compressed data: the zip directory still reads
+    npz.write_bytes(bytes(raw))
+    out = tmp_path / "paper"
+    said = build_tables(root, out, draw=True)
+    assert "figure overlays_acdc_3labeled skipped" in said, said
+    index = json.loads((out / "index.json").read_text())
+    assert "figures/dice_acdc.png" in index["files"]["figures_acdc"]
+    assert (out / "main_acdc.md").is_file() and (out / "README.md").is_file()
+
+
+def test_paper_is_written_whole_or_not_at_all(cli, two_runs, tmp_path, monkeypatch):
+    import ssbench.report.build as build_module
+    from ssbench.errors import WriteError
+
+    root, _ = two_runs
+    out = tmp_path / "paper"
+    _table(cli, root, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full(*args, **kwargs):
+        raise WriteError(f"{out}/reproduction_gap.md: cannot write (No space left on device)")
+
+    monkeypatch.setattr(build_module, "gap_table", full)  # after every dataset's tables were written
+    code, _, err = cli("table", "--results", root, "--out", out, "--format", "csv")
+    one_line(code, err, "No space left on device")
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the previous tables, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["paper", "results"]  # no staging left
+    code, _, err = cli("table", "--results", root, "--out", tmp_path / "new")
+    one_line(code, err, "No space left on device")
+    assert not (tmp_path / "new").exists()
+
+
+def test_table_out_that_cannot_be_written(cli, two_runs, tmp_path):
+    root, _ = two_runs
+    (tmp_path / "a-file").write_text("x")
+    code, _, err = cli("table", "--results", root, "--out", tmp_path / "a-file")
+    one_line(code, err, "--out", "a-file: not a folder")
+    code, _, err = cli("table", "--results", root, "--out", tmp_path / "a-file" / "paper")
+    one_line(code, err, "a-file", "cannot create the folder")
+    code, _, err = cli("table", "--results", root, "--out", "/sys/paper")  # a place nobody, root included, writes
+    one_line(code, err, "/sys/", "cannot create the folder")
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("mine")
+    code, _, err = cli("table", "--results", root, "--out", mine)
+    one_line(code, err, "--out", "thesis: holds files that ssbench table did not write")
+    assert (mine / "chapter1.tex").read_text() == "mine"

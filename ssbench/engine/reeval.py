@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ssbench import registry
 from ssbench.atomic import write_csv, write_json
-from ssbench.config import config_hash
+from ssbench.config import recorded_config_hash
 from ssbench.engine.config import RunConfig
 from ssbench.errors import ConfigError, UserError
 
@@ -35,7 +35,7 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
         raise UserError(f"{run_dir}: the run is not complete")
     raw = _read(run_dir / "config.yaml", dict)
     recorded = raw.pop("config_hash", None)
-    if recorded is None or recorded != _recorded_hash(raw):
+    if recorded is None or recorded != recorded_config_hash(raw):
         raise UserError(f"{run_dir / 'config.yaml'}: does not match its recorded config hash (edited after the run?)")
     try:
         method_cls = _registered(registry.method, str(raw["method"]), info.get("method_source"))
@@ -66,14 +66,6 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
     write_csv(run_dir / sub / "metrics_per_case.csv", frame)
     write_json(run_dir / sub / "summary.json", summary_of(frame, cfg))
     return sub
-
-
-def _recorded_hash(raw: dict) -> str:
-    """The hash RunConfig.hash() gave when the run wrote ``raw``, computed from the file as written (so a field
-    added to a config class later does not make an old run look edited)."""
-    data = raw.get("data")
-    d = {**raw, "data": {k: v for k, v in data.items() if k != "root"}} if isinstance(data, dict) else raw
-    return config_hash(d)
 
 
 def _read(path: Path, kind: type):
