@@ -567,3 +567,57 @@ def test_table_out_that_cannot_be_written(cli, two_runs, tmp_path):
     code, _, err = cli("table", "--results", root, "--out", mine)
     one_line(code, err, "--out", "thesis: holds files that ssbench table did not write")
     assert (mine / "chapter1.tex").read_text() == "mine"
+
+
+# --- the dataset's identity in the hash, the folder and the table ----------------------------------------------
+
+
+def _named(root, name, **kw):
+    from formats import write_nnunet
+
+    write_nnunet(root, **kw)
+    spec = json.loads((root / "dataset.json").read_text())
+    if name is not None:
+        spec["name"] = name
+    (root / "dataset.json").write_text(json.dumps(spec))
+    return root
+
+
+@pytest.mark.slow
+def test_two_nnunet_datasets_never_share_a_folder_or_a_table_cell(cli, tmp_path):
+    liver, spleen = _named(tmp_path / "d1", "Liver"), _named(tmp_path / "d2", "Spleen", seed=3)
+    out = tmp_path / "results"
+    for root in (liver, spleen):
+        code, _, err = cli("run", *tiny_args(root, out))
+        assert code == 0, err
+    runs = sorted(p.parent.relative_to(out).parts[0] for p in out.rglob("run.json"))
+    assert runs == ["nnunet-Liver", "nnunet-Spleen"]
+    hashes = {yaml.safe_load(p.read_text())["config_hash"] for p in out.rglob("config.yaml")}
+    assert len(hashes) == 2
+    stdout = _table(cli, out, tmp_path / "paper")
+    assert len(_used(stdout)) == 2
+    assert (tmp_path / "paper" / "main_nnunet-Liver.csv").is_file()
+    assert (tmp_path / "paper" / "main_nnunet-Spleen.csv").is_file()
+
+
+def test_unnamed_datasets_differ_in_the_hash_and_overwrite_never_destroys_the_other(cli, tiny_run, tmp_path):
+    out = tiny_run.parents[3]  # results/nnunet/supervised/2/seed1337
+    other = _named(tmp_path / "other", None, cases=12)
+    c1 = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    from conftest import TINY_RUN
+
+    code, shown, err = cli("config", "--method", "supervised", "--data-root", other,
+                           *[a for a in TINY_RUN if a != "--quiet"])
+    assert code == 0, err
+    assert yaml.safe_load(shown)["config_hash"] != c1["config_hash"]
+    assert yaml.safe_load(shown)["data"]["identity"] != c1["data"]["identity"]
+    before = (tiny_run / "metrics_per_case.csv").read_bytes()
+    for extra in ((), ("--overwrite",)):
+        code, _, err = cli("run", *tiny_args(other, out, *extra))
+        one_line(code, err, "seed1337: holds a run on other data", "another --out")
+    assert (tiny_run / "metrics_per_case.csv").read_bytes() == before
+
+
+def test_the_identity_is_refused_on_the_command_line(cli, tiny_nnunet, tmp_path):
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, tmp_path / "o", "--set", "data.identity=abc"))
+    one_line(code, err, "--set data.identity: set by the dataset's files")

@@ -107,6 +107,24 @@ class Dataset(ABC):
     def spacing_known(self) -> bool:
         return True
 
+    def own_name(self) -> str:
+        """The dataset's own name where its files give one (nnU-Net: dataset.json's name), else ''."""
+        return ""
+
+    def identity(self) -> dict:
+        """What makes these data these data, recorded and hashed with every run (so that runs on different data
+        never share a hash, a results folder or a table cell): the dataset's own name (folder-safe), its classes,
+        and a digest of its case list (labeled patients and the unlabeled release)."""
+        import hashlib
+        import json
+        import re
+
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", self.own_name()).strip("._-")[:64]
+        cases = sorted(self.patients()) + sorted(self.extra_unlabeled_patients())
+        text = json.dumps({"loader": self.name, "name": name, "classes": list(self.class_names), "cases": cases})
+        return {"name": name, "classes": list(self.class_names), "cases": len(cases),
+                "digest": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
     def options_dict(self) -> dict:
         return dataclasses.asdict(self.options)
 

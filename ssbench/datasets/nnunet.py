@@ -55,6 +55,7 @@ class NNUNet(Dataset):
         if sorted(pairs) != list(range(len(pairs))) or 0 not in pairs:
             raise DataError(f"{path}: labels must be consecutive integers from 0, got {sorted(pairs)}")
         self.class_names = tuple(pairs[i] for i in range(1, len(pairs)))
+        self._name = spec.get("name") if isinstance(spec.get("name"), str) else ""
         lo, hi = self.options.window
         if self.options.intensity == "ct-window" and not hi > lo:
             raise DataError(f"nnunet.window {self.options.window}: the upper bound must exceed the lower")
@@ -74,6 +75,9 @@ class NNUNet(Dataset):
 
     def patients(self) -> list[str]:
         return list(self._labeled)
+
+    def own_name(self) -> str:
+        return self._name
 
     def extra_unlabeled_patients(self) -> list[str]:
         return [f"Ts:{c}" for c in self._test_images]

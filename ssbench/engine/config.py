@@ -45,6 +45,12 @@ class DataConfig:
     inference_resize: Annotated[Literal["order0", "bilinear"], Field(
         description="how val/test volumes go to train_size and predictions back to the native grid")] = "order0"
     synthetic: Annotated[bool, Field(description="the embedded phantom (set by the engine, never by --set)")] = False
+    # Which data (Dataset.identity): runs on different data never share a hash, a folder or a table cell.
+    name: Annotated[str, Field(description=(
+        "the dataset's own name where its files give one (nnU-Net: dataset.json's name; names the results folder; "
+        "set by the engine)"))] = ""
+    identity: Annotated[str, Field(description=(
+        "digest of the dataset's name, classes and case list (set by the engine)"))] = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,8 @@ SET_BY_ENGINE = {
     "data.dataset": "--dataset",
     "data.root": "--data-root",
     "data.synthetic": "--data-root (omitted: the embedded phantom)",
+    "data.name": "the dataset's files (e.g. nnU-Net's dataset.json name)",
+    "data.identity": "the dataset's files (its name, classes and case list)",
     "train.recipe": "--data-root (real data: published; the embedded phantom: cpu-small)",
     "train.world_size": "the process count (--gpus N, torchrun)",
 }

@@ -132,6 +132,8 @@ def build_config(req: RunRequest):
     cfg = dataclasses.replace(cfg, variant=variant_tag(recipe.method_config, cfg.method_config),
                               protocol_variant=protocol_tag(recipe, cfg))
     dataset = dataset_cls(cfg.data.root, cfg.dataset_options)
+    ident = dataset.identity()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name=ident["name"], identity=ident["digest"]))
     return cfg, method_cls, dataset
 
 
@@ -178,7 +180,11 @@ def _check_values(cfg: RunConfig, method_cls) -> None:
 
 
 def dataset_tag(cfg: RunConfig) -> str:
-    return f"{cfg.data.dataset}-phantom" if cfg.data.synthetic else cfg.data.dataset
+    """The dataset's folder: the loader's name, plus the data's own name where it has one ('nnunet-Liver')."""
+    tag = cfg.data.dataset
+    if cfg.data.name and cfg.data.name.lower() != tag.lower():
+        tag += f"-{cfg.data.name}"
+    return f"{tag}-phantom" if cfg.data.synthetic else tag
 
 
 def run_dir_for(cfg: RunConfig, out: str) -> Path:
@@ -346,6 +352,10 @@ def execute(req: RunRequest, console=None) -> Path:
     split = dataset.split(cfg.data.split, cfg.data.split_seed)
     final_dir = run_dir_for(cfg, req.out)
     staging = final_dir.with_name(f".{final_dir.name}.incomplete")
+    other = _other_dataset(final_dir, cfg)
+    if other:  # two data sets filed under one name: --overwrite would destroy the other's run
+        raise UserError(f"{final_dir}: holds a run on other data ({other}; this run's: {cfg.data.identity}, "
+                        f"{len(dataset.patients())} cases); give this dataset another --out (or name it in its files)")
     if final_dir.exists() and not req.overwrite:
         raise UserError(f"{final_dir}: a completed run is already there (pass --overwrite to replace it)")
 
@@ -384,6 +394,7 @@ def execute(req: RunRequest, console=None) -> Path:
         "world_size": world,
         "execution": runtime.record(),
         "data": dataset.describe(),
+        "data_identity": dataset.identity(),
         "split_protocol": split.protocol,
         "schedule": schedule,
         **method_layout(method),
@@ -446,6 +457,20 @@ def execute(req: RunRequest, console=None) -> Path:
         if runtime.is_main:
             _release_lock(staging)
     return final_dir
+
+
+def _other_dataset(final_dir: Path, cfg: RunConfig) -> str:
+    """'' if ``final_dir`` is absent or holds a run on the same data; else what the run there recorded."""
+    import yaml
+
+    try:
+        recorded = (yaml.safe_load((final_dir / "config.yaml").read_text()) or {}).get("data") or {}
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
+        return ""  # nothing readable to compare: the usual refusal (or --overwrite) applies
+    identity = recorded.get("identity") if isinstance(recorded, dict) else None
+    if identity in (None, "", cfg.data.identity):
+        return ""
+    return f"data identity {identity}"
 
 
 def method_layout(method) -> dict:
