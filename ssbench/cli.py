@@ -144,6 +144,8 @@ def eval_cmd(
     protocol: Optional[str] = typer.Option(None, "--protocol", help=(
         "a named protocol of the literature, e.g. bcp (= --empty-policy legacy-zero --hd-units voxel)")),
     device: str = typer.Option("auto", "--device"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help=(
+        "Where the run's data are now (default: the recorded data.root); they must be the same data.")),
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Re-evaluate a run's best and final checkpoints on its test set, e.g. under another metric policy."""
@@ -159,7 +161,7 @@ def eval_cmd(
         policy = PROTOCOLS[protocol][0]
         hd_units, empty_policy = policy.hd_units, policy.empty
     _load_plugins(plugins)
-    sub = reevaluate(run_dir, hd_units, empty_policy, device)
+    sub = reevaluate(run_dir, hd_units, empty_policy, device, str(data_root) if data_root is not None else None)
     _print_summary(_console(), run_dir, sub)
 
 

@@ -621,3 +621,55 @@ def test_unnamed_datasets_differ_in_the_hash_and_overwrite_never_destroys_the_ot
 def test_the_identity_is_refused_on_the_command_line(cli, tiny_nnunet, tmp_path):
     code, _, err = cli("run", *tiny_args(tiny_nnunet, tmp_path / "o", "--set", "data.identity=abc"))
     one_line(code, err, "--set data.identity: set by the dataset's files")
+
+
+# --- 4. other: working directory, folder names, messages ---------------------------------------------------------
+
+
+def test_the_data_root_is_recorded_absolute(cli, tiny_nnunet, tmp_path, monkeypatch):
+    from conftest import TINY_RUN
+
+    monkeypatch.chdir(tiny_nnunet.parent)
+    code, shown, err = cli("config", "--method", "supervised", "--data-root", tiny_nnunet.name,
+                           *[a for a in TINY_RUN if a != "--quiet"])
+    assert code == 0, err
+    assert yaml.safe_load(shown)["data"]["root"] == str(tiny_nnunet)
+
+
+def test_eval_data_root_finds_moved_data_and_refuses_other_data(cli, tiny_run, tiny_nnunet, tmp_path):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["root"] = "data-that-moved"  # relative and gone: the root is not part of the hash
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    code, _, err = cli("eval", run, "--hd-units", "voxel", "--device", "cpu")
+    one_line(code, err, "data-that-moved: data root does not exist")
+    other = _named(tmp_path / "other", None, cases=12)
+    code, _, err = cli("eval", run, "--hd-units", "voxel", "--device", "cpu", "--data-root", other)
+    one_line(code, err, "other: not the data this run used")
+    assert not (run / "evals").exists()
+    moved = shutil.copytree(tiny_nnunet, tmp_path / "moved")
+    code, _, err = cli("eval", run, "--hd-units", "mm", "--device", "cpu", "--data-root", moved)
+    assert code == 0, err
+    pd.testing.assert_frame_equal(pd.read_csv(run / "evals" / "worst-mm" / "metrics_per_case.csv"),
+                                  pd.read_csv(run / "metrics_per_case.csv"))  # the same data, the same numbers
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", ".hidden", ""], ids=["dotdot", "slash", "dot", "empty"])
+def test_plugin_names_must_be_folder_names(cli, tiny_nnunet, tmp_path, name):
+    plugin = tmp_path / "escaper.py"
+    plugin.write_text(f"from ssbench.methods.supervised import Supervised\n\n\nclass Escaper(Supervised):\n"
+                      f"    name = {name!r}\n")
+    out = tmp_path / "deep" / "results"
+    code, _, err = cli("run", "--method", name or "x", *tiny_args(tiny_nnunet, out)[2:], "--plugin", plugin)
+    one_line(code, err, "escaper")
+    assert not (tmp_path / "deep").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_a_checkpoint_refused_by_weights_only_never_quotes_the_advice_to_disable_it(cli, tiny_run, tmp_path):
+    import torch
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    torch.save({"method": {}, "config_hash": "x", "f": os.getcwd}, run / "checkpoints" / "best.pt")
+    code, _, err = cli("eval", run, "--device", "cpu")
+    one_line(code, err, "best.pt: not a readable checkpoint", "Python objects other than tensors", "getcwd")
+    assert "weights_only" not in err and "False" not in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 from ssbench import registry
@@ -17,7 +18,10 @@ from ssbench.engine.config import RunConfig
 from ssbench.errors import ConfigError, UserError
 
 
-def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_name: str) -> str:
+def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_name: str,
+               data_root: str | None = None) -> str:
+    """``data_root``: where the run's data are now (else the recorded data.root); they must be the same data
+    (the recorded data.identity: name, classes, case list)."""
 
     from ssbench.config import apply_override
     from ssbench.engine.evaluate import evaluate_checkpoints, summary_of
@@ -54,7 +58,14 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
     if empty is not None:
         policy = apply_override(policy, "empty", empty, label="--empty-policy")
     cfg = dataclasses.replace(cfg, eval=policy)
+    if data_root is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.abspath(data_root)))
     dataset = dataset_cls(cfg.data.root, cfg.dataset_options)
+    found = dataset.identity()["digest"]
+    if cfg.data.identity and found != cfg.data.identity:
+        raise UserError(f"{cfg.data.root}: not the data this run used (their identity is {found}, the run's "
+                        f"{cfg.data.identity}: another name, class list or case list)"
+                        + ("" if data_root is not None else "; give the run's data with --data-root"))
     cfg = resolve_hd_units(cfg, dataset)
     device = resolve_device(device_name)
     method = build_method(cfg, method_cls, dataset, device, weights_from_checkpoint=True)

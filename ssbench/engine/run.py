@@ -75,6 +75,7 @@ def build_config(req: RunRequest):
     is_synthetic = root is None
     if is_synthetic:
         root = str(synthetic.embedded(req.dataset))
+    root = os.path.abspath(Path(root).expanduser())  # recorded: `ssbench eval` must not depend on the cwd
     train = TrainConfig()
     data = DataConfig(dataset=req.dataset, root=root, split=req.split, synthetic=is_synthetic,
                       train_size=dataset_cls.train_size)
