@@ -186,7 +186,10 @@ def split(
             from ssbench.datasets import synthetic
 
             data_root = synthetic.embedded(dataset)
-        result = cls(data_root, cls.Options()).split(split, split_seed)
+        from ssbench.datasets.base import check_split
+
+        ds = cls(data_root, cls.Options())
+        result = check_split(ds.split(split, split_seed), ds, read=())
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
         return

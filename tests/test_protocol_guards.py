@@ -673,3 +673,14 @@ def test_a_checkpoint_refused_by_weights_only_never_quotes_the_advice_to_disable
     code, _, err = cli("eval", run, "--device", "cpu")
     one_line(code, err, "best.pt: not a readable checkpoint", "Python objects other than tensors", "getcwd")
     assert "weights_only" not in err and "False" not in err
+
+
+def test_an_empty_test_set_is_refused_before_training(cli, tiny_nnunet, tmp_path):
+    """nnunet.test_fraction=0 draws no test case: refused before anything trains (it was found after training)."""
+    out = tmp_path / "o"
+    code, _, err = cli("run", *tiny_args(tiny_nnunet, out, "--set", "nnunet.test_fraction=0"))
+    one_line(code, err, "dataset nnunet", "the test set is empty")
+    assert not out.exists()
+    code, _, err = cli("split", "--dataset", "nnunet", "--data-root", tiny_nnunet, "--split", "2",
+                       "--json")  # the defaults: a test set
+    assert code == 0, err
