@@ -83,10 +83,39 @@ def write_csv(path, frame) -> None:
 
 
 def torch_save(path, obj) -> None:
+    """torch.save, atomically. torch's C++ writer reports a failed write (a full disk, an I/O error) as a
+    RuntimeError without the OS error; writing through a file object that keeps the OSError it met, the error
+    raised is the OS's, and atomic_path names the file."""
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as fh:
+            writer = _KeepsOSError(fh)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError as exc:
+                if writer.error is not None:
+                    raise writer.error from exc
+                from ssbench.errors import first_line
+
+                raise WriteError(f"{path}: cannot write (torch.save: {first_line(exc)})") from exc
+
+
+class _KeepsOSError:
+    """A binary file for torch.save that remembers the OSError a write raised (torch swallows it)."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def _json_default(o):

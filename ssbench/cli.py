@@ -152,6 +152,8 @@ def eval_cmd(
         "a named protocol of the literature, e.g. bcp (= --empty-policy legacy-zero --hd-units voxel), or medsam2 "
         "(MedSAM-2's prompted 2-D validation; methods that take prompts: sss)")),
     device: str = typer.Option("auto", "--device"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help=(
+        "Where the run's data are now (default: the recorded data.root); they must be the same data.")),
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Re-evaluate a run's best and final checkpoints on its test set, e.g. under another metric policy."""
@@ -167,7 +169,7 @@ def eval_cmd(
                             "--empty-policy")
     _load_plugins(plugins)
     if protocol in PROMPTED:  # predicts again with ground-truth prompts: its own folder and summary
-        sub = reevaluate_prompted(run_dir, protocol, device)
+        sub = reevaluate_prompted(run_dir, protocol, device, str(data_root) if data_root is not None else None)
         summary = runfolder.read_json(run_dir / sub / runfolder.SUMMARY, full_path=True)
         for ckpt, v in summary["protocol"]["volume_means"].items():
             typer.echo(f"{protocol} {ckpt}: mean Dice {_shown(v['mean_dice'], 100.0)} over {v['volumes']} volumes "
@@ -177,7 +179,7 @@ def eval_cmd(
     if protocol is not None:
         policy = PROTOCOLS[protocol][0]
         hd_units, empty_policy = policy.hd_units, policy.empty
-    sub = reevaluate(run_dir, hd_units, empty_policy, device)
+    sub = reevaluate(run_dir, hd_units, empty_policy, device, str(data_root) if data_root is not None else None)
     _print_summary(_console(), run_dir, sub)
 
 
@@ -202,7 +204,10 @@ def split(
             from ssbench.datasets import synthetic
 
             data_root = synthetic.embedded(dataset)
-        result = cls(data_root, cls.Options()).split(split, split_seed)
+        from ssbench.datasets.base import check_split
+
+        ds = cls(data_root, cls.Options())
+        result = check_split(ds.split(split, split_seed), ds, read=())
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
         return
@@ -295,7 +300,7 @@ def table(
 def data_synth(
     dataset: str = typer.Option(..., "--dataset", help="acdc or bhsd"),
     out: Path = typer.Option(..., "--out", help="Folder to write (must be empty or absent)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Phantom seed (0 .. 2^32 - 1)."),
 ):
     """Write a synthetic phantom dataset in the real on-disk format."""
     from ssbench.datasets import synthetic
@@ -345,11 +350,13 @@ def data_prepare(
 
 
 def main() -> None:
-    """The console script: bad input of any kind ends in one line on stderr and exit code 2; ``--debug`` shows the
-    traceback instead."""
+    """The console script: bad input of any kind, and any error a command meets, ends in one line on stderr and
+    exit code 2 (Ctrl-C: 'interrupted' and 130); ``--debug`` shows the traceback instead."""
     debug = "--debug" in sys.argv[1:]
     try:
         code = app(standalone_mode=False)
+        if code == 130:  # Typer turns a KeyboardInterrupt into Exit(130) and returns it; no command returns 130
+            raise KeyboardInterrupt
     except UserError as exc:
         if debug:
             raise
@@ -374,12 +381,19 @@ def main() -> None:
         print("ssbench: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
+        if debug:
+            raise
         from ssbench.registry import plugin_of
 
         plugin = plugin_of(exc)
-        if plugin is None or debug:  # a bug in ssbench itself: the traceback is what a report needs
-            raise
-        _fail(f"{plugin} failed: {type(exc).__name__}: {first_line(exc)} (ssbench --debug ... shows the traceback)")
+        if plugin is not None:
+            _fail(f"{plugin} failed: {type(exc).__name__}: {first_line(exc)} (ssbench --debug ... shows the "
+                  "traceback)")
+        if isinstance(exc, OSError) and exc.strerror:  # the OS refused something: say what and where
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror} ({type(exc).__name__})")
+        _fail(f"internal error: {type(exc).__name__}: {first_line(exc)} (a bug in ssbench; `ssbench --debug ...` "
+              "shows the traceback for a report)")
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -17,6 +17,7 @@ import ast
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -120,9 +121,18 @@ def load(group: str, name: str):
     return entry.obj
 
 
+# A registered name becomes a results folder (results/<dataset>/<method>/...): letters, digits, '.', '_', '-',
+# starting with a letter or digit, so that no name ('../../x', 'a/b', '.hidden') can write outside --out.
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def _check(group: str, entry: Entry, obj) -> None:
-    """A plugin must be a Method (or Dataset) subclass of this Method API version, named as it is registered."""
+    """A plugin must be a Method (or Dataset) subclass of this Method API version, named as it is registered,
+    with a name that is a plain folder name."""
     kind = _KIND[group]
+    if not FOLDER_NAME.fullmatch(entry.name) or ".." in entry.name:
+        raise UserError(f"{entry.describe(kind)}: the name {entry.name!r} is not a plain folder name (letters, "
+                        "digits, '.', '_', '-'; it names the results folder)")
     if group == METHODS_GROUP:
         from ssbench.methods.api import API_VERSION, Method as base
     else:

@@ -124,8 +124,11 @@ def read_info(folder: Path, *, full_path: bool = False) -> dict:
 
 
 def recorded_hash(raw: dict) -> str:
-    """The hash RunConfig.hash() gave when the run wrote ``raw`` (config.yaml without its hash line), computed from
-    the file as written, so that a field added to a config class later does not make an old run look edited."""
+    """The hash RunConfig.hash() gave when the run wrote ``raw`` (config.yaml; its hash line left out), computed from
+    the file as written, so that a field added to a config class later does not make an old run look edited.
+    ``ssbench eval`` and ``ssbench table`` compare it with the recorded hash: a config edited after the run is
+    refused."""
+    raw = {k: v for k, v in raw.items() if k != "config_hash"}
     from ssbench.config import config_hash
     from ssbench.engine.config import UNHASHED_DATA
 

@@ -13,6 +13,8 @@ import pandas as pd
 from ssbench import runfolder
 from ssbench.engine.results import summarize
 
+from ssbench.runfolder import recorded_hash as recorded_config_hash
+
 CLASSES = ("RV", "Myo", "LV")
 DISPLAY = {"supervised": "U-Net (labeled only)", "mean-teacher": "Mean Teacher", "unimatch": "UniMatch",
            "fixmatch": "FixMatch", "sss": "SSS"}
@@ -63,7 +65,7 @@ def write_run(root: Path, method: str, split: str = "3", seed: int = 1, *, datas
     labeled = labeled if labeled is not None else (ACDC_TRAIN if split == "all" else int(split.rstrip("%")))
     base = method.split("@")[0]
     cfg = config(method, split, seed, dataset.replace("-phantom", ""), **(settings or {}))
-    cfg["config_hash"] = f"h{abs(hash((method, split, seed, suffix, json.dumps(settings, sort_keys=True)))) % 10**12}"
+    cfg["config_hash"] = recorded_config_hash(cfg)  # as the engine records it: `ssbench table` checks it
     folder = root / dataset / method / (folder_split or split.lower().replace("%", "pct")) / f"seed{seed}{suffix}"
     folder.mkdir(parents=True)
     rows = []

@@ -219,7 +219,7 @@ def test_help_fields_lists_every_set_key_with_default_and_help(tiny_nnunet, cli)
         assert f"[{section}]" in out
         for f in dataclasses.fields(obj):
             assert f"  {section}.{f.name}: " in out
-    assert "  train.lr: 0.01  (a finite number > 0)\n      initial learning rate" in out
+    assert "  train.lr: 0.01  (a finite number > 0 and < 3.4e+38)\n      initial learning rate" in out
     assert "mean-teacher.ema_decay: 0.99  (a finite number >= 0 and <= 1)" in out
     assert "data.root: " in out and "; default none" in out
     code, out, err = cli("config", "--method", "sss", "--dataset", "nnunet", "--data-root", tiny_nnunet,

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from ssbench.datasets.base import Case, Dataset, Split, minmax
+from ssbench.datasets.base import Case, Dataset, Split, minmax, read_text
 from ssbench.datasets.nifti import read_nifti
 from ssbench.errors import DataError
 from ssbench.splits import labeled_count
@@ -127,16 +127,21 @@ class ACDC(Dataset):
         if not info.is_file():
             raise DataError(f"{info}: missing Info.cfg")
         values = {}
-        for line in info.read_text(errors="replace").splitlines():
+        for line in read_text(info).splitlines():
             if ":" in line:
                 key, _, value = line.partition(":")
                 values[key.strip()] = value.strip()
         frames = {}
         for key in ("ED", "ES"):
             try:
-                frames[key] = int(float(values[key]))
-            except (KeyError, ValueError):
-                raise DataError(f"{info}: no valid '{key}: <frame>' line") from None
+                value = float(values[key])
+                if not value.is_integer() or not 1 <= value <= 9999:  # also an overflow ('1e999': inf)
+                    raise ValueError(value)
+                frames[key] = int(value)
+            except (KeyError, ValueError, OverflowError):
+                raise DataError(f"{info}: no valid '{key}: <frame>' line (a frame number 1..9999)") from None
+        if frames["ED"] == frames["ES"]:  # one volume would be scored twice, as ED and as ES
+            raise DataError(f"{info}: ED and ES name the same frame ({frames['ED']})")
         frames["group"] = values.get("Group", "")
         self._frames[patient_id] = frames
         return frames
@@ -151,7 +156,7 @@ class ACDC(Dataset):
         if with_label:
             label_path = self.base / patient_id / f"{case_id}_gt.nii.gz"
             raw_label, label_spacing, _ = read_nifti(label_path, "label")
-            label = self.check_label(raw_label, image.shape, label_path)
+            label = self.check_label(raw_label, image.shape, label_path, label_spacing, spacing)
         return Case(
             case_id=case_id,
             patient_id=patient_id,
@@ -163,7 +168,13 @@ class ACDC(Dataset):
 
     def _slice_files(self, case_id: str) -> list[Path]:
         files = list((self.base / "slices").glob(f"{case_id}_slice_*.h5"))
-        return sorted(files, key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+        for f in files:
+            if not f.stem.rsplit("_", 1)[1].isdigit():
+                raise DataError(f"{f}: not a slice file of {case_id} (expected {case_id}_slice_<index>.h5)")
+        files.sort(key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+        if [int(p.stem.rsplit("_", 1)[1]) for p in files] != list(range(len(files))):
+            raise DataError(f"{self.base / 'slices'}: the slices of {case_id} are not numbered 0..{len(files) - 1}")
+        return files
 
     def _load_h5(self, case_id: str, patient_id: str, with_label: bool) -> Case:
         import h5py
@@ -190,6 +201,8 @@ class ACDC(Dataset):
             raise DataError(f"{path}: cannot read h5 ({type(exc).__name__}: {exc})".splitlines()[0]) from None
         if image.ndim != 3:
             raise DataError(f"{path}: 'image' must be D x H x W, got shape {image.shape}")
+        if 0 in image.shape:
+            raise DataError(f"{path}: 'image' is empty (shape {image.shape})")
         label = self.check_label(raw_label, image.shape, path) if with_label else None
         phase = "ED" if case_id.endswith("frame01") else "ES"
         return Case(case_id, patient_id, minmax(image), label, None, {"phase": phase, "source": str(path)})

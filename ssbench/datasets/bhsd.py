@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from ssbench.datasets.base import Case, Dataset, Split
+from ssbench.datasets.base import Case, Dataset, Split, read_text
 from ssbench.datasets.ct import to_hounsfield, window
 from ssbench.datasets.nifti import read_nifti
 from ssbench.errors import DataError
@@ -59,11 +59,19 @@ class BHSD(Dataset):
         if not path.is_file():
             return None, None
         try:
-            spec = json.loads(path.read_text())
+            spec = json.loads(read_text(path))
             train = [_stem(e["image"] if isinstance(e, dict) else e) for e in spec["training"]]
             test = [_stem(e["image"] if isinstance(e, dict) else e) for e in spec.get("test", [])]
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{path}: not a valid dataset.json ({type(exc).__name__}: {exc})") from None
+        for name, ids in (("training", train), ("test", test)):
+            twice = sorted({c for c in ids if ids.count(c) > 1})
+            if twice:
+                raise DataError(f"{path}: {twice[0]} is twice in the {name} list")
+        both = sorted(set(train) & set(test))
+        if both:  # the model would be tested on cases it trained on
+            raise DataError(f"{path}: {both[0]} is in both the training and the test list"
+                            + (f" ({len(both)} cases in all)" if len(both) > 1 else ""))
         for cid in train + test:
             if not (self.image_dir / f"{cid}.nii.gz").is_file():
                 raise DataError(f"{path}: lists {cid}, but {self.image_dir / (cid + '.nii.gz')} is missing")
@@ -135,8 +143,8 @@ class BHSD(Dataset):
             if not has_label:
                 raise DataError(f"{image_path}: an unlabeled volume was asked for its label")
             label_path = self.label_dir / f"{case_id}.nii.gz"
-            raw_label, _, _ = read_nifti(label_path, "label")
-            label = self.check_label(raw_label, raw.shape, label_path)
+            raw_label, label_spacing, _ = read_nifti(label_path, "label")
+            label = self.check_label(raw_label, raw.shape, label_path, label_spacing, spacing)
         return Case(
             case_id=case_id,
             patient_id=case_id,

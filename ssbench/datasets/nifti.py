@@ -22,6 +22,10 @@ def read_nifti(path: str | Path, what: str = "image") -> tuple[np.ndarray, tuple
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing {what} file")
+    raw_zooms = _raw_pixdim(path)  # before nib.load, which rewrites a zero pixdim as 1 (and logs it)
+    if raw_zooms is not None and any(not np.isfinite(z) or z <= 0 for z in raw_zooms):
+        raise DataError(f"{path}: invalid voxel spacing {tuple(float(z) for z in raw_zooms)} in the header "
+                        "(pixdim 1-3 must be positive)")
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)  # applies scl_slope/scl_inter like get_fdata, keeps integer types
@@ -36,6 +40,8 @@ def read_nifti(path: str | Path, what: str = "image") -> tuple[np.ndarray, tuple
         raise DataError(f"{path}: expected a 3-D volume, got shape {data.shape}")
     if 0 in data.shape or not np.issubdtype(data.dtype, np.number):
         raise DataError(f"{path}: not a numeric {what} volume (shape {data.shape}, {data.dtype})")
+    if np.issubdtype(data.dtype, np.complexfloating):  # a cast to real would silently drop the imaginary part
+        raise DataError(f"{path}: the {what} holds complex values ({data.dtype}); expected real intensities")
     if what == "image" and np.issubdtype(data.dtype, np.floating):
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
@@ -49,6 +55,25 @@ def read_nifti(path: str | Path, what: str = "image") -> tuple[np.ndarray, tuple
         "scl_inter": _float_or_none(img.header.get("scl_inter")),
     }
     return np.ascontiguousarray(data.transpose(2, 1, 0)), zooms[::-1], facts
+
+
+def _raw_pixdim(path: Path):
+    """pixdim[1:4] as the file's header holds them (NIfTI-1 or -2), or None when the header cannot be read here
+    (nib.load then says why)."""
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    for header_class in (nib.Nifti1Header, nib.Nifti2Header):
+        try:
+            with ImageOpener(str(path)) as fh:
+                header = header_class.from_fileobj(fh, check=False)
+            if int(header["sizeof_hdr"]) != header_class.sizeof_hdr:
+                continue
+            ndim = min(3, max(int(header["dim"][0]), 0))  # pixdims past the image's dimensions are unused
+            return [float(z) for z in header["pixdim"][1:1 + ndim]]
+        except Exception:  # not this kind of header, or not a header at all: nib.load reports the file
+            continue
+    return None
 
 
 def write_nifti(path: str | Path, array: np.ndarray, spacing: tuple[float, float, float], dtype) -> None:

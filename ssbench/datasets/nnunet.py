@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from ssbench.datasets.base import Case, Dataset, Split, minmax
+from ssbench.datasets.base import Case, Dataset, Split, minmax, read_text
 from ssbench.datasets.ct import to_hounsfield, window
 from ssbench.datasets.nifti import read_nifti
 from ssbench.errors import DataError
@@ -45,7 +45,7 @@ class NNUNet(Dataset):
         if not path.is_file():
             raise DataError(f"{path}: missing (an nnU-Net raw dataset needs dataset.json)")
         try:
-            spec = json.loads(path.read_text())
+            spec = json.loads(read_text(path))
             labels = spec["labels"]
             # v2: {"background": 0, "tumor": 1}; v1: {"0": "background", "1": "tumor"}
             pairs = {int(v): k for k, v in labels.items()} if all(isinstance(v, int) for v in labels.values()) else {
@@ -56,6 +56,7 @@ class NNUNet(Dataset):
         if sorted(pairs) != list(range(len(pairs))) or 0 not in pairs:
             raise DataError(f"{path}: labels must be consecutive integers from 0, got {sorted(pairs)}")
         self.class_names = tuple(pairs[i] for i in range(1, len(pairs)))
+        self._name = spec.get("name") if isinstance(spec.get("name"), str) else ""
         lo, hi = self.options.window
         if self.options.intensity == "ct-window" and not hi > lo:
             raise DataError(f"nnunet.window {self.options.window}: the upper bound must exceed the lower")
@@ -75,6 +76,9 @@ class NNUNet(Dataset):
 
     def patients(self) -> list[str]:
         return list(self._labeled)
+
+    def own_name(self) -> str:
+        return self._name
 
     def extra_unlabeled_patients(self) -> list[str]:
         return [f"Ts:{c}" for c in self._test_images]
@@ -114,8 +118,8 @@ class NNUNet(Dataset):
             if folder == "imagesTs":
                 raise DataError(f"{image_path}: an unlabeled image was asked for its label")
             label_path = self.root / "labelsTr" / f"{name}{self.ending}"
-            raw_label, _, _ = read_nifti(label_path, "label")
-            label = self.check_label(raw_label, raw.shape, label_path)
+            raw_label, label_spacing, _ = read_nifti(label_path, "label")
+            label = self.check_label(raw_label, raw.shape, label_path, label_spacing, spacing)
         return Case(case_id, case_id, self._normalise(raw), label, spacing, {"source": str(image_path), **facts})
 
     def _normalise(self, raw: np.ndarray) -> np.ndarray:

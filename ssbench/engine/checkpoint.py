@@ -23,13 +23,28 @@ def load(path: Path, config_hash: str | None = None) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types (unpickling, zip, EOF, runtime) for a file that is not one
-        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first_line(exc)})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({weights_only_refusal(exc)})") from None
     if not isinstance(state, dict) or not isinstance(state.get("method"), dict) or "config_hash" not in state:
         raise UserError(f"{path}: not an ssbench checkpoint (no method weights and config hash)")
     if config_hash is not None and state["config_hash"] != config_hash:
         raise UserError(f"{path}: belongs to another run (its config hash is {state['config_hash']}, this run's "
                         f"is {config_hash})")
     return state
+
+
+def weights_only_refusal(exc: BaseException) -> str:
+    """What a failed ``torch.load(weights_only=True)`` means, in one line. torch's own message for a file holding
+    other Python objects advises loading it with weights_only=False (running code from the file): ssbench never
+    does, so the line says what the file holds instead."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        import re
+
+        found = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", text)
+        what = f" ({(found.group(1) or found.group(2)).rstrip('.,')})" if found else ""
+        return (f"it holds Python objects other than tensors and plain values{what}, which ssbench refuses to "
+                "unpickle: loading them could run code from the file")
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def load_weights(method, state: dict, path: Path) -> None:

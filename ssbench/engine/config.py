@@ -51,6 +51,12 @@ class DataConfig:
     device_budget_gb: Annotated[float, Field(ge=0, description=(
         "GiB of device memory for resident training slices (augment on device); the rest streamed; not hashed"))
     ] = 4.0
+    # Which data (Dataset.identity): runs on different data never share a hash, a folder or a table cell.
+    name: Annotated[str, Field(description=(
+        "the dataset's own name where its files give one (nnU-Net: dataset.json's name; names the results folder; "
+        "set by the engine)"))] = ""
+    identity: Annotated[str, Field(description=(
+        "digest of the dataset's name, classes and case list (set by the engine)"))] = ""
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class TrainConfig:
         ge=0, description="unlabeled slices per step (methods that use unlabeled data need at least 1)")] = 12
     optimizer: Annotated[Literal["sgd", "adamw"], Field(
         description="SGD with momentum (the UNet recipes) or AdamW (SAM-2 fine-tuning)")] = "sgd"
-    lr: Annotated[float, Field(gt=0, description="initial learning rate")] = 0.01
+    lr: Annotated[float, Field(gt=0, lt=3.4e38, description="initial learning rate")] = 0.01
     momentum: Annotated[float, Field(ge=0, lt=1, description="SGD momentum")] = 0.9
     weight_decay: Annotated[float, Field(ge=0, description="weight decay of the optimizer")] = 1e-4
     # 'poly': lr = lr0 (1 - k/iters)^poly_power, set after each step as SSL4MIS and UniMatch do; 'constant': lr0
@@ -129,6 +135,8 @@ SET_BY_ENGINE = {
     "data.dataset": "--dataset",
     "data.root": "--data-root",
     "data.synthetic": "--data-root (omitted: the embedded phantom)",
+    "data.name": "the dataset's files (e.g. nnU-Net's dataset.json name)",
+    "data.identity": "the dataset's files (its name, classes and case list)",
     "train.recipe": "--data-root (real data: published; the embedded phantom: cpu-small)",
     "train.world_size": "the process count (--gpus N, torchrun)",
 }

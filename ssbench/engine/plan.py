@@ -129,6 +129,7 @@ def _resolve_config(req: RunRequest, fetch: bool):
     # 1-2. defaults and the recipe
     is_synthetic = req.data_root is None
     root = str(synthetic.embedded(req.dataset)) if is_synthetic else req.data_root
+    root = os.path.abspath(Path(root).expanduser())  # recorded: `ssbench eval` must not depend on the cwd
     train = TrainConfig()
     data = DataConfig(dataset=req.dataset, root=root, split=req.split, synthetic=is_synthetic,
                       train_size=dataset_cls.train_size)
@@ -185,6 +186,8 @@ def _resolve_config(req: RunRequest, fetch: bool):
     cfg = dataclasses.replace(cfg, variant=variant_tag(recipe.method_config, cfg.method_config),
                               protocol_variant=protocol_tag(recipe, cfg))
     dataset = dataset_cls(cfg.data.root, cfg.dataset_options)
+    ident = dataset.identity()  # which data: runs on different data never share a hash, a folder or a table cell
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name=ident["name"], identity=ident["digest"]))
     return cfg, method_cls, dataset, notes
 
 
@@ -238,7 +241,11 @@ def _check_values(cfg: RunConfig, method_cls) -> None:
 
 
 def dataset_tag(cfg: RunConfig) -> str:
-    return f"{cfg.data.dataset}-phantom" if cfg.data.synthetic else cfg.data.dataset
+    """The dataset's folder: the loader's name, plus the data's own name where it has one ('nnunet-Liver')."""
+    tag = cfg.data.dataset
+    if cfg.data.name and cfg.data.name.lower() != tag.lower():
+        tag += f"-{cfg.data.name}"
+    return f"{tag}-phantom" if cfg.data.synthetic else tag
 
 
 def run_dir_for(cfg: RunConfig, out: str) -> Path:

@@ -32,6 +32,7 @@ def run_info(plan, split, runtime, method, dataset, data_cache: dict) -> dict:
         "world_size": runtime.world,
         "execution": runtime.record(),
         "data": dataset.describe(),
+        "data_identity": dataset.identity(),
         "data_cache": data_cache,  # where the prepared arrays are: recorded, never hashed (no number depends on it)
         "split_protocol": split.protocol,
         "schedule": plan.schedule,

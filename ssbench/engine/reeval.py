@@ -7,6 +7,7 @@ folder is checked first: its config must be the one recorded (hash), and each ch
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from ssbench import registry, runfolder
@@ -14,12 +15,15 @@ from ssbench.engine.config import RunConfig
 from ssbench.errors import ConfigError, UserError
 
 
-def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_name: str) -> str:
+def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_name: str,
+               data_root: str | None = None) -> str:
+    """``data_root``: where the run's data are now (else the recorded data.root); they must be the same data
+    (the recorded data.identity: name, classes, case list)."""
     from ssbench.engine.evaluate import evaluate_checkpoints, summary_of
     from ssbench.engine.train import deterministic_algorithms
 
     run_dir = Path(run_dir)
-    cfg, dataset, method, test, recorded, device = _open_run(run_dir, hd_units, empty, device_name)
+    cfg, dataset, method, test, recorded, device = _open_run(run_dir, hd_units, empty, device_name, data_root)
     with deterministic_algorithms(cfg.train.deterministic):
         frame = evaluate_checkpoints(method, test, dataset, cfg, device, run_dir / runfolder.CHECKPOINTS,
                                      config_hash=recorded)
@@ -28,19 +32,20 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
     return str(sub.relative_to(run_dir))
 
 
-def reevaluate_prompted(run_dir: Path, protocol: str, device_name: str) -> str:
+def reevaluate_prompted(run_dir: Path, protocol: str, device_name: str, data_root: str | None = None) -> str:
     """``ssbench eval RUN --protocol medsam2``: predict again with ground-truth prompts (engine/prompted_eval.py)."""
     from ssbench.engine.prompted_eval import check_promptable, evaluate_prompted
     from ssbench.engine.train import deterministic_algorithms
 
     run_dir = Path(run_dir)
-    cfg, dataset, method, test, recorded, device = _open_run(run_dir, None, None, device_name,
+    cfg, dataset, method, test, recorded, device = _open_run(run_dir, None, None, device_name, data_root,
                                                              lambda cls: check_promptable(cls, protocol))
     with deterministic_algorithms(cfg.train.deterministic):
         return evaluate_prompted(method, test, dataset, cfg, device, run_dir, protocol, config_hash=recorded)
 
 
-def _open_run(run_dir: Path, hd_units: str | None, empty: str | None, device_name: str, check=None):
+def _open_run(run_dir: Path, hd_units: str | None, empty: str | None, device_name: str,
+              data_root: str | None = None, check=None):
     """A completed run folder, checked -> (cfg, dataset, method with the run's architecture, test cases, recorded
     config hash, device)."""
     from ssbench.config import apply_override
@@ -76,7 +81,14 @@ def _open_run(run_dir: Path, hd_units: str | None, empty: str | None, device_nam
     if empty is not None:
         policy = apply_override(policy, "empty", empty, label="--empty-policy")
     cfg = dataclasses.replace(cfg, eval=policy)
+    if data_root is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.abspath(data_root)))
     dataset = dataset_cls(cfg.data.root, cfg.dataset_options)
+    found = dataset.identity()["digest"]
+    if cfg.data.identity and found != cfg.data.identity:
+        raise UserError(f"{cfg.data.root}: not the data this run used (their identity is {found}, the run's "
+                        f"{cfg.data.identity}: another name, class list or case list)"
+                        + ("" if data_root is not None else "; give the run's data with --data-root"))
     cfg = resolve_hd_units(cfg, dataset)
     device = resolve_device(device_name)
     method = build_method(cfg, method_cls, dataset, device, weights_from_checkpoint=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssbench import runfolder
-from ssbench.datasets.base import check_case
+from ssbench.datasets.base import check_case, check_foreground, check_split
 from ssbench.datasets.duplicates import check_unlabeled_against, held_out_hashes
 from ssbench.engine import record
 from ssbench.engine.config import UNHASHED_DATA, RunConfig
@@ -101,9 +101,12 @@ def load_inputs(cfg: RunConfig, method_cls, dataset, split, say) -> Inputs:
 
     say(f"[bold]{cfg.method_name}[/] on {dataset_tag(cfg)}: split {cfg.data.split} -> {len(split.labeled)} labeled "
         f"patients, {len(split.unlabeled)} unlabeled, {len(split.val)} val, {len(split.test)} test")
+    check_split(split, dataset, ("labeled", "val", "test") + (("unlabeled",) if method_cls.uses_unlabeled else ()))
     labeled = load_cases(dataset, split.labeled, True)
+    check_foreground(labeled, "labeled")
     unlabeled = load_cases(dataset, split.unlabeled, False) if method_cls.uses_unlabeled else []
     val = load_cases(dataset, split.val, True)
+    check_foreground(val, "val")
     held_out = held_out_hashes(val, "val") if unlabeled else {}  # datasets/duplicates.py: the same scan, renamed
     for p in split.test:  # one at a time: checked, then dropped (a prepared cache checked them when preparing)
         for cid in dataset.case_ids(p):
@@ -165,6 +168,10 @@ def execute(req: RunRequest, console=None) -> Path:
     runtime = make_runtime(device, cfg.train.amp, cfg.train.deterministic, rank, world, **(req.execution or {}))
     split = p.split()
     staging = p.staging
+    other = _other_dataset(p.run_dir, cfg)
+    if other:  # two data sets filed under one name: --overwrite would destroy the other's run
+        raise UserError(f"{p.run_dir}: holds a run on other data ({other}; this run's: {cfg.data.identity}, "
+                        f"{len(dataset.patients())} cases); give this dataset another --out (or name it in its files)")
     if p.run_dir.exists() and not req.overwrite:
         raise UserError(f"{p.run_dir}: a completed run is already there (pass --overwrite to replace it)")
 
@@ -230,6 +237,18 @@ def execute(req: RunRequest, console=None) -> Path:
         if runtime.is_main:
             staging.release_lock()
     return p.run_dir
+
+
+def _other_dataset(final_dir: Path, cfg: RunConfig) -> str:
+    """'' if ``final_dir`` is absent or holds a run on the same data; else what the run there recorded."""
+    try:
+        recorded = runfolder.read_config(final_dir, verify=False)[0].get("data") or {}
+    except runfolder.Unreadable:
+        return ""  # nothing readable to compare: the usual refusal (or --overwrite) applies
+    identity = recorded.get("identity") if isinstance(recorded, dict) else None
+    if identity in (None, "", cfg.data.identity):
+        return ""
+    return f"data identity {identity}"
 
 
 def _barrier(world: int) -> None:

@@ -25,6 +25,20 @@ class NonFiniteLoss(UserError):
     pass
 
 
+def finite_state(state: dict, iteration: int, name: str) -> dict:
+    """``state`` (a method's state_dict) if every floating tensor in it is finite; else stop the run before
+    ``name`` is saved. One reduction over all tensors (one host sync per saved checkpoint): the logged losses
+    come before each step's update, so weights that overflow in the last steps are caught only here."""
+    floats = [t for t in state.values() if torch.is_tensor(t) and t.is_floating_point()]
+    if floats and not bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):
+        bad = sum(int((~torch.isfinite(t)).sum()) for t in floats)
+        total = sum(t.numel() for t in floats)
+        raise NonFiniteLoss(f"training stopped at iteration {iteration}: the weights hold {bad} of {total} "
+                            f"non-finite values (NaN or infinity) as {name} was to be saved; nothing was published "
+                            "(a smaller train.lr may help)")
+    return state
+
+
 @contextmanager
 def deterministic_algorithms(enabled: bool, record: list | None = None):
     """``train.deterministic`` (``--deterministic``): the same numbers from the same seed on a GPU too, at some
@@ -389,7 +403,7 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
                 best = {"dice": val_dice, "iteration": done}
                 # A stage that another follows keeps its optimizer state too: the next stage starts from it.
                 torch_save(ckpt_dir / "best.pt", _weights(method, done, val_dice, cfg,
-                                                          optimizer if k < len(stages) - 1 else None))
+                                                          optimizer if k < len(stages) - 1 else None, "best.pt"))
         if validate and done == ends[k] and best["iteration"] < 0 and runtime.is_main:
             raise UserError(f"no validation gave a Dice score{_in_stage(stage, stages)} (the validation cases hold "
                             "no foreground label): nothing to select a checkpoint with")
@@ -407,7 +421,8 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
                     best_file = f"best-at-{done}.pt"
                     snapshot(ckpt_dir / "best.pt", ckpt_dir / best_file)
                 torch_save(last, {
-                    "config_hash": cfg.hash(), "iteration": done, "method": method.state_dict(),
+                    "config_hash": cfg.hash(), "iteration": done,
+                    "method": finite_state(method.state_dict(), done, last.name),
                     "optimizer": optimizer.state_dict(), "samplers": {n: s.state_dict() for n, s in samplers.items()},
                     "rng": rng, "best": best, "log": log, "best_file": best_file,
                 })
@@ -419,7 +434,7 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
     for s in samplers.values():
         s.close()  # the DataLoader workers, if any
     if runtime.is_main:
-        torch_save(ckpt_dir / "final.pt", _weights(method, total, val_dice, cfg))
+        torch_save(ckpt_dir / "final.pt", _weights(method, total, val_dice, cfg, name="final.pt"))
     if len(stages) > 1:
         return {**best, "stages": stage_bests(log, stages)}
     return best
@@ -500,8 +515,10 @@ def _restore_best(ckpt_dir: Path, state: dict, last: Path) -> None:
     snapshot(saved, ckpt_dir / "best.pt")
 
 
-def _weights(method, iteration: int, val_dice: float, cfg, optimizer: Optimizers | None = None) -> dict:
-    state = {"method": method.state_dict(), "iteration": iteration, "val_dice": val_dice, "config_hash": cfg.hash()}
+def _weights(method, iteration: int, val_dice: float, cfg, optimizer: Optimizers | None = None,
+             name: str = "a checkpoint") -> dict:
+    state = {"method": finite_state(method.state_dict(), iteration, name), "iteration": iteration,
+             "val_dice": val_dice, "config_hash": cfg.hash()}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     return state

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ssbench.errors import UserError, first_line
+from ssbench.errors import UserError
 
 
 def read_checkpoint(path: str | Path, option: str):
@@ -20,7 +20,9 @@ def read_checkpoint(path: str | Path, option: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickled code that weights_only refuses, ...
-        raise UserError(f"{option} {path}: cannot load ({type(exc).__name__}: {first_line(exc)})") from None
+        from ssbench.engine.checkpoint import weights_only_refusal
+
+        raise UserError(f"{option} {path}: cannot load ({weights_only_refusal(exc)})") from None
 
 
 def load_strict(module: nn.Module, state: dict, what: str) -> None:

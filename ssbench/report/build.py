@@ -3,13 +3,14 @@ a table of contents (README.md) naming what each file shows and which runs it ca
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from ssbench.atomic import write_csv, write_json, write_text
-from ssbench.errors import UserError
+from ssbench.atomic import make_dirs, write_csv, write_json, write_text
+from ssbench.errors import UserError, WriteError, first_line
 from ssbench.report import figures
 from ssbench.report.collect import collect
 from ssbench.report.gap import gap_table, published_path, read_published
@@ -88,8 +89,51 @@ def build(results: Path, out: Path, reference: str | None, checkpoint: str, form
             say(f"ignored {d.ignored.path}: {d.reason}")
     missing = _missing_reasons(skipped)
     written: dict[str, list[str]] = {}
+    target, out = out, _staging(out)  # everything goes to a hidden sibling, renamed into place at the end
+    try:
+        _write_all(results, out, reference, checkpoint, formats, say, draw, published, runs, skipped, layouts,
+                   missing, written)
+        _publish(out, target)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return written
+
+
+def _staging(out: Path) -> Path:
+    """``paper/`` is written whole or not at all: into ``.paper.incomplete-<pid>`` beside it, then renamed. An
+    existing ``out`` is replaced only if ``ssbench table`` wrote it (its index.json): never a folder of other
+    files."""
+    if out.exists() and not out.is_dir():
+        raise WriteError(f"--out {out}: not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "index.json").is_file():
+        raise WriteError(f"--out {out}: holds files that ssbench table did not write (no index.json); choose an "
+                         "empty or new folder")
+    staging = Path(os.path.abspath(out))
+    staging = staging.with_name(f".{staging.name}.incomplete-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    make_dirs(staging)
+    return staging
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Replace ``out`` by ``staging``: the old folder is moved aside first and removed once the new one is in place."""
+    out = Path(os.path.abspath(out))
+    try:
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(staging, out)
+    except OSError as exc:
+        raise WriteError(f"--out {out}: cannot put the tables in place ({exc.strerror or exc})") from exc
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_all(results, out, reference, checkpoint, formats, say, draw, published, runs, skipped, layouts, missing,
+               written) -> None:
     contents = Contents(out)
-    out.mkdir(parents=True, exist_ok=True)
     skipped_list = [{"run": str(s.path), "reason": s.reason} for s in skipped]
 
     def emit(stem: str, table, frame: pd.DataFrame | None, provenance: dict | None, what: str, runs_text: str):
@@ -162,33 +206,43 @@ def build(results: Path, out: Path, reference: str | None, checkpoint: str, form
     write_json(out / "index.json", {"results": str(results), "checkpoint": checkpoint, "files": written,
                                     "runs_used": len(runs), "runs_skipped": len(skipped),
                                     "skipped": skipped_list})
-    return written
 
 
 def _figures(lay, checkpoint, sig, colors, fig_dir, out, written, contents, say) -> None:
     stem = lay.stem
     files: list[str] = []
 
-    def keep(fig, name, what, rows):
-        paths = [str(p.relative_to(out)) for p in figures.save(fig, fig_dir, name)]
+    def keep(make, name, what, rows):
+        """Draw and save one figure; one that fails (a damaged predictions file, a volume that does not load)
+        costs that figure, named in one line, never the tables."""
+        try:
+            fig = make()
+            if fig is None:
+                return
+            paths = [str(p.relative_to(out)) for p in figures.save(fig, fig_dir, name)]
+        except (UserError, WriteError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - matplotlib, numpy and zipfile raise many types
+            say(f"figure {name} skipped: {type(exc).__name__}: {first_line(exc)}")
+            return
         files.extend(paths)
         contents.add("figure", paths, what, _runs_text(rows))
 
     if lay.splits():
-        keep(figures.dice_boxes(lay, checkpoint, colors), f"dice_{stem}",
+        keep(lambda: figures.dice_boxes(lay, checkpoint, colors), f"dice_{stem}",
              f"{lay.dataset}: per-volume Dice of each method per split (box, points), one colour per method, shared "
              "y axis; dashed line: the upper bound's mean.", lay.main_rows)
-    curves = figures.learning_curves(lay, colors)
-    if curves is not None:
-        keep(curves, f"curves_{stem}", f"{lay.dataset}: training loss and validation Dice against iterations, per "
-             "split; colour = method, line style = seed.", lay.main_rows)
+    keep(lambda: figures.learning_curves(lay, colors), f"curves_{stem}", f"{lay.dataset}: training loss and "
+         "validation Dice against iterations, per split; colour = method, line style = seed.", lay.main_rows)
     refs = sig.drop_duplicates("labeled").set_index("labeled")["reference"].to_dict() if len(sig) else {}
     for n, ref in refs.items():
-        fig, info = figures.overlays(lay, checkpoint, n, ref, colors, classes(lay))
-        if fig is None:
-            say(f"overlays of {lay.dataset}, {n} labeled skipped: {info['reason']}")
-            continue
-        keep(fig, f"overlays_{stem}_{n}labeled",
+        def overlay(n=n, ref=ref):
+            fig, info = figures.overlays(lay, checkpoint, n, ref, colors, classes(lay))
+            if fig is None:
+                say(f"overlays of {lay.dataset}, {n} labeled skipped: {info['reason']}")
+            return fig
+
+        keep(overlay, f"overlays_{stem}_{n}labeled",
              f"{lay.dataset}, {lay.split_label(n)}: for each method, the test volumes it wins and loses most "
              f"against {ref} and its median volume (image, ground truth, both predictions; Dice in the titles).",
              [r for r in lay.main_rows if n in r.cells])

@@ -146,16 +146,21 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def collect(results: Path, checkpoint: str = "best") -> tuple[list[Run], list[Skipped]]:
+    from ssbench.report.verify import verify_run
+
     runs, skipped = [], []
     for info_path in sorted(Path(results).rglob(runfolder.RUN_INFO)):
         folder = info_path.parent
         if runfolder.is_hidden(folder, Path(results)):
-            staging = any(p.endswith(runfolder.STAGING_SUFFIX) for p in folder.parts)
-            skipped.append(Skipped(folder, "incomplete (a staging folder: the run did not finish)" if staging
-                                   else "in a hidden folder (ignored)"))
+            # README: readers ignore hidden folders; a staging folder is named, as a cell it leaves empty
+            hidden = [p for p in folder.relative_to(results).parts if p.startswith(".")]
+            if any(p.endswith(runfolder.STAGING_SUFFIX) for p in hidden) and ".replaced-" not in folder.name:
+                skipped.append(Skipped(folder, "incomplete (a staging folder: the run did not finish)"))
             continue
         try:
             run = read_run(folder, checkpoint)
+            if run is not None:
+                verify_run(run, Unreadable)
         except Unreadable as exc:
             skipped.append(Skipped(folder, str(exc)))
             continue
@@ -164,7 +169,9 @@ def collect(results: Path, checkpoint: str = "best") -> tuple[list[Run], list[Sk
         runs.append(run)
         for sub in sorted((folder / runfolder.EVALS).glob(f"*/{runfolder.CASES}")):
             try:
-                runs.append(read_reevaluation(run, sub.parent, checkpoint))
+                again = read_reevaluation(run, sub.parent, checkpoint)
+                verify_run(again, Unreadable)
+                runs.append(again)
             except Unreadable as exc:
                 skipped.append(Skipped(sub.parent, str(exc)))
     return runs, skipped

@@ -84,6 +84,18 @@ def _requeues(sweep_dir: Path, key: str) -> dict | None:
         return None
 
 
+def read_manifest(path: Path) -> dict:
+    """A sweep's manifest.json: an object whose 'runs' list holds one object with a 'key' per run."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise UserError(f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
+    runs = manifest.get("runs") if isinstance(manifest, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("key"), str) for r in runs):
+        raise UserError(f"{path}: not a sweep manifest (expected an object with a 'runs' list of {{'key': ...}})")
+    return manifest
+
+
 def status(results: Path, sweep: str | None = None) -> list[dict]:
     """Rows (key, state, detail) of the newest sweep under ``results`` (or the named one)."""
     root = Path(results) / SWEEPS
@@ -94,10 +106,7 @@ def status(results: Path, sweep: str | None = None) -> list[dict]:
     if name not in sweeps:
         raise UserError(f"--sweep {name}: not found under {root} (found: {', '.join(sweeps)})")
     sweep_dir = root / name
-    try:
-        manifest = json.loads((sweep_dir / "manifest.json").read_text())
-    except ValueError as exc:
-        raise UserError(f"{sweep_dir / 'manifest.json'}: unreadable ({exc})") from None
+    manifest = read_manifest(sweep_dir / "manifest.json")
     pending = [r for r in manifest["runs"] if not is_complete(Path(results) / r["key"])]
     states = scheduler_states({**manifest, "runs": pending}, sweep_dir)
     rows = []

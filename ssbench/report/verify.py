@@ -1,0 +1,104 @@
+"""What ``ssbench table`` checks of a run before it uses a single number of it.
+
+A run folder is used only if
+- its config is the one the run recorded: config.yaml's hash recomputed from the file equals the hash that
+  config.yaml and run.json record (an edited config would be filed, and pooled, under settings it did not run);
+- its per-case rows are complete: for each checkpoint, exactly one row per (test volume, class), the same classes
+  for every volume, the patients those of its split.json test list (all of them, nothing else), as many volumes as
+  summary.json says it tested;
+- its per-case rows are sound: every status one the engine writes, Dice and Jaccard in [0, 1], HD95 and ASD finite
+  and >= 0 where a structure was scored (NaN only where nothing was scored: an 'absent' pair, or a missed structure
+  under the 'exclude' policy), no infinity anywhere.
+Each failed check raises ``Unreadable`` naming the file and what is wrong: the run is skipped with one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ssbench.runfolder import recorded_hash as recorded_config_hash
+
+STATUSES = ("ok", "absent", "missed", "false_positive")
+
+
+def verify_run(run, unreadable) -> None:
+    """Check ``run`` (a collect.Run: its own evaluation or a re-evaluation in evals/); raise ``unreadable``."""
+    folder = run.path if not run.evaluation else run.path.parent.parent  # <run>/evals/<policy>/
+    if not run.evaluation:
+        _check_hash(folder, run.info, unreadable)
+    rows = "metrics_per_case.csv" if not run.evaluation else f"evals/{run.evaluation}/metrics_per_case.csv"
+    test = _test_patients(folder, unreadable)
+    empty = str(run.settings.get("eval.empty", "worst"))
+    _check_rows(run.frame, rows, test, (run.summary or {}).get("test_cases"), empty, unreadable)
+
+
+def _check_hash(folder: Path, info: dict, unreadable) -> None:
+    try:
+        raw = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise unreadable(f"config.yaml: unreadable ({type(exc).__name__})") from None
+    recorded = raw.get("config_hash") if isinstance(raw, dict) else None
+    if not isinstance(recorded, str) or not recorded:
+        raise unreadable("config.yaml: no recorded config_hash")
+    if recorded_config_hash(raw) != recorded:
+        raise unreadable("config.yaml: does not match its recorded config hash (edited after the run?)")
+    if info.get("config_hash") not in (None, recorded):
+        raise unreadable(f"run.json: config hash {info.get('config_hash')} differs from config.yaml's {recorded}")
+
+
+def _test_patients(folder: Path, unreadable) -> list[str]:
+    try:
+        split = json.loads((folder / "split.json").read_text())
+    except FileNotFoundError:
+        raise unreadable("split.json: missing") from None
+    except (OSError, ValueError) as exc:
+        raise unreadable(f"split.json: unreadable ({type(exc).__name__})") from None
+    test = split.get("test") if isinstance(split, dict) else None
+    if not isinstance(test, list) or not test or not all(isinstance(p, str) for p in test):
+        raise unreadable("split.json: no list of test patients")
+    return test
+
+
+def _check_rows(frame: pd.DataFrame, name: str, test: list[str], test_cases, empty: str, unreadable) -> None:
+    bad_status = sorted(set(frame["status"]) - set(STATUSES))
+    if bad_status:
+        raise unreadable(f"{name}: status {bad_status[0]!r} is not one the engine writes ({', '.join(STATUSES)})")
+    for col in ("dice", "jaccard", "hd95", "asd"):
+        if np.isinf(frame[col].to_numpy()).any():
+            raise unreadable(f"{name}: column {col!r} holds infinite values")
+    scored = frame["status"] != "absent"
+    for col in ("dice", "jaccard"):
+        v = frame.loc[scored, col]
+        if v.isna().any() or ((v < 0) | (v > 1)).any():
+            raise unreadable(f"{name}: column {col!r} holds values that are missing or outside [0, 1] in scored rows")
+    may_be_nan = (frame["status"] == "absent") | ((frame["status"] != "ok") & (empty == "exclude"))
+    for col in ("hd95", "asd"):
+        v = frame.loc[~may_be_nan, col]
+        if v.isna().any() or (v < 0).any():
+            raise unreadable(f"{name}: column {col!r} holds missing or negative distances in scored rows")
+    for ckpt, rows in frame.groupby("checkpoint", sort=False):
+        where = f"{name} ({ckpt} checkpoint)"
+        twice = rows.duplicated(["case_id", "class"])
+        if twice.any():
+            r = rows[twice].iloc[0]
+            raise unreadable(f"{where}: volume {r['case_id']} has two rows for class {r['class']}")
+        classes = set(rows["class"])
+        per_case = rows.groupby("case_id")["class"].nunique()
+        short = per_case[per_case != len(classes)]
+        if len(short):
+            raise unreadable(f"{where}: volume {short.index[0]} has rows for {short.iloc[0]} of the "
+                             f"{len(classes)} classes (a truncated file?)")
+        patients = set(rows["patient_id"])
+        missing, extra = sorted(set(test) - patients), sorted(patients - set(test))
+        if missing:
+            raise unreadable(f"{where}: no rows for test patient {missing[0]} of split.json"
+                             + (f" ({len(missing)} of {len(set(test))} missing)" if len(missing) > 1 else ""))
+        if extra:
+            raise unreadable(f"{where}: rows for patient {extra[0]}, who is not in split.json's test list")
+        if isinstance(test_cases, int) and len(per_case) != test_cases:
+            raise unreadable(f"{where}: rows for {len(per_case)} volumes, summary.json says {test_cases} were tested")
