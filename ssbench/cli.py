@@ -275,7 +275,7 @@ def table(
 
 @data_app.command("synth")
 def data_synth(
-    dataset: str = typer.Option(..., "--dataset", help="acdc or bhsd"),
+    dataset: str = typer.Option(..., "--dataset", help="acdc, bhsd or nnunet (an nnU-Net v2 raw folder)"),
     out: Path = typer.Option(..., "--out", help="Folder to write (must be empty or absent)."),
     seed: int = typer.Option(0, "--seed"),
 ):
@@ -288,6 +288,7 @@ def data_synth(
         raise UserError(f"--out {out}: {'folder is not empty' if out.is_dir() else 'not a folder'}")
     try:
         synthetic.WRITERS[dataset](out, seed=seed)
+        synthetic.write_marker(out, dataset, seed)  # read back by every run: filed and warned as a phantom
     except OSError as exc:
         raise WriteError(f"--out {out}: cannot write ({exc.strerror or exc}: {exc.filename})") from None
     typer.echo(f"wrote a synthetic {dataset} dataset to {out}")

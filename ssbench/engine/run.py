@@ -72,8 +72,8 @@ def build_config(req: RunRequest):
     method_cls = registry.method(req.method)
     dataset_cls = registry.dataset(req.dataset)
     root = req.data_root
-    is_synthetic = root is None
-    if is_synthetic:
+    is_synthetic = root is None or synthetic.phantom_of(root) is not None  # `ssbench data synth` marks its output
+    if root is None:
         root = str(synthetic.embedded(req.dataset))
     train = TrainConfig()
     data = DataConfig(dataset=req.dataset, root=root, split=req.split, synthetic=is_synthetic,
@@ -274,6 +274,9 @@ def load_inputs(cfg: RunConfig, method_cls, dataset, split, say) -> Inputs:
 
     say(f"[bold]{cfg.method_name}[/] on {dataset_tag(cfg)}: split {cfg.data.split} -> {len(split.labeled)} labeled "
         f"patients, {len(split.unlabeled)} unlabeled, {len(split.val)} val, {len(split.test)} test")
+    say(f"split protocol: {split.protocol}")
+    for w in dataset.warnings():  # the loader's protocol choices (e.g. what nnU-Net's imagesTs/ is), before loading
+        say(f"[bold yellow]NOTE[/]: {w}")
     labeled = load_cases(dataset, split.labeled, True)
     unlabeled = load_cases(dataset, split.unlabeled, False) if method_cls.uses_unlabeled else []
     val = load_cases(dataset, split.val, True)
@@ -395,8 +398,10 @@ def execute(req: RunRequest, console=None) -> Path:
         )
     if cfg.data.synthetic:
         run_info["warnings"].append(
-            "embedded synthetic phantom data: numbers are a smoke test of the pipeline, not ACDC/BHSD results"
+            "synthetic phantom data (ssbench's own, PHANTOM.json): numbers are a smoke test of the pipeline, not "
+            f"{cfg.data.dataset} results"
         )
+    run_info["warnings"] += dataset.warnings()  # the loader's protocol choices, said at the start (load_inputs)
     if runtime.is_main:  # only rank 0 writes; the other ranks wait at the barriers
         _check_lock(staging)
         if staging.exists() and not req.resume:
