@@ -177,6 +177,9 @@ def split(
 
     _load_plugins(plugins)
     cls = registry.dataset(dataset)
+    if split_seed != 0 and hasattr(cls, "frozen_split"):
+        raise UserError(f"--split-seed {split_seed}: the {dataset} split is frozen (the literature's patient lists); "
+                        "a split seed would change nothing")
     if data_root is None and hasattr(cls, "frozen_split"):
         result = cls.frozen_split(split, split_seed)
     else:

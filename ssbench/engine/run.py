@@ -129,6 +129,9 @@ def build_config(req: RunRequest):
             raise ConfigError(f"--set {key}: does not act in a {cfg.method_name} run with train.optimizer="
                               f"{cfg.train.optimizer} (so its config does not record it)")
     _check_values(cfg.check(), method_cls)
+    if cfg.data.split_seed != 0 and hasattr(dataset_cls, "frozen_split"):
+        raise UserError(f"--split-seed {cfg.data.split_seed}: the {req.dataset} split is frozen (the literature's "
+                        "patient lists); a split seed would change nothing")
     cfg = dataclasses.replace(cfg, variant=variant_tag(recipe.method_config, cfg.method_config),
                               protocol_variant=protocol_tag(recipe, cfg))
     dataset = dataset_cls(cfg.data.root, cfg.dataset_options)
@@ -165,6 +168,8 @@ def protocol_tag(recipe: RunConfig, cfg: RunConfig) -> str:
         parts.append(f"infer-{cfg.data.inference_resize}")
     if cfg.train.world_size > 1:  # trained by several processes (DDP): not the same run as one process's
         parts.append(f"ddp{cfg.train.world_size}")
+    if cfg.data.split_seed != 0:  # another labeled draw: never the folder of split seed 0's run
+        parts.append(f"split{cfg.data.split_seed}")
     return "-".join(parts)
 
 

@@ -19,10 +19,11 @@ class Grid:
     splits: tuple[str, ...]
     seeds: tuple[int, ...]
     datasets: tuple[str, ...] = ("acdc",)
+    split_seeds: tuple[int | None, ...] = (None,)  # seeds of the labeled draw (None: the config's, 0)
 
     @property
     def size(self) -> int:
-        return len(self.methods) * len(self.splits) * len(self.seeds) * len(self.datasets)
+        return len(self.methods) * len(self.splits) * len(self.seeds) * len(self.datasets) * len(self.split_seeds)
 
 
 def shipped_grids() -> list[str]:
@@ -91,13 +92,14 @@ def plan(grid: Grid, roots: dict, sets: tuple[str, ...], iters: int | None, out:
     for dataset in grid.datasets:
         for method in grid.methods:
             for split in grid.splits:
-                for seed in grid.seeds:
-                    req = RunRequest(method=method, dataset=dataset, data_root=roots.get(dataset), split=split,
-                                     seed=seed, iters=iters, sets=sets, out=str(out), device=device, resume=True,
-                                     world=world)
-                    cfg, _, _ = build_config(req)
-                    run_dir = run_dir_for(cfg, str(out))
-                    planned.append(PlannedRun(str(run_dir.relative_to(out)), run_dir, req, is_complete(run_dir)))
+                for split_seed in grid.split_seeds:
+                    for seed in grid.seeds:
+                        req = RunRequest(method=method, dataset=dataset, data_root=roots.get(dataset), split=split,
+                                         split_seed=split_seed, seed=seed, iters=iters, sets=sets, out=str(out),
+                                         device=device, resume=True, world=world)
+                        cfg, _, _ = build_config(req)
+                        run_dir = run_dir_for(cfg, str(out))
+                        planned.append(PlannedRun(str(run_dir.relative_to(out)), run_dir, req, is_complete(run_dir)))
     return planned
 
 
