@@ -103,10 +103,16 @@ def build_config(req: RunRequest):
     if req.amp is not None:
         cfg = cfg.override("train.amp", req.amp)
     if req.iters is not None:  # --iters is a length in iterations, whatever the recipe's schedule
+        for item in req.sets:  # two lengths for one run: refused, never one of them silently
+            key, _, value = (x.strip() for x in item.partition("="))
+            if (key == "train.iters" and value != str(req.iters)) or (key == "train.schedule" and value == "epochs"):
+                raise ConfigError(f"--iters {req.iters} and --set {item}: two training lengths; give one of them")
         cfg = cfg.override("train.schedule", "iterations").override("train.iters", str(req.iters))
     if req.deterministic:
         cfg = cfg.override("train.deterministic", "true")
-    if cfg.train.recipe == "cpu-small":  # scale the method's absolute schedules to the short run; --set still wins
+    # The method's absolute schedules (BCP's pre-train, ramp-ups) scale with the run's length, on the phantom and
+    # under --iters alike, on any data; --set still wins.
+    if cfg.train.recipe == "cpu-small" or req.iters is not None:
         cfg = dataclasses.replace(cfg, method_config=method_cls.short_recipe(cfg.method_config, cfg.train.iters))
     recipe = cfg
     for item in req.sets:
@@ -352,7 +358,11 @@ def execute(req: RunRequest, console=None) -> Path:
     final_dir = run_dir_for(cfg, req.out)
     staging = final_dir.with_name(f".{final_dir.name}.incomplete")
     if final_dir.exists() and not req.overwrite:
-        raise UserError(f"{final_dir}: a completed run is already there (pass --overwrite to replace it)")
+        diffs = config_differences(final_dir / "config.yaml", cfg)
+        raise UserError(f"{final_dir}: a completed run is already there ("
+                        + (f"its config differs: {'; '.join(diffs[:4])}" + (f"; +{len(diffs) - 4} more" if len(diffs)
+                           > 4 else "") + "; " if diffs else "the same config; ")
+                        + "pass --overwrite to replace it)")
 
     # 1. Load and check every input, 2. build the method: both before anything is written.
     inputs = load_inputs(cfg, method_cls, dataset, split, say)
@@ -488,12 +498,30 @@ def check_resumable(staging: Path, cfg: RunConfig) -> None:
         raise UserError(f"{path}: unreadable ({type(exc).__name__}); run without --resume to start over") from None
     if recorded_hash == cfg.hash():
         return
-    now = _flatten(cfg.to_dict())
-    before = _flatten(recorded)
-    diffs = [f"{k}: {before.get(k, '(absent)')} -> {now.get(k, '(absent)')}" for k in sorted(set(now) | set(before))
-             if k != "data.root" and before.get(k) != now.get(k)]
+    diffs = _differences(recorded, cfg)
     raise UserError(f"--resume: the interrupted run in {staging} has another config "
                     f"({'; '.join(diffs[:3]) or 'hash'}); use its options, or run without --resume to start over")
+
+
+def _differences(recorded: dict, cfg: RunConfig, derived: tuple[str, ...] = ()) -> list[str]:
+    now = _flatten(cfg.to_dict())
+    before = _flatten(recorded)
+    return [f"{k}: {before.get(k, '(absent)')} -> {now.get(k, '(absent)')}" for k in sorted(set(now) | set(before))
+            if k != "data.root" and k not in derived and before.get(k) != now.get(k)]
+
+
+def config_differences(path: Path, cfg: RunConfig) -> list[str]:
+    """'train.iters: 30000 -> 20', ...: how a recorded run's config differs from ``cfg`` (fields derived later in a
+    run, such as train.iters under an epoch schedule, left out); empty where unreadable."""
+    import yaml
+
+    try:
+        recorded = yaml.safe_load(path.read_text())
+        recorded.pop("config_hash", None)
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    derived = ("train.iters",) if cfg.train.schedule == "epochs" else ()
+    return _differences(recorded, cfg, derived)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -278,7 +278,16 @@ def _tidy(layout, row, runs, n, key, scale, checkpoint, e: Entry) -> dict:
             "split": layout.split_label(n) if row.role != "upper" else f"all ({max(row.cells)} labeled)",
             "labeled": runs[0].labeled, "metric": key, "mean": s["mean"], "std": s["std"], "n_seeds": s["n_seeds"],
             "seeds": ";".join(str(r.seed) for r in runs), "rank": e.rank, "mark": e.mark, "checkpoint": checkpoint,
-            "units": layout.units if scale == 1.0 else "%"}
+            "units": layout.units if scale == 1.0 else "%",
+            "train_iters": ";".join(dict.fromkeys(str(total_iterations(r)) for r in runs))}
+
+
+def total_iterations(run: Run) -> int | None:
+    """Every training step of a run, over all its stages (BCP: pre-train + self-training)."""
+    stages = run.info.get("stages")
+    if isinstance(stages, list) and len(stages) > 1 and all(isinstance(s, dict) for s in stages):
+        return int(sum(int(s.get("iters") or 0) for s in stages))
+    return run.iterations
 
 
 def _policy_note(layout: Layout) -> str:
@@ -304,8 +313,9 @@ def _main_notes(layout: Layout, rows: list[Row], checkpoint: str, sig: pd.DataFr
     if len(lengths) == 1:
         notes.append(f"Training length: {next(iter(lengths))} for every row.")
     else:
-        notes.append("Training length: " + "; ".join(f"{', '.join(names)}: {text}"
-                                                     for text, names in lengths.items()) + ".")
+        notes.append("Training lengths DIFFER between rows: " + "; ".join(f"{', '.join(names)}: {text}"
+                                                                       for text, names in lengths.items())
+                     + " (train_iters per row in the csv).")
     notes.append("Bold: best per column; underlined: second best (labeled-only and semi-supervised rows; the upper "
                  "bound is not ranked).")
     if not sig.empty:
