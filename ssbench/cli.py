@@ -263,7 +263,9 @@ def _list_registered(group: str, plugins: List[str]) -> None:
 def table(
     results: Path = typer.Option(Path("results"), "--results", help="Results root folder."),
     out: Path = typer.Option(Path("paper"), "--out", help="Where tables, figures and provenance go."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Reference method (default: best mean Dice)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help=(
+        "The method every other is tested against (default: the labeled-only baseline; choose it before looking "
+        "at the results).")),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or final."),
     formats: str = typer.Option("md,tex,csv", "--format", help="Comma-separated: md, tex, csv."),
     plugins: List[str] = typer.Option([], "--plugin", help="A dataset plugin for the overlay figures (see run)."),

@@ -110,10 +110,12 @@ def build_config(req: RunRequest):
         cfg = cfg.override("train.schedule", "iterations").override("train.iters", str(req.iters))
     if req.deterministic:
         cfg = cfg.override("train.deterministic", "true")
-    # The method's absolute schedules (BCP's pre-train, ramp-ups) scale with the run's length, on the phantom and
-    # under --iters alike, on any data; --set still wins.
-    if cfg.train.recipe == "cpu-small" or req.iters is not None:
+    # The method's absolute schedules (BCP's pre-train, ramp-ups) scale with the run's length: on the phantom with
+    # its CPU default, and under --iters on any data (Method.scale_schedule); --set still wins.
+    if cfg.train.recipe == "cpu-small":
         cfg = dataclasses.replace(cfg, method_config=method_cls.short_recipe(cfg.method_config, cfg.train.iters))
+    elif req.iters is not None:
+        cfg = dataclasses.replace(cfg, method_config=method_cls.scale_schedule(cfg.method_config, cfg.train.iters))
     recipe = cfg
     for item in req.sets:
         key, eq, value = item.partition("=")
