@@ -11,9 +11,10 @@ import typer
 
 from ssbench.errors import UserError, WriteError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+HELP = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP,
                   help="Reproducible semi-supervised medical image segmentation benchmarks.")
-data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.")
+data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.", context_settings=HELP)
 app.add_typer(data_app, name="data")
 from ssbench.sweep.commands import sweep_app  # noqa: E402  (typer only; the sweep imports torch in its jobs)
 
@@ -31,8 +32,40 @@ def _load_plugins(specs: List[str]) -> None:
         registry.add_plugin(spec)
 
 
+def _flags_take_no_value() -> None:
+    """typer prints '<bool>' beside every flag (--resume, --quiet, --help), as if it took a value, and then
+    '--resume true' is refused: a flag's type column stays empty."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "ssbench", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return "" if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    display_type_rich.ssbench = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"ssbench {version('ssbench')}")
+        except PackageNotFoundError:
+            typer.echo("ssbench (not installed: no version recorded)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")):
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+          show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                            help="Print the version and exit.")):
     _STATE["debug"] = debug
 
 
@@ -125,6 +158,11 @@ def _print_summary(console, run_dir: Path, sub: str = "") -> None:
             table.add_row(name, _pct(m["dice"]), _pct(m["jaccard"]), _num(m["hd95"]), _num(m["asd"]),
                           str(m["n_cases"]))
         console.print(table)
+        if summary["metric_policy"].get("empty") == "worst" and any(
+                m.get("status_counts", {}).get(k) for m in block["per_class"].values()
+                for k in ("missed", "false_positive")):
+            console.print(f"HD95/ASD: a structure missed (or predicted where there is none) scores that volume's "
+                          f"diagonal in {units}, the 'worst' empty policy (--empty-policy; docs/guarantees.md)")
     console.print(f"results: {run_dir / sub}")
 
 
@@ -143,7 +181,7 @@ def eval_cmd(
     empty_policy: Optional[str] = typer.Option(None, "--empty-policy", help="worst, exclude or legacy-zero."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help=(
         "a named protocol of the literature, e.g. bcp (= --empty-policy legacy-zero --hd-units voxel)")),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the checkpoints are run."),
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Re-evaluate a run's best and final checkpoints on its test set, e.g. under another metric policy."""

@@ -10,7 +10,8 @@ import typer
 
 from ssbench.errors import UserError
 
-sweep_app = typer.Typer(help="Run a grid of methods x splits x seeds (x datasets) through submitit.")
+sweep_app = typer.Typer(help="Run a grid of methods x splits x seeds (x datasets) through submitit.",
+                        context_settings={"help_option_names": ["-h", "--help"]})
 
 
 @sweep_app.callback(invoke_without_command=True)
