@@ -206,18 +206,22 @@ def split(
     dataset: str = typer.Option("acdc", "--dataset"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Needed unless the split is frozen (ACDC)."),
     split: str = typer.Option("10%", "--split"),
-    split_seed: int = typer.Option(0, "--split-seed", min=0),
+    split_seed: int = typer.Option(0, "--split-seed", min=0, help="Seed of the labeled draw (non-frozen splits)."),
+    sets: List[str] = typer.Option([], "--set", help=(
+        "A dataset option as the run takes it, e.g. nnunet.patient_pattern=REGEX (repeatable).")),
     as_json: bool = typer.Option(False, "--json", help="Print the patient sets as JSON."),
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
-    """Print the patient sets of a split protocol."""
+    """Print the patient sets of a split protocol, and the protocol's choices (as a run would make them)."""
     from ssbench import registry
+    from ssbench.config import apply_override
 
     _load_plugins(plugins)
     cls = registry.dataset(dataset)
     if split_seed != 0 and hasattr(cls, "frozen_split"):
         raise UserError(f"--split-seed {split_seed}: the {dataset} split is frozen (the literature's patient lists); "
                         "a split seed would change nothing")
+    notes: list[str] = []
     if data_root is None and hasattr(cls, "frozen_split"):
         result = cls.frozen_split(split, split_seed)
     else:
@@ -225,11 +229,22 @@ def split(
             from ssbench.datasets import synthetic
 
             data_root = synthetic.embedded(dataset)
-        result = cls(data_root, cls.Options()).split(split, split_seed)
+        options = cls.Options()
+        for item in sets:
+            key, eq, value = (x.strip() for x in item.partition("="))
+            section, _, rest = key.partition(".")
+            if not eq or section != dataset or not rest:
+                raise UserError(f"--set {item}: split takes the dataset's own options ({dataset}.key=value)")
+            options = apply_override(options, rest, value, label=key)
+        loader = cls(data_root, options)
+        result = loader.split(split, split_seed)
+        notes = loader.warnings()
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
         return
     typer.echo(f"{result.protocol}")
+    for note in notes:
+        typer.echo(f"NOTE: {note}")
     for name, ids in result.as_dict().items():
         typer.echo(f"{name} ({len(ids)}): {' '.join(ids)}")
 
