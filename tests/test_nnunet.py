@@ -138,7 +138,7 @@ def test_data_synth_nnunet_writes_a_marked_phantom_that_runs_are_filed_under(cli
     assert json.loads((out / "PHANTOM.json").read_text())["kind"] == "nnunet"
     ds = NNUNet(out, _options(patient_pattern=r"^(pat\d+)_"))
     s = ds.split("4", 0)
-    assert len(s.test) == 5 and all(c.startswith("Ts:") for p in s.test for c in ds.case_ids(p))  # imagesTs
+    assert len(s.test) == 4 and all(c.startswith("Ts:") for p in s.test for c in ds.case_ids(p))  # imagesTs
     assert "val = splits_final.json fold 0" in s.protocol and len(s.val) == 4
     cfg, _, _ = build_config(RunRequest(method="supervised", dataset="nnunet", data_root=str(out), split="4"))
     assert cfg.data.synthetic and dataset_tag(cfg) == "nnunet-phantom"

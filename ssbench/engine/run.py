@@ -103,10 +103,6 @@ def build_config(req: RunRequest):
     if req.amp is not None:
         cfg = cfg.override("train.amp", req.amp)
     if req.iters is not None:  # --iters is a length in iterations, whatever the recipe's schedule
-        for item in req.sets:  # two lengths for one run: refused, never one of them silently
-            key, _, value = (x.strip() for x in item.partition("="))
-            if (key == "train.iters" and value != str(req.iters)) or (key == "train.schedule" and value == "epochs"):
-                raise ConfigError(f"--iters {req.iters} and --set {item}: two training lengths; give one of them")
         cfg = cfg.override("train.schedule", "iterations").override("train.iters", str(req.iters))
     if req.deterministic:
         cfg = cfg.override("train.deterministic", "true")
@@ -124,6 +120,9 @@ def build_config(req: RunRequest):
         if key.strip() in SET_BY_ENGINE:
             raise ConfigError(f"--set {key.strip()}: set by {SET_BY_ENGINE[key.strip()]}, not by --set")
         cfg = cfg.override(key.strip(), value.strip())
+        if req.iters is not None and ((key.strip() == "train.iters" and cfg.train.iters != req.iters)
+                                      or cfg.train.schedule != "iterations"):  # never one of two lengths, silently
+            raise ConfigError(f"--iters {req.iters} and --set {item}: two training lengths; give one of them")
         if key.strip() == "train.iters" and cfg.train.schedule == "epochs":
             raise ConfigError(f"--set {item}: the schedule is in epochs (train.epochs={cfg.train.epochs}); "
                               "use --iters N or --set train.schedule=iterations to give a length in iterations")

@@ -269,6 +269,11 @@ def launch(planned: list, out: Path, executor: str, slurm: SlurmOptions, local_p
     prepare_resources(todo, say)
     sweep_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     sweep_dir = Path(out) / SWEEPS / sweep_id
+    for k in range(2, 1000):  # two sweeps in one second (e.g. a grid, then its upper bound) keep their own folders
+        if not sweep_dir.exists():
+            break
+        sweep_id = f"{sweep_id.split('.')[0]}.{k}"
+        sweep_dir = Path(out) / SWEEPS / sweep_id
     manifest = {"sweep": sweep_id, "executor": executor, "created": dt.datetime.now().isoformat(timespec="seconds"),
                 "slurm": asdict(slurm) if executor == "slurm" else None,
                 "local": {"gpus": gpus, "gpus_per_job": slurm.gpus_per_job, "parallel": parallel}
@@ -288,8 +293,10 @@ def launch(planned: list, out: Path, executor: str, slurm: SlurmOptions, local_p
             raise UserError(f"--executor slurm: the submission failed, nothing was submitted "
                             f"({' '.join(detail.split())[:300]})") from None
         jobs_by_key = {p.key: j for p, j in zip(todo, jobs)}
-        say(f"submitted {len(jobs)} runs as Slurm job array {jobs[0].job_id.split('_')[0]} "
-            f"(at most {slurm.array_parallelism} at once); follow with: ssbench sweep status {out}")
+        what = (f"job array {jobs[0].job_id.split('_')[0]} (at most {slurm.array_parallelism} at once)" if len(jobs) > 1
+                else f"job {jobs[0].job_id}")  # submitit submits a single run as a plain job
+        say(f"submitted {len(jobs)} run{'s' if len(jobs) > 1 else ''} as Slurm {what}; follow with: ssbench sweep "
+            f"status {out}")
     else:  # the local executor itself: AutoExecutor does not pass on visible_gpus. The manifest is written at the
         # first job's start, and updated as each starts (for ``sweep status`` meanwhile).
         ex = (submitit.DebugExecutor if executor == "debug" else submitit.LocalExecutor)(folder=sweep_dir / "submitit")
