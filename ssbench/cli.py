@@ -344,10 +344,17 @@ def data_synth(
         raise UserError(f"--dataset {dataset}: phantoms exist for {', '.join(synthetic.WRITERS)}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: {'folder is not empty' if out.is_dir() else 'not a folder'}")
+    import os
+    import shutil
+
+    staging = out.with_name(f".{out.name}.incomplete")  # renamed into place when complete: never half a phantom
     try:
-        synthetic.WRITERS[dataset](out, seed=seed)
-        synthetic.write_marker(out, dataset, seed)  # read back by every run: filed and warned as a phantom
+        shutil.rmtree(staging, ignore_errors=True)
+        synthetic.WRITERS[dataset](staging, seed=seed)
+        synthetic.write_marker(staging, dataset, seed)  # read back by every run: filed and warned as a phantom
+        os.replace(staging, out)
     except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
         raise WriteError(f"--out {out}: cannot write ({exc.strerror or exc}: {exc.filename})") from None
     typer.echo(f"wrote a synthetic {dataset} dataset to {out}")
 

@@ -360,10 +360,9 @@ def execute(req: RunRequest, console=None) -> Path:
     staging = final_dir.with_name(f".{final_dir.name}.incomplete")
     if final_dir.exists() and not req.overwrite:
         diffs = config_differences(final_dir / "config.yaml", cfg)
-        raise UserError(f"{final_dir}: a completed run is already there ("
-                        + (f"its config differs: {'; '.join(diffs[:4])}" + (f"; +{len(diffs) - 4} more" if len(diffs)
-                           > 4 else "") + "; " if diffs else "the same config; ")
-                        + "pass --overwrite to replace it)")
+        differs = (f"its config differs: {'; '.join(diffs[:4])}" + (f"; +{len(diffs) - 4} more" if len(diffs) > 4
+                   else "")) if diffs else "the same config"
+        raise UserError(f"{final_dir}: a completed run is already there (pass --overwrite to replace it; {differs})")
 
     # 1. Load and check every input, 2. build the method: both before anything is written.
     inputs = load_inputs(cfg, method_cls, dataset, split, say)
