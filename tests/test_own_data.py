@@ -100,12 +100,17 @@ def test_the_readme_recipe_runs_as_written_on_a_phantom_nnunet_folder(cli, capsy
 
     code, out, err = cli(*dry[1:], *SCALE)
     assert code == 0, err
+    dry_out = out
     assert "#SBATCH --array=0-2%3" in out and "#SBATCH --partition=gpu" in out and "dry run: nothing" in out
     assert not Path("results").exists() and not list(spool.iterdir())
 
+    script = dry_out.split("one array task each):\n", 1)[1].split("\n# each array task", 1)[0]
     code, out, err = cli(*sweep[1:], *SCALE)
     assert code == 0, err
     assert "submitted 3 runs as Slurm job array 4242" in out
+    sweep_id = next(Path("results/.sweeps").iterdir()).name
+    submitted = (spool / "4242.sh").read_text()  # what --dry-run printed is what was submitted
+    assert script.replace("SWEEP-ID", sweep_id) == submitted.rstrip()
     code, out, _ = cli(*status[1:])
     assert "queued 3" in out  # submitted, not run yet
     _run_array(spool / "4242.sh", monkeypatch)

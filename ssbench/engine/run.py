@@ -360,8 +360,12 @@ def execute(req: RunRequest, console=None) -> Path:
     staging = final_dir.with_name(f".{final_dir.name}.incomplete")
     if final_dir.exists() and not req.overwrite:
         diffs = config_differences(final_dir / "config.yaml", cfg)
-        differs = (f"its config differs: {'; '.join(diffs[:4])}" + (f"; +{len(diffs) - 4} more" if len(diffs) > 4
-                   else "")) if diffs else "the same config"
+        if diffs is None:
+            differs = "its config.yaml is unreadable"
+        elif diffs:
+            differs = f"its config differs: {'; '.join(diffs[:4])}" + (f"; +{len(diffs) - 4} more" * (len(diffs) > 4))
+        else:
+            differs = "the same config"
         raise UserError(f"{final_dir}: a completed run is already there (pass --overwrite to replace it; {differs})")
 
     # 1. Load and check every input, 2. build the method: both before anything is written.
@@ -510,16 +514,16 @@ def _differences(recorded: dict, cfg: RunConfig, derived: tuple[str, ...] = ()) 
             if k != "data.root" and k not in derived and before.get(k) != now.get(k)]
 
 
-def config_differences(path: Path, cfg: RunConfig) -> list[str]:
+def config_differences(path: Path, cfg: RunConfig) -> list[str] | None:
     """'train.iters: 30000 -> 20', ...: how a recorded run's config differs from ``cfg`` (fields derived later in a
-    run, such as train.iters under an epoch schedule, left out); empty where unreadable."""
+    run, such as train.iters under an epoch schedule, left out); None where unreadable."""
     import yaml
 
     try:
         recorded = yaml.safe_load(path.read_text())
         recorded.pop("config_hash", None)
     except (OSError, yaml.YAMLError, AttributeError):
-        return []
+        return None
     derived = ("train.iters",) if cfg.train.schedule == "epochs" else ()
     return _differences(recorded, cfg, derived)
 

@@ -69,9 +69,8 @@ class SlurmOptions:
             params["slurm_setup"] = list(self.setup)
         return params
 
-
     def sbatch_script(self, runs: int, folder: Path) -> str:
-        """The sbatch script submitit writes for an array of ``runs`` jobs (``--dry-run`` prints it): submitit's
+        """The sbatch script submitit writes for ``runs`` jobs, one array (``--dry-run`` prints it): submitit's
         own parameter names translated as its Slurm executor translates them."""
         from submitit.slurm.slurm import SlurmExecutor, _convert_mem, _make_sbatch_string
 
@@ -81,7 +80,9 @@ class SlurmOptions:
             key = key[len("slurm_"):] if key.startswith("slurm_") else names.get(key, key)
             params[key] = _convert_mem(value) if key == "mem" else value
         command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-        return _make_sbatch_string(command=command, folder=folder, map_count=runs, **params)
+        if runs > 1:  # submitit submits a single run as a plain job
+            params["map_count"] = runs
+        return _make_sbatch_string(command=command, folder=folder, **params)
 
 
 def check_scheduler(executor: str) -> None:
@@ -127,7 +128,7 @@ def dry_run(planned: list, out: Path, executor: str, slurm: SlurmOptions) -> lis
     todo = job_requests([p for p in planned if not p.complete], executor, slurm, [])
     lines = [f"skip    {p.key} (complete)" for p in planned if p.complete]
     if executor == "slurm" and todo:
-        folder = Path(out) / SWEEPS / "<sweep id>" / "submitit"
+        folder = Path(out).absolute() / SWEEPS / "SWEEP-ID" / "submitit"  # the id is the time of submission
         lines += [f"# the sbatch script of the job array ({len(todo)} runs, one array task each):",
                   slurm.sbatch_script(len(todo), folder).rstrip()]
     lines.append(f"# each {'array task' if executor == 'slurm' else 'job'} runs the equivalent of:")
