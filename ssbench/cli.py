@@ -12,9 +12,10 @@ import typer
 from ssbench import runfolder
 from ssbench.errors import UserError, WriteError, first_line
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+HELP = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP,
                   help="Reproducible semi-supervised medical image segmentation benchmarks.")
-data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.")
+data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.", context_settings=HELP)
 app.add_typer(data_app, name="data")
 from ssbench.sweep.commands import sweep_app  # noqa: E402  (typer only; the sweep imports torch in its jobs)
 
@@ -34,8 +35,40 @@ def _load_plugins(specs: List[str]) -> None:
         registry.add_plugin(spec)
 
 
+def _flags_take_no_value() -> None:
+    """typer prints '<bool>' beside every flag (--resume, --quiet, --help), as if it took a value, and then
+    '--resume true' is refused: a flag's type column stays empty."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "ssbench", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return "" if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    display_type_rich.ssbench = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"ssbench {version('ssbench')}")
+        except PackageNotFoundError:
+            typer.echo("ssbench (not installed: no version recorded)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")):
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+          show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                            help="Print the version and exit.")):
     _STATE["debug"] = debug
 
 
@@ -136,6 +169,11 @@ def _print_summary(console, run_dir: Path, sub: str = "") -> None:
         for name, values in rows:
             table.add_row(name, *[_shown(values[m.name], m.scale) for m in metrics()], str(values["n_cases"]))
         console.print(table)
+        if summary["metric_policy"].get("empty") == "worst" and any(
+                m.get("status_counts", {}).get(k) for m in block["per_class"].values()
+                for k in ("missed", "false_positive")):
+            console.print(f"HD95/ASD: a structure missed (or predicted where there is none) scores that volume's "
+                          f"diagonal in {units}, the 'worst' empty policy (--empty-policy; docs/guarantees.md)")
     console.print(f"results: {run_dir / sub}")
 
 
@@ -151,7 +189,7 @@ def eval_cmd(
     protocol: Optional[str] = typer.Option(None, "--protocol", help=(
         "a named protocol of the literature, e.g. bcp (= --empty-policy legacy-zero --hd-units voxel), or medsam2 "
         "(MedSAM-2's prompted 2-D validation; methods that take prompts: sss)")),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the checkpoints are run."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help=(
         "Where the run's data are now (default: the recorded data.root); they must be the same data.")),
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
@@ -188,15 +226,22 @@ def split(
     dataset: str = typer.Option("acdc", "--dataset"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Needed unless the split is frozen (ACDC)."),
     split: str = typer.Option("10%", "--split"),
-    split_seed: int = typer.Option(0, "--split-seed", min=0),
+    split_seed: int = typer.Option(0, "--split-seed", min=0, help="Seed of the labeled draw (non-frozen splits)."),
+    sets: List[str] = typer.Option([], "--set", help=(
+        "A dataset option as the run takes it, e.g. nnunet.patient_pattern=REGEX (repeatable).")),
     as_json: bool = typer.Option(False, "--json", help="Print the patient sets as JSON."),
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
-    """Print the patient sets of a split protocol."""
+    """Print the patient sets of a split protocol, and the protocol's choices (as a run would make them)."""
     from ssbench import registry
+    from ssbench.config import apply_override
 
     _load_plugins(plugins)
     cls = registry.dataset(dataset)
+    if split_seed != 0 and cls.frozen_split is not None:
+        raise UserError(f"--split-seed {split_seed}: the {dataset} split is frozen (the literature's patient lists); "
+                        "a split seed would change nothing")
+    notes: list[str] = []
     if data_root is None and cls.frozen_split is not None:
         result = cls.frozen_split(split, split_seed)
     else:
@@ -206,12 +251,22 @@ def split(
             data_root = synthetic.embedded(dataset)
         from ssbench.datasets.base import check_split
 
-        ds = cls(data_root, cls.Options())
-        result = check_split(ds.split(split, split_seed), ds, read=())
+        options = cls.Options()
+        for item in sets:
+            key, eq, value = (x.strip() for x in item.partition("="))
+            section, _, rest = key.partition(".")
+            if not eq or section != dataset or not rest:
+                raise UserError(f"--set {item}: split takes the dataset's own options ({dataset}.key=value)")
+            options = apply_override(options, rest, value, label=key)
+        loader = cls(data_root, options)
+        result = check_split(loader.split(split, split_seed), loader, read=())
+        notes = loader.warnings()
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
         return
     typer.echo(f"{result.protocol}")
+    for note in notes:
+        typer.echo(f"NOTE: {note}")
     for name, ids in result.as_dict().items():
         typer.echo(f"{name} ({len(ids)}): {' '.join(ids)}")
 
@@ -283,7 +338,9 @@ def _list_registered(group: str, plugins: List[str]) -> None:
 def table(
     results: Path = typer.Option(Path("results"), "--results", help="Results root folder."),
     out: Path = typer.Option(Path("paper"), "--out", help="Where tables, figures and provenance go."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Reference method (default: best mean Dice)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help=(
+        "The method every other is tested against (default: the labeled-only baseline; choose it before looking "
+        "at the results).")),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or final."),
     formats: str = typer.Option("md,tex,csv", "--format", help="Comma-separated: md, tex, csv."),
     plugins: List[str] = typer.Option([], "--plugin", help="A dataset plugin for the overlay figures (see run)."),
@@ -298,7 +355,7 @@ def table(
 
 @data_app.command("synth")
 def data_synth(
-    dataset: str = typer.Option(..., "--dataset", help="acdc or bhsd"),
+    dataset: str = typer.Option(..., "--dataset", help="acdc, bhsd or nnunet (an nnU-Net v2 raw folder)"),
     out: Path = typer.Option(..., "--out", help="Folder to write (must be empty or absent)."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Phantom seed (0 .. 2^32 - 1)."),
 ):
@@ -309,9 +366,17 @@ def data_synth(
         raise UserError(f"--dataset {dataset}: phantoms exist for {', '.join(synthetic.WRITERS)}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: {'folder is not empty' if out.is_dir() else 'not a folder'}")
+    import os
+    import shutil
+
+    staging = out.with_name(f".{out.name}.incomplete")  # renamed into place when complete: never half a phantom
     try:
-        synthetic.WRITERS[dataset](out, seed=seed)
+        shutil.rmtree(staging, ignore_errors=True)
+        synthetic.WRITERS[dataset](staging, seed=seed)
+        synthetic.write_marker(staging, dataset, seed)  # read back by every run: filed and warned as a phantom
+        os.replace(staging, out)
     except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
         raise WriteError(f"--out {out}: cannot write ({exc.strerror or exc}: {exc.filename})") from None
     typer.echo(f"wrote a synthetic {dataset} dataset to {out}")
 

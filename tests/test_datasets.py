@@ -146,12 +146,14 @@ def test_nnunet_v2_dataset(tmp_path):
     nifti(tmp_path / "imagesTs" / "case_100_0000.nii.gz", rng.random((24, 24, 5)), (1.0, 1.0, 3.0), np.float32)
     ds = NNUNet(tmp_path)
     assert ds.class_names == ("organ", "tumor") and ds.num_classes == 3
-    s = ds.split("2", seed=0)
-    assert len(s.labeled) == 2 and "Ts:case_100" in s.unlabeled
-    assert len(set(s.labeled) | set(s.unlabeled) | set(s.val) | set(s.test)) == 13
+    s = ds.split("2", seed=0)  # imagesTs without labelsTs: left out unless asked for (tests/test_nnunet.py)
+    assert len(s.labeled) == 2 and "Ts:case_100" not in s.unlabeled
+    assert len(set(s.labeled) | set(s.unlabeled) | set(s.val) | set(s.test)) == 12
     case = ds.load_case(s.test[0])
     assert case.image.shape == (5, 24, 24) and case.spacing == (3.0, 1.0, 1.0)
-    unl = ds.load_case("Ts:case_100", with_label=False)
+    pooled = NNUNet(tmp_path, NNUNet.Options(imagesTs="unlabeled"))
+    assert "Ts:case_100" in pooled.split("2", seed=0).unlabeled
+    unl = pooled.load_case("Ts:case_100", with_label=False)
     assert unl.label is None
 
 

@@ -270,3 +270,80 @@ def test_pretrained_weights_are_fetched_once_before_the_jobs_into_a_per_process_
         f"sss: pretrained sam2_hiera_s at {cache / 'sam2_hiera_small.pt'}"]
     prepare_resources(planned, lines.append)
     assert len(calls) == 1  # in the cache now: nothing fetched again
+
+
+# ---- issue 29: a sweep that submits, dry-runs or refuses in one line ----------------------------------------------
+
+def _sweep_args(root, out, *extra):
+    return ["sweep", "--methods", "supervised,fixmatch", "--splits", "2", "--seeds", "1", "--dataset", "nnunet",
+            "--data-root", root, "--iters", "2", "--out", out, *[x for s in TINY_SETS for x in ("--set", s)], *extra]
+
+
+def test_slurm_without_a_scheduler_is_one_line_and_writes_nothing(cli, tiny_nnunet, tmp_path, monkeypatch):
+    from conftest import one_line
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    monkeypatch.setenv("PATH", str(bindir))  # no sbatch, no srun
+    out = tmp_path / "res"
+    code, _, err = cli(*_sweep_args(tiny_nnunet, out, "--executor", "slurm"))
+    one_line(code, err, "--executor slurm: no Slurm on this machine", "sbatch and srun not on PATH", "--dry-run")
+    assert not out.exists()
+
+
+def test_a_refused_submission_writes_no_manifest(cli, tiny_nnunet, tmp_path, monkeypatch):
+    from conftest import one_line
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    _stand_in(bindir, "sbatch", "import sys\nsys.stderr.write('sbatch: error: invalid partition specified: gpux\\n')\n"
+                                "raise SystemExit(1)\n")
+    _stand_in(bindir, "srun", "raise SystemExit(1)\n")
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "res"
+    code, _, err = cli(*_sweep_args(tiny_nnunet, out, "--executor", "slurm", "--slurm-partition", "gpux"))
+    one_line(code, err, "the submission failed, nothing was submitted", "invalid partition specified: gpux")
+    assert not (out / ".sweeps").exists()
+    with pytest.raises(UserError, match="no sweep found"):
+        status(out)
+
+
+def test_dry_run_prints_the_sbatch_script_and_each_command_and_writes_nothing(cli, tiny_nnunet, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a dry run needs no Slurm
+    out = tmp_path / "res"
+    code, text, err = cli(*_sweep_args(tiny_nnunet, out, "--executor", "slurm", "--gpus-per-job", "2",
+                                       "--split-seeds", "0,1", "--slurm-partition", "a100", "--dry-run"))
+    assert code == 0, err
+    assert "#SBATCH --array=0-3%4" in text and "#SBATCH --gpus-per-node=2" in text
+    assert "#SBATCH --ntasks-per-node=2" in text and "#SBATCH --partition=a100" in text
+    commands = [line for line in text.splitlines() if line.startswith("ssbench run ")]
+    assert len(commands) == 4 and all("--device cuda" in c and "--gpus 2" in c for c in commands)
+    keys = sorted(c.split("  # ")[1] for c in commands)
+    assert keys == ["nnunet/fixmatch/2/seed1-ddp2", "nnunet/fixmatch/2/seed1-ddp2-split1",
+                    "nnunet/supervised/2/seed1-ddp2", "nnunet/supervised/2/seed1-ddp2-split1"]
+    assert sum("--split-seed 1" in c for c in commands) == 2
+    assert "dry run: nothing submitted, nothing written" in text and not out.exists()
+
+
+def test_split_seeds_draw_other_labeled_patients_into_their_own_folders(tmp_path, tiny_nnunet):
+    out = tmp_path / "res"
+    planned = plan(Grid(("supervised",), ("2",), (1,), ("nnunet",), (0, 3)), parse_roots([str(tiny_nnunet)],
+                   ("nnunet",)), TINY_SETS, 2, out, "cpu")
+    assert [p.key for p in planned] == ["nnunet/supervised/2/seed1", "nnunet/supervised/2/seed1-split3"]
+    assert [p.request.split_seed for p in planned] == [0, 3]
+    from ssbench.datasets.nnunet import NNUNet
+
+    ds = NNUNet(tiny_nnunet)
+    assert ds.split("2", 0).labeled != ds.split("2", 3).labeled
+
+
+@pytest.mark.slow
+def test_a_sweep_with_nothing_left_to_run_writes_no_manifest(tmp_path, tiny_nnunet):
+    out = tmp_path / "res"
+    launch(_plan(out, tiny_nnunet, _grid(("supervised",))), out, "debug", SlurmOptions(), 1)
+    (first,) = (out / ".sweeps").iterdir()
+    lines = []
+    assert launch(_plan(out, tiny_nnunet, _grid(("supervised",))), out, "debug", SlurmOptions(), 1,
+                  say=lines.append) is None
+    assert list((out / ".sweeps").iterdir()) == [first] and "no manifest written" in lines[-1]

@@ -114,6 +114,10 @@ class Dataset(ABC):
         """What was detected on disk; saved in run.json."""
         return {"root": str(self.root)}
 
+    def warnings(self) -> list[str]:
+        """Protocol choices a user should see: printed at the start of a run and kept in run.json."""
+        return []
+
     def spacing_known(self) -> bool:
         return True
 

@@ -200,7 +200,58 @@ def write_bhsd(out: str | Path, seed: int = 0, labeled: int = 40, unlabeled: int
     return out
 
 
-WRITERS = {"acdc": write_acdc, "bhsd": write_bhsd}
+def write_nnunet(out: str | Path, seed: int = 0, patients: int = 16, test_patients: int = 4) -> Path:
+    """Write an nnU-Net v2 raw dataset of cardiac phantoms: ``imagesTr/{case}_0000.nii.gz``, ``labelsTr/``, an
+    official test set in ``imagesTs/`` with ``labelsTs/``, ``dataset.json`` and a 5-fold ``splits_final.json``
+    (nnU-Net's format, grouped by patient). Each patient has two cases, ``pat007_ed`` and ``pat007_es``: grouped by
+    ``--set 'nnunet.patient_pattern=^(pat\\d+)'``."""
+    out = Path(out)
+    names: dict[str, list[str]] = {"Tr": [], "Ts": []}
+    for n in range(1, patients + test_patients + 1):
+        rng = np.random.default_rng([seed, 5000 + n, PHANTOM_VERSION])
+        part = "Tr" if n <= patients else "Ts"
+        # half ACDC's in-plane size at twice its pixel spacing: the same anatomy in mm, light enough for CPU sweeps
+        d, h, w = int(rng.integers(6, 11)), int(rng.integers(60, 81)), int(rng.integers(60, 81))
+        px = float(rng.uniform(2.74, 3.36))
+        spacing = (float(rng.choice([5.0, 6.5, 8.0, 10.0])), px, px)
+        anatomy = {"center": (h * rng.uniform(0.42, 0.55), w * rng.uniform(0.45, 0.58)),
+                   "angle": rng.uniform(-0.6, 0.6), "r_lv": rng.uniform(17, 24), "myo": rng.uniform(6, 9),
+                   "r_rv": rng.uniform(18, 26), "rv_extent": rng.uniform(0.6, 0.9), "ejection": rng.uniform(0.6, 0.8)}
+        for phase in ("ED", "ES"):
+            case = f"pat{n:03d}_{phase.lower()}"
+            label = _heart_frame(rng, anatomy, phase, (d, h, w), spacing)
+            image = _mri_image(rng, label, spacing)
+            write_nifti(out / f"images{part}" / f"{case}_0000.nii.gz", image, spacing, np.int16)
+            write_nifti(out / f"labels{part}" / f"{case}.nii.gz", label, spacing, np.uint8)
+            names[part].append(case)
+    spec = {"name": "Dataset900_Phantom (synthetic)", "channel_names": {"0": "MRI"},
+            "labels": {"background": 0, "RV": 1, "MYO": 2, "LV": 3}, "numTraining": len(names["Tr"]),
+            "file_ending": ".nii.gz"}
+    (out / "dataset.json").write_text(json.dumps(spec, indent=2))
+    tr = names["Tr"]
+    folds = [{"train": [c for i, c in enumerate(tr) if i // 2 % 5 != k],
+              "val": [c for i, c in enumerate(tr) if i // 2 % 5 == k]} for k in range(5)]
+    (out / "splits_final.json").write_text(json.dumps(folds, indent=2))
+    return out
+
+
+WRITERS = {"acdc": write_acdc, "bhsd": write_bhsd, "nnunet": write_nnunet}
+MARKER = "PHANTOM.json"  # written beside every phantom; the engine reads it: a phantom is always filed as one
+
+
+def write_marker(out: Path, kind: str, seed: int) -> None:
+    (Path(out) / MARKER).write_text(json.dumps({"kind": kind, "seed": seed, "version": PHANTOM_VERSION}))
+
+
+def phantom_of(root: str | Path) -> dict | None:
+    """The marker of a phantom written by ssbench (``ssbench data synth`` or the embedded default), else None."""
+    path = Path(root) / MARKER
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"kind": "unknown"}  # a damaged marker still marks a phantom
 
 
 def cache_root() -> Path:
@@ -222,7 +273,7 @@ def embedded(dataset: str, seed: int = 0) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
     try:
         WRITERS[dataset](tmp, seed=seed)
-        (tmp / "PHANTOM.json").write_text(json.dumps({"kind": dataset, "seed": seed, "version": PHANTOM_VERSION}))
+        write_marker(tmp, dataset, seed)
         try:
             os.replace(tmp, final)
         except OSError:  # another process finished first

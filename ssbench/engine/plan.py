@@ -127,8 +127,9 @@ def _resolve_config(req: RunRequest, fetch: bool):
         raise UserError(f"--gpus {req.world}: must be at least 1")
 
     # 1-2. defaults and the recipe
-    is_synthetic = req.data_root is None
-    root = str(synthetic.embedded(req.dataset)) if is_synthetic else req.data_root
+    # the embedded phantom, or `ssbench data synth`'s output (marked by its PHANTOM.json): always filed as a phantom
+    is_synthetic = req.data_root is None or synthetic.phantom_of(req.data_root) is not None
+    root = str(synthetic.embedded(req.dataset)) if req.data_root is None else req.data_root
     root = os.path.abspath(Path(root).expanduser())  # recorded: `ssbench eval` must not depend on the cwd
     train = TrainConfig()
     data = DataConfig(dataset=req.dataset, root=root, split=req.split, synthetic=is_synthetic,
@@ -155,9 +156,12 @@ def _resolve_config(req: RunRequest, fetch: bool):
     if req.deterministic:
         cfg = cfg.set("train.deterministic", True, "--deterministic")
 
-    # 4. the short recipe scales the method's absolute schedules to the short run; --set still wins
+    # 4. the method's absolute schedules (BCP's pre-train, ramp-ups) scale with the run's length: on the phantom
+    # with its CPU default, and under --iters on any data (Method.scale_schedule); --set still wins
     if cfg.train.recipe == "cpu-small":
         cfg = dataclasses.replace(cfg, method_config=method_cls.short_recipe(cfg.method_config, cfg.train.iters))
+    elif req.iters is not None:
+        cfg = dataclasses.replace(cfg, method_config=method_cls.scale_schedule(cfg.method_config, cfg.train.iters))
     recipe = cfg
 
     # 5. --set
@@ -169,6 +173,9 @@ def _resolve_config(req: RunRequest, fetch: bool):
         if key in SET_BY_ENGINE:
             raise ConfigError(f"--set {key}: set by {SET_BY_ENGINE[key]}, not by --set")
         cfg = cfg.override(key, value.strip())
+        if req.iters is not None and ((key == "train.iters" and cfg.train.iters != req.iters)
+                                      or cfg.train.schedule != "iterations"):  # never one of two lengths, silently
+            raise ConfigError(f"--iters {req.iters} and --set {item}: two training lengths; give one of them")
         if key == "train.iters" and cfg.train.schedule == "epochs":
             raise ConfigError(f"--set {item}: the schedule is in epochs (train.epochs={cfg.train.epochs}); "
                               "use --iters N or --set train.schedule=iterations to give a length in iterations")
@@ -183,6 +190,9 @@ def _resolve_config(req: RunRequest, fetch: bool):
             raise ConfigError(f"--set {key}: does not act in a {cfg.method_name} run with train.optimizer="
                               f"{cfg.train.optimizer} (so its config does not record it)")
     _check_values(cfg.check(), method_cls)
+    if cfg.data.split_seed != 0 and dataset_cls.frozen_split is not None:
+        raise UserError(f"--split-seed {cfg.data.split_seed}: the {req.dataset} split is frozen (the literature's "
+                        "patient lists); a split seed would change nothing")
     cfg = dataclasses.replace(cfg, variant=variant_tag(recipe.method_config, cfg.method_config),
                               protocol_variant=protocol_tag(recipe, cfg))
     dataset = dataset_cls(cfg.data.root, cfg.dataset_options)
@@ -223,6 +233,8 @@ def protocol_tag(recipe: RunConfig, cfg: RunConfig) -> str:
         parts.append(f"infer-{cfg.data.inference_resize}")
     if cfg.train.world_size > 1:  # trained by several processes (DDP): not the same run as one process's
         parts.append(f"ddp{cfg.train.world_size}")
+    if cfg.data.split_seed != 0:  # another labeled draw: never the folder of split seed 0's run
+        parts.append(f"split{cfg.data.split_seed}")
     return "-".join(parts)
 
 

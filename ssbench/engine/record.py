@@ -37,7 +37,8 @@ def run_info(plan, split, runtime, method, dataset, data_cache: dict) -> dict:
         "split_protocol": split.protocol,
         "schedule": plan.schedule,
         **method_layout(method),
-        "warnings": list(method.warnings) + protocol_warnings(cfg),
+        # the loader's protocol choices come last, said at the start too (load_inputs)
+        "warnings": list(method.warnings) + protocol_warnings(cfg) + list(dataset.warnings()),
         "start": now(),
         **provenance(),
     }
@@ -50,7 +51,8 @@ def protocol_warnings(cfg) -> list[str]:
         out.append("LEGACY selection on val+test (UniMatch's own protocol): the test set chose the checkpoint, so the "
                    "best-checkpoint numbers are optimistic; compare only with runs that used the same protocol")
     if cfg.data.synthetic:
-        out.append("embedded synthetic phantom data: numbers are a smoke test of the pipeline, not ACDC/BHSD results")
+        out.append("synthetic phantom data (ssbench's own, PHANTOM.json): numbers are a smoke test of the pipeline, "
+                   f"not {cfg.data.dataset} results")
     return out
 
 

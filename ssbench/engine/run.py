@@ -101,6 +101,9 @@ def load_inputs(cfg: RunConfig, method_cls, dataset, split, say) -> Inputs:
 
     say(f"[bold]{cfg.method_name}[/] on {dataset_tag(cfg)}: split {cfg.data.split} -> {len(split.labeled)} labeled "
         f"patients, {len(split.unlabeled)} unlabeled, {len(split.val)} val, {len(split.test)} test")
+    say(f"split protocol: {split.protocol}")
+    for w in dataset.warnings():  # the loader's protocol choices (e.g. what nnU-Net's imagesTs/ is), before loading
+        say(f"[bold yellow]NOTE[/]: {w}")
     check_split(split, dataset, ("labeled", "val", "test") + (("unlabeled",) if method_cls.uses_unlabeled else ()))
     labeled = load_cases(dataset, split.labeled, True)
     check_foreground(labeled, "labeled")
@@ -173,7 +176,14 @@ def execute(req: RunRequest, console=None) -> Path:
         raise UserError(f"{p.run_dir}: holds a run on other data ({other}; this run's: {cfg.data.identity}, "
                         f"{len(dataset.patients())} cases); give this dataset another --out (or name it in its files)")
     if p.run_dir.exists() and not req.overwrite:
-        raise UserError(f"{p.run_dir}: a completed run is already there (pass --overwrite to replace it)")
+        diffs = config_differences(p.run_dir, cfg)
+        if diffs is None:
+            differs = "its config.yaml is unreadable"
+        elif diffs:
+            differs = f"its config differs: {'; '.join(diffs[:4])}" + (f"; +{len(diffs) - 4} more" * (len(diffs) > 4))
+        else:
+            differs = "the same config"
+        raise UserError(f"{p.run_dir}: a completed run is already there (pass --overwrite to replace it; {differs})")
 
     # 1. Load and check every input, 2. build the method: both before anything is written (but the data cache).
     dataset, data_cache = open_prepared(dataset, split, p.method_cls, req.data_cache, rank, world, console, say)
@@ -268,12 +278,27 @@ def check_resumable(folder: Path, cfg: RunConfig) -> None:
         return  # nothing recorded yet: the run starts from the beginning
     if recorded.pop("config_hash") == cfg.hash():
         return
-    now = _flatten(cfg.to_dict())
-    before = _flatten(recorded)
-    diffs = [f"{k}: {before.get(k, '(absent)')} -> {now.get(k, '(absent)')}" for k in sorted(set(now) | set(before))
-             if k.removeprefix("data.") not in UNHASHED_DATA and before.get(k) != now.get(k)]
+    diffs = _differences(recorded, cfg)
     raise UserError(f"--resume: the interrupted run in {folder} has another config "
                     f"({'; '.join(diffs[:3]) or 'hash'}); use its options, or run without --resume to start over")
+
+
+def _differences(recorded: dict, cfg: RunConfig, derived: tuple[str, ...] = ()) -> list[str]:
+    now = _flatten(cfg.to_dict())
+    before = _flatten(recorded)
+    return [f"{k}: {before.get(k, '(absent)')} -> {now.get(k, '(absent)')}" for k in sorted(set(now) | set(before))
+            if k.removeprefix("data.") not in UNHASHED_DATA and k not in derived and before.get(k) != now.get(k)]
+
+
+def config_differences(folder: Path, cfg: RunConfig) -> list[str] | None:
+    """'train.iters: 30000 -> 20', ...: how a recorded run's config differs from ``cfg`` (fields derived later in a
+    run, such as train.iters under an epoch schedule, left out); None where unreadable."""
+    try:
+        recorded = runfolder.read_config(folder, verify=False)[0]
+    except runfolder.Unreadable:
+        return None
+    derived = ("train.iters",) if cfg.train.schedule == "epochs" else ()
+    return _differences(recorded, cfg, derived)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

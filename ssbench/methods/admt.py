@@ -195,6 +195,8 @@ class ADMT(Method):
         return replace(config, rampup_step=max(1, round(config.rampup_step * scale)),
                        teacher_warmup=round(config.teacher_warmup * scale))
 
+    scale_schedule = short_recipe  # it scales schedules only: the same under --iters on any data
+
     def __init__(self, config: ADMTConfig, ctx: MethodContext):
         super().__init__(config, ctx)
         # Three independent initialisations in the official order (create_model() three times).

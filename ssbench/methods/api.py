@@ -154,6 +154,13 @@ class Method(nn.Module):
         schedules are in absolute iterations scale them here; the result is what the run's config records."""
         return config
 
+    @classmethod
+    def scale_schedule(cls, config, iters: int, published_iters: int = 30000):
+        """Config for a run of ``iters`` iterations (``--iters``, on any data): the absolute schedules (a
+        pre-train stage, ramp-ups) scaled to the run's length, nothing else. A method whose ``short_recipe`` only
+        scales schedules says ``scale_schedule = short_recipe``."""
+        return config
+
     def __init__(self, config, ctx: MethodContext):
         super().__init__()
         self.config = config

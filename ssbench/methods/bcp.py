@@ -149,6 +149,8 @@ class BCP(Method):
     def short_recipe(cls, config, iters: int, published_iters: int = 30000):
         return replace(config, pretrain_iters=max(1, round(config.pretrain_iters * iters / published_iters)))
 
+    scale_schedule = short_recipe  # it scales schedules only: the same under --iters on any data
+
     @classmethod
     def check_config(cls, cfg) -> None:
         t = cfg.train

@@ -57,6 +57,8 @@ class CCT(Method):
     def short_recipe(cls, config, iters, published_iters=30000):
         return scale_rampup(config, iters, published_iters)
 
+    scale_schedule = short_recipe  # it scales schedules only: the same under --iters on any data
+
     def training_step(self, labeled: Batch, unlabeled: Batch | None, step: StepInfo) -> dict[str, torch.Tensor]:
         n_lab = labeled.image.shape[0]
         outputs = [o.float() for o in perturbed_outputs(self.net, torch.cat([labeled.image, unlabeled.image]),

@@ -59,6 +59,8 @@ class CPS(Method):
     def short_recipe(cls, config, iters, published_iters=30000):
         return scale_rampup(config, iters, published_iters)
 
+    scale_schedule = short_recipe  # it scales schedules only: the same under --iters on any data
+
     def optimizer_params(self):
         return {"model1": list(self.model1.parameters()), "model2": list(self.model2.parameters())}
 

@@ -63,6 +63,8 @@ class MeanTeacher(Method):
         return replace(config, consistency_start=round(config.consistency_start * scale),
                        rampup_step=max(1, round(config.rampup_step * scale)))
 
+    scale_schedule = short_recipe  # it scales schedules only: the same under --iters on any data
+
     def trainable_parameters(self):
         return list(self.student.parameters())
 

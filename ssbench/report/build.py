@@ -134,7 +134,7 @@ def _publish(staging: Path, out: Path) -> None:
 def _write_all(results, out, reference, checkpoint, formats, say, draw, published, runs, skipped, layouts, missing,
                written) -> None:
     contents = Contents(out)
-    skipped_list = [{"run": str(s.path), "reason": s.reason} for s in skipped]
+    skipped_list = [{"run": _relative(s.path, out), "reason": s.reason} for s in skipped]
 
     def emit(stem: str, table, frame: pd.DataFrame | None, provenance: dict | None, what: str, runs_text: str):
         paths = []
@@ -166,7 +166,7 @@ def _write_all(results, out, reference, checkpoint, formats, say, draw, publishe
                  f"{lay.dataset} ({policy}): Dice, Jaccard, 95HD, ASD per split, mean ± std over seeds; labeled-only "
                  "baseline, semi-supervised methods and the fully supervised upper bound in their own rows; best "
                  "bold, second underlined, significance marks.", _runs_text(lay.main_rows))
-        if not sig.empty and "csv" in formats:
+        if not sig.empty:  # whatever the formats: every table's notes cite it
             write_csv(out / f"significance_{stem}.csv", sig)
             written[f"significance_{stem}"] = [f"significance_{stem}.csv"]
             contents.add("data", [f"significance_{stem}.csv"],
@@ -198,14 +198,27 @@ def _write_all(results, out, reference, checkpoint, formats, say, draw, publishe
         shutil.copyfile(published_path(), published_copy)
     contents.add("data", ["published.csv"], "the published numbers with the protocol each was produced under.",
                  "none (from the papers)")
-    gap, gap_frame = gap_table(layouts, published, checkpoint)
-    emit("reproduction_gap", gap, gap_frame, None,
-         "published numbers beside ours, their protocol beside ours, what differs.",
-         _runs_text([row for lay in layouts for row in lay.rows]))
-    write_text(out / "README.md", contents.readme(results, checkpoint, len(runs), len(skipped)))
-    write_json(out / "index.json", {"results": str(results), "checkpoint": checkpoint, "files": written,
+    ours = {lay.dataset.removesuffix("-phantom") for lay in layouts}
+    published = published[published["dataset"].isin(ours)]
+    if len(published):
+        gap, gap_frame = gap_table(layouts, published, checkpoint)
+        emit("reproduction_gap", gap, gap_frame, None,
+             "published numbers beside ours, their protocol beside ours, what differs.",
+             _runs_text([row for lay in layouts for row in lay.rows]))
+    else:
+        say(f"no reproduction_gap: published.csv has no numbers for {', '.join(sorted(ours))}")
+    where = _relative(results, out)  # the folder moves with its results: no absolute paths in what it holds
+    write_text(out / "README.md", contents.readme(where, checkpoint, len(runs), len(skipped)))
+    write_json(out / "index.json", {"results": where, "checkpoint": checkpoint, "files": written,
                                     "runs_used": len(runs), "runs_skipped": len(skipped),
                                     "skipped": skipped_list})
+
+
+def _relative(path: Path, start: Path) -> str:
+    """``path`` as seen from ``start`` (e.g. '../results'): the tables' folder names no absolute path."""
+    import os
+
+    return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
 
 
 def _figures(lay, checkpoint, sig, colors, fig_dir, out, written, contents, say) -> None:

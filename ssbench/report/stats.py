@@ -64,6 +64,17 @@ def wilcoxon(a, b) -> Wilcoxon:
     return Wilcoxon(float(res.pvalue), text, zero_method, len(d), nonzero, direction)
 
 
+def smallest_p(n_nonzero: int) -> float:
+    """The smallest two-sided p the test can give on ``n_nonzero`` non-zero differences (every difference of one
+    sign, by scipy's method for that n): 2 / 2^n where the null distribution is exact. Below alpha it must be, times
+    the Holm factor, for any mark to be possible."""
+    if n_nonzero < 1:
+        return 1.0
+    d = np.arange(1, n_nonzero + 1, dtype=float)
+    method, _ = _method(d)
+    return float(stats.wilcoxon(d, np.zeros(n_nonzero), alternative="two-sided", method=method).pvalue)
+
+
 def holm(pvalues) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (monotone, capped at 1), in the input order."""
     p = np.asarray(pvalues, float)

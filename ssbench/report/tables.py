@@ -18,7 +18,7 @@ from ssbench.report.collect import Run
 from ssbench.report.pooling import Layout, Row, describe
 from ssbench.report.render import Column, Entry, Table, rank
 from ssbench.report.render import Row as TableRow
-from ssbench.report.stats import N_BOOT, cluster_bootstrap_ci, holm, wilcoxon
+from ssbench.report.stats import N_BOOT, cluster_bootstrap_ci, holm, smallest_p, wilcoxon
 
 SECTIONS = {"baseline": "labeled only", "method": "semi-supervised", "upper": "upper bound"}
 ALPHA = 0.05
@@ -90,11 +90,16 @@ def _compared_rows(layout: Layout, labeled: int) -> list[Row]:
     return [r for r in layout.main_rows if r.role != "upper" and labeled in r.cells]
 
 
-def _pick_reference(rows: list[Row], scores: dict, reference: str | None) -> Row:
+DEFAULT_REFERENCE = "the labeled-only baseline (the default: fixed before the results)"
+
+
+def _pick_reference(rows: list[Row], reference: str | None) -> Row | None:
+    """The row the split's methods are tested against: --reference, else the labeled-only baseline, a choice that
+    does not depend on the results (None: no baseline at this split, no tests)."""
     for row in rows:
         if reference in (row.method, row.display, row.label):
             return row
-    return max(rows, key=lambda r: (scores[r.label].mean(), r.label))
+    return next((row for row in rows if row.role == "baseline"), None)
 
 
 def significance(layout: Layout, checkpoint: str, reference: str | None) -> pd.DataFrame:
@@ -105,10 +110,11 @@ def significance(layout: Layout, checkpoint: str, reference: str | None) -> pd.D
         rows = _compared_rows(layout, labeled)
         if len(rows) < 2:
             continue
+        ref = _pick_reference(rows, reference)
+        if ref is None:
+            continue  # said in the notes (_main_notes)
         scores = {r.label: seed_mean_scores(r.cells[labeled], checkpoint) for r in rows}
-        ref = _pick_reference(rows, scores, reference)
-        how = ("given by --reference" if reference in (ref.method, ref.display, ref.label)
-               else "best mean Dice of the split")
+        how = ("given by --reference" if reference in (ref.method, ref.display, ref.label) else DEFAULT_REFERENCE)
         patient_level = any(s.index.get_level_values("patient_id").duplicated().any() for s in scores.values())
         for level in ["volume"] + (["patient"] if patient_level else []):
             batch = []
@@ -132,7 +138,8 @@ def significance(layout: Layout, checkpoint: str, reference: str | None) -> pd.D
                     "n": len(diff), "n_patients": int(pd.Index(clusters).nunique()),
                     "mean_diff": float(diff.mean() * 100), "ci_low": lo, "ci_high": hi,
                     "p_raw": test.p, "wilcoxon_method": test.method, "zero_method": test.zero_method,
-                    "n_nonzero": test.n_nonzero, "direction": {1: "better", -1: "worse", 0: ""}[test.direction],
+                    "n_nonzero": test.n_nonzero, "p_min": smallest_p(test.n_nonzero),
+                    "direction": {1: "better", -1: "worse", 0: ""}[test.direction],
                     "seeds": len(row.cells[labeled]), "reference_seeds": len(ref.cells[labeled]),
                     "seed_handling": "per-case Dice averaged over each method's seeds, then paired by case",
                     "unit": ("patient: mean of a patient's volumes" if level == "patient" else "volume"),
@@ -144,6 +151,9 @@ def significance(layout: Layout, checkpoint: str, reference: str | None) -> pd.D
                 for r, p in zip(batch, holm([r["p_raw"] for r in batch])):
                     r["p_holm"] = float(p)
                     r["significant"] = bool(p < ALPHA)
+                    # Holm multiplies the smallest p by the number of tests: the best any test here can reach
+                    r["p_min_holm"] = min(1.0, len(batch) * r["p_min"])
+                    r["mark_possible"] = bool(r["p_min_holm"] < ALPHA)
                 out += batch
     cols = ["labeled", "level", "method", "reference", "n", "n_patients", "mean_diff", "ci_low", "ci_high",
             "p_raw", "p_holm", "significant", "direction"]
@@ -206,7 +216,8 @@ def main_table(layout: Layout, checkpoint: str, sig: pd.DataFrame, missing: dict
             for k, m in enumerate(metrics()):
                 e = trow.entries[j * len(metrics()) + k]
                 tidy.append(_tidy(layout, row, runs, n, m.name, m.scale, checkpoint, e))
-    table.notes += _main_notes(layout, rows, checkpoint, sig)
+    table.notes += _main_notes(layout, rows, checkpoint, sig,
+                               underlined=any(e.rank == 2 for r in table.rows for e in r.entries))
     provenance = _provenance(layout, rows, checkpoint)
     provenance["ranking"] = ("bold = best, underline = second best per column on the printed (2-decimal) means; "
                              "higher is better for Dice/Jaccard, lower for 95HD/ASD; labeled-only and "
@@ -276,7 +287,16 @@ def _tidy(layout, row, runs, n, key, scale, checkpoint, e: Entry) -> dict:
             "split": layout.split_label(n) if row.role != "upper" else f"all ({max(row.cells)} labeled)",
             "labeled": runs[0].labeled, "metric": key, "mean": s["mean"], "std": s["std"], "n_seeds": s["n_seeds"],
             "seeds": ";".join(str(r.seed) for r in runs), "rank": e.rank, "mark": e.mark, "checkpoint": checkpoint,
-            "units": layout.units if scale == 1.0 else "%"}
+            "units": layout.units if scale == 1.0 else "%",
+            "train_iters": ";".join(dict.fromkeys(str(total_iterations(r)) for r in runs))}
+
+
+def total_iterations(run: Run) -> int | None:
+    """Every training step of a run, over all its stages (BCP: pre-train + self-training)."""
+    stages = run.info.get("stages")
+    if isinstance(stages, list) and len(stages) > 1 and all(isinstance(s, dict) for s in stages):
+        return int(sum(int(s.get("iters") or 0) for s in stages))
+    return run.iterations
 
 
 def _policy_note(layout: Layout) -> str:
@@ -287,7 +307,8 @@ def _policy_note(layout: Layout) -> str:
             "mean over classes of the per-class mean over test volumes (absent classes left out).")
 
 
-def _main_notes(layout: Layout, rows: list[Row], checkpoint: str, sig: pd.DataFrame) -> list[str]:
+def _main_notes(layout: Layout, rows: list[Row], checkpoint: str, sig: pd.DataFrame,
+                underlined: bool = True) -> list[str]:
     notes = [_policy_note(layout)]
     seeds = {(r.label, n): len(c) for r in rows for n, c in r.cells.items()}
     usual = Counter(seeds.values()).most_common(1)[0][0]
@@ -302,10 +323,15 @@ def _main_notes(layout: Layout, rows: list[Row], checkpoint: str, sig: pd.DataFr
     if len(lengths) == 1:
         notes.append(f"Training length: {next(iter(lengths))} for every row.")
     else:
-        notes.append("Training length: " + "; ".join(f"{', '.join(names)}: {text}"
-                                                     for text, names in lengths.items()) + ".")
-    notes.append("Bold: best per column; underlined: second best (labeled-only and semi-supervised rows; the upper "
-                 "bound is not ranked).")
+        notes.append("Training lengths DIFFER between rows: " + "; ".join(f"{', '.join(names)}: {text}"
+                                                                       for text, names in lengths.items())
+                     + " (train_iters per row in the csv).")
+    if underlined:
+        notes.append("Bold: best per column; underlined: second best (labeled-only and semi-supervised rows; the "
+                     "upper bound is not ranked).")
+    else:  # two ranked rows: the second best would be the worst
+        notes.append("Bold: best per column (labeled-only and semi-supervised rows; the upper bound is not ranked); "
+                     "no second best is underlined with fewer than three rows to rank.")
     if not sig.empty:
         level = decision_level(sig)
         refs = sig.drop_duplicates("labeled").set_index("labeled")["reference"]
@@ -316,6 +342,10 @@ def _main_notes(layout: Layout, rows: list[Row], checkpoint: str, sig: pd.DataFr
             + f"): two-sided Wilcoxon signed-rank test (scipy) of {unit}, each case's Dice first averaged over the "
             f"method's seeds; Holm correction over the methods of each split; adjusted p < {ALPHA}. Tests, "
             f"directions and bootstrap 95% CIs (patients resampled): significance_{layout.stem}.csv.")
+        notes += _power_notes(layout, sig)
+    notes += [f"No significance test at {layout.split_label(n)}: no labeled-only baseline run to test against "
+              "(--reference names another method)." for n in layout.splits()
+              if len(_compared_rows(layout, n)) > 1 and (sig.empty or n not in set(sig["labeled"]))]
     for d in layout.duplicates:
         if d.used.dataset == layout.dataset:
             notes.append(f"Counted once: {d.used.display_name}, {d.used.labeled} labeled, seed {d.used.seed} was run "
@@ -324,6 +354,21 @@ def _main_notes(layout: Layout, rows: list[Row], checkpoint: str, sig: pd.DataFr
     if layout.other_rows:
         notes.append(f"Runs of other protocols or training settings: other-protocols_{layout.stem} ("
                      + "; ".join(r.label for r in layout.other_rows) + ").")
+    return notes
+
+
+def _power_notes(layout: Layout, sig: pd.DataFrame) -> list[str]:
+    """Per split: the test's n, the smallest p it can reach (after Holm) and whether any mark is possible."""
+    notes = []
+    level = decision_level(sig)
+    for n, group in sig[sig.level == level].groupby("labeled", sort=True):
+        k, units = int(group["n"].max()), "patients" if level == "patient" else "test volumes"
+        p_min, p_holm, m = float(group["p_min"].min()), float(group["p_min_holm"].min()), len(group)
+        text = (f"{layout.split_label(n)}: n = {k} {units}; the smallest attainable two-sided p is {p_min:.3g}"
+                + (f", {p_holm:.3g} after Holm over {m} methods" if m > 1 else ""))
+        if not group["mark_possible"].any():
+            text += f": NO mark is possible at this n (adjusted p < {ALPHA} cannot be reached); more test cases needed"
+        notes.append(text + ".")
     return notes
 
 

@@ -19,10 +19,11 @@ class Grid:
     splits: tuple[str, ...]
     seeds: tuple[int, ...]
     datasets: tuple[str, ...] = ("acdc",)
+    split_seeds: tuple[int | None, ...] = (None,)  # seeds of the labeled draw (None: the config's, 0)
 
     @property
     def size(self) -> int:
-        return len(self.methods) * len(self.splits) * len(self.seeds) * len(self.datasets)
+        return len(self.methods) * len(self.splits) * len(self.seeds) * len(self.datasets) * len(self.split_seeds)
 
 
 def shipped_grids() -> list[str]:
@@ -92,12 +93,13 @@ def plan(grid: Grid, roots: dict, sets: tuple[str, ...], iters: int | None, out:
     for dataset in grid.datasets:
         for method in grid.methods:
             for split in grid.splits:
-                for seed in grid.seeds:
-                    req = RunRequest(method=method, dataset=dataset, data_root=roots.get(dataset), split=split,
-                                     seed=seed, iters=iters, sets=sets, out=str(out), device=device, resume=True,
-                                     world=world)
-                    p = plan_run(req, device=None)
-                    planned.append(PlannedRun(str(p.run_dir.relative_to(out)), p.run_dir, req,
-                                              is_complete(p.run_dir), p))
+                for split_seed in grid.split_seeds:
+                    for seed in grid.seeds:
+                        req = RunRequest(method=method, dataset=dataset, data_root=roots.get(dataset), split=split,
+                                         split_seed=split_seed, seed=seed, iters=iters, sets=sets, out=str(out),
+                                         device=device, resume=True, world=world)
+                        p = plan_run(req, device=None)
+                        planned.append(PlannedRun(str(p.run_dir.relative_to(out)), p.run_dir, req,
+                                                  is_complete(p.run_dir), p))
     return planned
 

@@ -12,10 +12,16 @@ means CUDA inside every job: a job that cannot see its GPU fails with one line i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import io
 import json
 import os
+import shlex
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,6 +68,73 @@ class SlurmOptions:
         if self.setup:
             params["slurm_setup"] = list(self.setup)
         return params
+
+    def sbatch_script(self, runs: int, folder: Path) -> str:
+        """The sbatch script submitit writes for ``runs`` jobs, one array (``--dry-run`` prints it): submitit's
+        own parameter names translated as its Slurm executor translates them."""
+        from submitit.slurm.slurm import SlurmExecutor, _convert_mem, _make_sbatch_string
+
+        names = SlurmExecutor._equivalence_dict()
+        params = {}
+        for key, value in self.submitit_parameters().items():
+            key = key[len("slurm_"):] if key.startswith("slurm_") else names.get(key, key)
+            params[key] = _convert_mem(value) if key == "mem" else value
+        command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+        if runs > 1:  # submitit submits a single run as a plain job
+            params["map_count"] = runs
+        return _make_sbatch_string(command=command, folder=folder, **params)
+
+
+def check_scheduler(executor: str) -> None:
+    """A Slurm sweep needs Slurm's commands on this machine (a login node): said in one line, before anything is
+    planned or written."""
+    if executor != "slurm":
+        return
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if missing:
+        raise UserError(f"--executor slurm: no Slurm on this machine ({' and '.join(missing)} not on PATH); run the "
+                        "sweep on a login node of the cluster, or add --dry-run to see the sbatch script and commands")
+
+
+def command_line(req) -> str:
+    """The ``ssbench run`` command that does what a sweep job does with ``req`` (``--dry-run`` prints it)."""
+    parts = ["ssbench", "run", "--method", req.method, "--dataset", req.dataset]
+    if req.data_root:
+        parts += ["--data-root", str(req.data_root)]
+    parts += ["--split", req.split]
+    for option, value in (("--split-seed", req.split_seed), ("--seed", req.seed), ("--iters", req.iters)):
+        if value is not None:
+            parts += [option, str(value)]
+    for item in req.sets:
+        parts += ["--set", item]
+    parts += ["--out", str(req.out), "--device", req.device, "--resume"]
+    if req.world and req.world > 1:
+        parts += ["--gpus", str(req.world)]
+    return shlex.join(parts)
+
+
+def job_requests(todo: list, executor: str, slurm: SlurmOptions, gpus: list[int]) -> list:
+    """Where jobs have GPUs, ``--device auto`` means CUDA: never a silent CPU run."""
+    if gpus or (executor == "slurm" and slurm.gpus_per_job):
+        return [dataclasses.replace(p, request=dataclasses.replace(p.request, device="cuda"))
+                if p.request.device == "auto" else p for p in todo]
+    return todo
+
+
+def dry_run(planned: list, out: Path, executor: str, slurm: SlurmOptions) -> list[str]:
+    """What a sweep would submit, as text: the sbatch script (Slurm) and one command per run. Nothing is written."""
+    if executor not in EXECUTORS:
+        raise UserError(f"--executor {executor}: expected one of {', '.join(EXECUTORS)}")
+    todo = job_requests([p for p in planned if not p.complete], executor, slurm, [])
+    lines = [f"skip    {p.key} (complete)" for p in planned if p.complete]
+    if executor == "slurm" and todo:
+        folder = Path(out).absolute() / SWEEPS / "SWEEP-ID" / "submitit"  # the id is the time of submission
+        lines += [f"# the sbatch script of the job array ({len(todo)} runs, one array task each):",
+                  slurm.sbatch_script(len(todo), folder).rstrip()]
+    lines.append(f"# each {'array task' if executor == 'slurm' else 'job'} runs the equivalent of:")
+    lines += [f"{command_line(p.request)}  # {p.key}" for p in todo]
+    lines.append("dry run: nothing submitted, nothing written")
+    return lines
 
 
 def parse_extra(items: tuple[str, ...]) -> dict:
@@ -176,8 +249,9 @@ def prepare_resources(planned: list, say=print) -> None:
 
 
 def launch(planned: list, out: Path, executor: str, slurm: SlurmOptions, local_parallel: int | None,
-           say=print) -> Path:
-    """Submit the incomplete runs of ``planned``; return the sweep folder (with manifest.json)."""
+           say=print) -> Path | None:
+    """Submit the incomplete runs of ``planned``; return the sweep folder (with manifest.json), or None when
+    nothing was left to run (then nothing is written)."""
     import submitit
 
     if executor not in EXECUTORS:
@@ -187,30 +261,43 @@ def launch(planned: list, out: Path, executor: str, slurm: SlurmOptions, local_p
         if p.complete:
             say(f"skip    {p.key} (complete)")
     gpus, parallel = _local_gpus(todo, executor, slurm, local_parallel)
-    if gpus or (executor == "slurm" and slurm.gpus_per_job):  # --device auto means CUDA: never a silent CPU run
-        todo = [dataclasses.replace(p, request=dataclasses.replace(p.request, device="cuda"))
-                if p.request.device == "auto" else p for p in todo]
+    todo = job_requests(todo, executor, slurm, gpus)
+    if not todo:
+        say("nothing to run: every run of the grid is complete (nothing submitted, no manifest written)")
+        return None
     prepare_resources(todo, say)
     sweep_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     sweep_dir = Path(out) / SWEEPS / sweep_id
+    for k in range(2, 1000):  # two sweeps in one second (e.g. a grid, then its upper bound) keep their own folders
+        if not sweep_dir.exists():
+            break
+        sweep_id = f"{sweep_id.split('.')[0]}.{k}"
+        sweep_dir = Path(out) / SWEEPS / sweep_id
     manifest = {"sweep": sweep_id, "executor": executor, "created": dt.datetime.now().isoformat(timespec="seconds"),
                 "slurm": asdict(slurm) if executor == "slurm" else None,
                 "local": {"gpus": gpus, "gpus_per_job": slurm.gpus_per_job, "parallel": parallel}
                 if executor == "local" else None,
                 "runs": [{"key": p.key, "complete_before": p.complete, "job_id": None} for p in planned]}
-    write_json(sweep_dir / "manifest.json", manifest)
-    if not todo:
-        say("nothing to run: every run of the grid is complete")
-        return sweep_dir
     jobs_by_key = {}
-    if executor == "slurm":
-        ex = submitit.AutoExecutor(folder=sweep_dir / "submitit", cluster="slurm")
-        ex.update_parameters(**slurm.submitit_parameters())
-        jobs = ex.map_array(RunJob(str(sweep_dir)), [p.key for p in todo], [p.request for p in todo])
+    if executor == "slurm":  # the manifest is written once the array is submitted: a refusal leaves nothing
+        try:  # sbatch's own error comes back in the one line below (submitit would print it as well)
+            with contextlib.redirect_stderr(io.StringIO()):
+                ex = submitit.AutoExecutor(folder=sweep_dir / "submitit", cluster="slurm")
+                ex.update_parameters(**slurm.submitit_parameters())
+                jobs = ex.map_array(RunJob(str(sweep_dir)), [p.key for p in todo], [p.request for p in todo])
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+            _discard(sweep_dir)
+            detail = getattr(exc, "stderr", None) or str(exc) or type(exc).__name__
+            detail = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
+            raise UserError(f"--executor slurm: the submission failed, nothing was submitted "
+                            f"({' '.join(detail.split())[:300]})") from None
         jobs_by_key = {p.key: j for p, j in zip(todo, jobs)}
-        say(f"submitted {len(jobs)} runs as Slurm job array {jobs[0].job_id.split('_')[0]} "
-            f"(at most {slurm.array_parallelism} at once); follow with: ssbench sweep status {out}")
-    else:  # the local executor itself: AutoExecutor does not pass on visible_gpus
+        what = (f"job array {jobs[0].job_id.split('_')[0]} (at most {slurm.array_parallelism} at once)" if len(jobs) > 1
+                else f"job {jobs[0].job_id}")  # submitit submits a single run as a plain job
+        say(f"submitted {len(jobs)} run{'s' if len(jobs) > 1 else ''} as Slurm {what}; follow with: ssbench sweep "
+            f"status {out}")
+    else:  # the local executor itself: AutoExecutor does not pass on visible_gpus. The manifest is written at the
+        # first job's start, and updated as each starts (for ``sweep status`` meanwhile).
         ex = (submitit.DebugExecutor if executor == "debug" else submitit.LocalExecutor)(folder=sweep_dir / "submitit")
         jobs_by_key = _run_locally(ex, sweep_dir, todo, parallel, slurm, gpus, say,
                                    on_submit=lambda key, job: _record_job(sweep_dir, manifest, key, job))
@@ -219,6 +306,15 @@ def launch(planned: list, out: Path, executor: str, slurm: SlurmOptions, local_p
         entry["job_id"] = str(job.job_id) if job is not None else None
     write_json(sweep_dir / "manifest.json", manifest)
     return sweep_dir
+
+
+def _discard(sweep_dir: Path) -> None:
+    """Remove what a refused submission left (submitit's pickles), and the sweeps folder if it is empty now."""
+    shutil.rmtree(sweep_dir, ignore_errors=True)
+    try:
+        sweep_dir.parent.rmdir()
+    except OSError:
+        pass
 
 
 def _record_job(sweep_dir: Path, manifest: dict, key: str, job) -> None:
