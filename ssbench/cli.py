@@ -63,10 +63,15 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA only)."),
     gpus: int = typer.Option(1, "--gpus", help="GPUs on this node: >1 relaunches under torchrun (DDP)."),
+    log: str = typer.Option("tensorboard", "--log", help=(
+        "Where training curves go: tensorboard, wandb, mlflow (comma-separated) or none. Recorded in run.json.")),
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Train and evaluate one method on one labeled split."""
     from ssbench.engine.run import RunRequest, execute
+    from ssbench.engine.tracking import parse_backends
+
+    backends = parse_backends(log)
 
     _load_plugins(plugins)
     if gpus > 1:
@@ -82,7 +87,7 @@ def run(
     req = RunRequest(method=method, dataset=dataset, data_root=str(data_root) if data_root else None, split=split,
                      split_seed=split_seed, seed=seed, iters=iters, sets=tuple(extra + list(sets)), out=str(out),
                      device=device, resume=resume, overwrite=overwrite, quiet=quiet, deterministic=deterministic,
-                     amp=None if amp is None else ("bf16" if amp else "off"))
+                     amp=None if amp is None else ("bf16" if amp else "off"), log=backends)
     from ssbench.engine.runtime import distributed_env
 
     console = _console()

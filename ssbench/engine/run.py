@@ -49,6 +49,7 @@ class RunRequest:
     execution: dict | None = None  # Runtime overrides (channels_last, augment_on_device, log_every): benchmarks
     deterministic: bool = False
     world: int | None = None  # training processes; None: this process's (torchrun's WORLD_SIZE, else 1)
+    log: tuple[str, ...] = ("tensorboard",)  # tracking backends (--log; engine.tracking): run.json, not the hash
 
 
 def resolve_device(name: str):
@@ -364,6 +365,9 @@ def execute(req: RunRequest, console=None) -> Path:
         torch.manual_seed(cfg.train.seed + rank)
     for w in method.warnings:
         say(f"[bold red]WARNING[/]: {w}")
+    from ssbench.engine.plan import plan_text
+
+    say(plan_text(cfg, method, inputs, split, dataset, runtime, final_dir), markup=False, highlight=False)
 
     # 3. Open the staging folder and record the protocol.
     t0 = time.time()
@@ -383,6 +387,7 @@ def execute(req: RunRequest, console=None) -> Path:
         "data": dataset.describe(),
         "split_protocol": split.protocol,
         "schedule": schedule,
+        "tracking": {"backends": list(req.log), "failed": {}},
         **method_layout(method),
         "warnings": list(method.warnings),
         "start": _now(),
@@ -397,6 +402,13 @@ def execute(req: RunRequest, console=None) -> Path:
         run_info["warnings"].append(
             "embedded synthetic phantom data: numbers are a smoke test of the pipeline, not ACDC/BHSD results"
         )
+    tracker = None
+    if runtime.is_main and req.log:  # only rank 0 tracks (DDP)
+        from ssbench.engine.tracking import Tracker, run_meta
+
+        warn = (lambda m: console.print(f"[bold red]{m}[/]", highlight=False)) if console is not None else None
+        tracker = Tracker(req.log, staging, run_meta(cfg, final_dir, req.out), **({"warn": warn} if warn else {}),
+                          class_names=dataset.class_names)
     if runtime.is_main:  # only rank 0 writes; the other ranks wait at the barriers
         _check_lock(staging)
         if staging.exists() and not req.resume:
@@ -417,8 +429,13 @@ def execute(req: RunRequest, console=None) -> Path:
             selection_cases = inputs.val + load_cases(dataset, split.test, True)
         nondeterministic_ops: list[str] = []
         with deterministic_algorithms(cfg.train.deterministic, nondeterministic_ops):
-            best = train(cfg, method, inputs.pools, selection_cases, staging, runtime, req.resume,
-                         console if not req.quiet else None)
+            try:
+                best = train(cfg, method, inputs.pools, selection_cases, staging, runtime, req.resume,
+                             console if not req.quiet else None, tracker)
+            finally:
+                if tracker is not None:
+                    tracker.close()
+                    run_info["tracking"] = tracker.record()
             if runtime.is_main:
                 test = load_cases(dataset, split.test, True)
                 frame = evaluate_checkpoints(method, test, dataset, cfg, device, staging / "checkpoints",
