@@ -267,7 +267,8 @@ def table(
     out: Path = typer.Option(Path("paper"), "--out", help="Where tables, figures and provenance go."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference method (default: best mean Dice)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or final."),
-    formats: str = typer.Option("md,tex,csv", "--format", help="Comma-separated: md, tex, csv."),
+    formats: str = typer.Option("md,tex,csv,html", "--format", help=(
+        "Comma-separated: md, tex, csv, html (a static site in <out>/site/).")),
     plugins: List[str] = typer.Option([], "--plugin", help="A dataset plugin for the overlay figures (see run)."),
 ):
     """Regenerate the paper's tables, significance tests and figures from per-case results."""

@@ -18,7 +18,7 @@ from ssbench.report.render import notes_latex, to_latex, to_markdown
 from ssbench.report.tables import (ablation_table, classes, main_table, other_table,
                                    per_class_table, resolve_reference, significance)
 
-FORMATS = ("md", "tex", "csv")
+FORMATS = ("md", "tex", "csv", "html")
 
 
 class Contents:
@@ -92,6 +92,8 @@ def build(results: Path, out: Path, reference: str | None, checkpoint: str, form
     out.mkdir(parents=True, exist_ok=True)
     skipped_list = [{"run": str(s.path), "reason": s.reason} for s in skipped]
 
+    boards = []  # (layout, main-table tidy frame) for the site (--format html)
+
     def emit(stem: str, table, frame: pd.DataFrame | None, provenance: dict | None, what: str, runs_text: str):
         paths = []
         if "md" in formats:
@@ -118,6 +120,7 @@ def build(results: Path, out: Path, reference: str | None, checkpoint: str, form
         sig = significance(lay, checkpoint, reference) if lay.main_rows else pd.DataFrame()
         if lay.main_rows:
             table, frame, prov = main_table(lay, checkpoint, sig, missing.get(lay.dataset, {}))
+            boards.append((lay, frame))
             emit(f"main_{stem}", table, frame, {**prov, "skipped": skipped_list},
                  f"{lay.dataset} ({policy}): Dice, Jaccard, 95HD, ASD per split, mean ± std over seeds; labeled-only "
                  "baseline, semi-supervised methods and the fully supervised upper bound in their own rows; best "
@@ -158,6 +161,17 @@ def build(results: Path, out: Path, reference: str | None, checkpoint: str, form
     emit("reproduction_gap", gap, gap_frame, None,
          "published numbers beside ours, their protocol beside ours, what differs.",
          _runs_text([row for lay in layouts for row in lay.rows]))
+    if "html" in formats:
+        from ssbench.report.site import write_site
+
+        figure_files = [f for stem, files in written.items() if stem.startswith("figures_") for f in files]
+        tables = {stem: files for stem, files in written.items() if not stem.startswith("figures_")}
+        pages = write_site(out, results, checkpoint, boards, runs, figure_files, tables)
+        written["site"] = pages
+        contents.add("data", [pages[0]], "a static site (open it in a browser, from file://): one sortable "
+                     "leaderboard per dataset and split with the main tables' numbers and marks, a page per run "
+                     "(config, provenance, per-class and per-case tables, curves, overlays, its files).",
+                     f"{len(runs)} runs")
     write_text(out / "README.md", contents.readme(results, checkpoint, len(runs), len(skipped)))
     write_json(out / "index.json", {"results": str(results), "checkpoint": checkpoint, "files": written,
                                     "runs_used": len(runs), "runs_skipped": len(skipped),
