@@ -203,3 +203,31 @@ def test_log_option_names_known_backends(cli, tiny_nnunet, tmp_path):
     code, _, err = cli("run", *tiny_args(tiny_nnunet, tmp_path, "--log", "tensorboard,aim"))
     one_line(code, err, "--log tensorboard,aim", "'aim'", "tensorboard, wandb, mlflow")
     assert not tmp_path.joinpath("nnunet").exists()
+
+
+def test_the_curves_figure_reads_the_event_files(tiny_run, tmp_path):
+    """``ssbench table``'s curves come from a run's TensorBoard events: with train_log.csv's losses zeroed the
+    figure still draws the tracked ones (its moving mean of them) and the tracked validation Dice."""
+    import shutil
+
+    from ssbench.report import figures
+    from ssbench.report.collect import collect
+    from ssbench.report.pooling import layouts
+
+    run = tmp_path / "results" / "nnunet" / "supervised" / "2" / "seed1337"
+    shutil.copytree(tiny_run, run)
+    log = pd.read_csv(run / "train_log.csv")
+    log.assign(loss=0.0, val_dice=log["val_dice"] * 0).to_csv(run / "train_log.csv", index=False)
+    (lay,) = layouts(collect(tmp_path / "results", "best")[0])
+    fig = figures.learning_curves(lay, figures.palette(["supervised"]))
+    ax_loss, ax_val = fig.axes[:2]
+    (loss,), (val,) = ax_loss.get_lines(), ax_val.get_lines()
+    tracked = tb_scalars(run / "tensorboard")
+    steps, values = map(np.array, zip(*tracked["train/loss"]))
+    window = min(20, max(1, len(values) // 10))
+    np.testing.assert_allclose(loss.get_xdata(), steps)
+    np.testing.assert_allclose(loss.get_ydata(), pd.Series(values).rolling(window, min_periods=1).mean(), rtol=1e-6)
+    v_steps, v_values = map(np.array, zip(*tracked["val/dice"]))
+    np.testing.assert_allclose(val.get_xdata(), v_steps)
+    np.testing.assert_allclose(val.get_ydata(), v_values * 100, rtol=1e-6)
+    assert np.abs(loss.get_ydata()).min() > 0  # not the zeroed train_log.csv

@@ -367,7 +367,7 @@ def execute(req: RunRequest, console=None) -> Path:
         say(f"[bold red]WARNING[/]: {w}")
     from ssbench.engine.plan import plan_text
 
-    say(plan_text(cfg, method, inputs, split, dataset, runtime, final_dir), markup=False, highlight=False)
+    say(plan_text(cfg, method, inputs, split, dataset, runtime, final_dir), markup=False, highlight=False, soft_wrap=True)
 
     # 3. Open the staging folder and record the protocol.
     t0 = time.time()
