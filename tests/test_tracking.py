@@ -231,3 +231,29 @@ def test_the_curves_figure_reads_the_event_files(tiny_run, tmp_path):
     np.testing.assert_allclose(val.get_xdata(), v_steps)
     np.testing.assert_allclose(val.get_ydata(), v_values * 100, rtol=1e-6)
     assert np.abs(loss.get_ydata()).min() > 0  # not the zeroed train_log.csv
+
+
+@pytest.mark.slow  # MLflow's import and its SQLite store's migrations: about 20 s
+def test_a_resumed_mlflow_run_has_each_step_once(tmp_path):
+    """MLflow (an extra): the interrupted attempt's run is deleted and a new one with the same ssbench id replays
+    the rows up to the checkpoint (3), then goes on; rows 4 and 5 of the first attempt are gone."""
+    mlflow = pytest.importorskip("mlflow")
+    from ssbench.engine.tracking import Tracker
+
+    meta = {"run_id": "r1", "name": "acdc/x/3/seed1", "group": "results", "method": "x",
+            "config_flat": {"train.lr": 0.01}, "config_yaml": ""}
+    first = Tracker(["mlflow"], tmp_path, meta)
+    first.start(0)
+    for step in range(1, 6):
+        first.log(step, {"train/loss": 1.0 / step})
+    first.close()
+    again = Tracker(["mlflow"], tmp_path, meta)
+    again.start(3, first.history)
+    for step in range(4, 7):
+        again.log(step, {"train/loss": 10.0 / step})
+    again.close()
+    assert first.failed == again.failed == {}
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("results").experiment_id])
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train.loss")]
+    assert sorted(history) == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 2.5), (5, 2.0), (6, 10 / 6)]

@@ -227,7 +227,8 @@ class WandB(Backend):
 
 
 class MLflow(Backend):
-    """MLflow: the tracking URI of ``MLFLOW_TRACKING_URI``, else a file store in the run folder (``mlruns/``);
+    """MLflow: the tracking URI of ``MLFLOW_TRACKING_URI``, else a SQLite store in the run folder (``mlflow.db``;
+    MLflow 3 refuses new file stores);
     one experiment per results root (a sweep). A resumed run deletes the interrupted attempt's MLflow run and
     replays the rows up to the checkpoint into a new one."""
 
@@ -237,7 +238,7 @@ class MLflow(Backend):
         import mlflow
 
         meta = self.meta
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (self.folder / "mlruns").resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(self.folder / 'mlflow.db').resolve()}"
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         experiment = self.client.get_experiment_by_name(meta["group"])
         exp_id = experiment.experiment_id if experiment else self.client.create_experiment(meta["group"])
