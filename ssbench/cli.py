@@ -102,11 +102,16 @@ def run(
     data_cache: Optional[str] = typer.Option(None, "--data-cache", help=DATA_CACHE_HELP),
     data_workers: int = typer.Option(0, "--data-workers", min=0, help=(
         "DataLoader processes that read and augment the training batches ahead of the step (no number changes).")),
+    log: str = typer.Option("tensorboard", "--log", help=(
+        "Where training curves go: tensorboard, wandb, mlflow (comma-separated) or none. Recorded in run.json.")),
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Train and evaluate one method on one labeled split."""
     from ssbench.engine.plan import RunRequest
     from ssbench.engine.run import execute
+    from ssbench.engine.tracking import parse_backends
+
+    backends = parse_backends(log)
 
     _load_plugins(plugins)
     if gpus > 1:
@@ -123,7 +128,7 @@ def run(
                      split_seed=split_seed, seed=seed, iters=iters, sets=tuple(extra + list(sets)), out=str(out),
                      device=device, resume=resume, overwrite=overwrite, quiet=quiet, deterministic=deterministic,
                      amp=None if amp is None else ("bf16" if amp else "off"), data_cache=data_cache,
-                     execution={"data_workers": data_workers} if data_workers else None)
+                     execution={"data_workers": data_workers} if data_workers else None, log=backends)
     from ssbench.engine.runtime import distributed_env
 
     console = _console()
@@ -342,7 +347,8 @@ def table(
         "The method every other is tested against (default: the labeled-only baseline; choose it before looking "
         "at the results).")),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or final."),
-    formats: str = typer.Option("md,tex,csv", "--format", help="Comma-separated: md, tex, csv."),
+    formats: str = typer.Option("md,tex,csv,html", "--format", help=(
+        "Comma-separated: md, tex, csv, html (a static site in <out>/site/).")),
     plugins: List[str] = typer.Option([], "--plugin", help="A dataset plugin for the overlay figures (see run)."),
 ):
     """Regenerate the paper's tables, significance tests and figures from per-case results."""

@@ -102,10 +102,10 @@ def test_test_set_is_read_for_metrics_only_after_training(tmp_path, acdc_phantom
     events = []
     original_select, original_eval = train_mod.mean_val_dice, evaluate_mod.evaluate_cases
 
-    def spy_select(method, cases, cfg, device):
+    def spy_select(method, cases, cfg, device, *detail):
         assert not {c.patient_id for c in cases} & test_ids
         events.append("select")
-        return original_select(method, cases, cfg, device)
+        return original_select(method, cases, cfg, device, *detail)
 
     def spy_eval(method, cases, dataset, cfg, device, checkpoint, predictions=None):
         assert {c.patient_id for c in cases} == test_ids

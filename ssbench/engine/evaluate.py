@@ -24,18 +24,29 @@ def predict_case(method, case, cfg, device) -> np.ndarray:
                           cfg.data.inference_resize)
 
 
-def mean_val_dice(method, cases, cfg, device) -> float:
-    """Selection metric: mean over classes of the mean Dice over volumes (absent classes left out)."""
+OVERLAY_CASES = 2  # validation cases whose slice of most foreground is tracked as a picture at each validation
+
+
+def mean_val_dice(method, cases, cfg, device, detail: dict | None = None) -> float:
+    """Selection metric: mean over classes of the mean Dice over volumes (absent classes left out). ``detail``
+    (a dict), if given, receives what the tracking shows of the same predictions: ``per_class`` (class index ->
+    mean Dice) and ``slices`` ((case id, image, label, prediction) of the slice with the most foreground of the
+    first ``OVERLAY_CASES`` cases)."""
     per_class: dict[int, list[float]] = {}
     k = method.ctx.num_classes
-    for case in cases:
+    for i, case in enumerate(cases):
         pred = predict_case(method, case, cfg, device)
+        if detail is not None and i < OVERLAY_CASES:
+            z = int(np.argmax((case.label > 0).reshape(len(case.label), -1).sum(axis=1)))
+            detail.setdefault("slices", []).append((case.case_id, case.image[z], case.label[z], pred[z]))
         for c in range(1, k):
             p, r = pred == c, case.label == c
             total = int(p.sum()) + int(r.sum())
             if total:
                 per_class.setdefault(c, []).append(2.0 * int((p & r).sum()) / total)
     means = [float(np.mean(v)) for v in per_class.values()]
+    if detail is not None:
+        detail["per_class"] = {c: float(np.mean(v)) for c, v in sorted(per_class.items())}
     return float(np.mean(means)) if means else math.nan
 
 

@@ -36,6 +36,7 @@ def run_info(plan, split, runtime, method, dataset, data_cache: dict) -> dict:
         "data_cache": data_cache,  # where the prepared arrays are: recorded, never hashed (no number depends on it)
         "split_protocol": split.protocol,
         "schedule": plan.schedule,
+        "tracking": {"backends": list(plan.request.log), "failed": {}},
         **method_layout(method),
         # the loader's protocol choices come last, said at the start too (load_inputs)
         "warnings": list(method.warnings) + protocol_warnings(cfg) + list(dataset.warnings()),

@@ -18,7 +18,7 @@ from ssbench.datasets.base import check_case, check_foreground, check_split
 from ssbench.datasets.duplicates import check_unlabeled_against, held_out_hashes
 from ssbench.engine import record
 from ssbench.engine.config import UNHASHED_DATA, RunConfig
-from ssbench.engine.plan import RunRequest, dataset_tag, plan  # noqa: F401  (RunRequest: the API's run request)
+from ssbench.engine.plan import RunRequest, dataset_tag, plan, plan_text  # noqa: F401  (RunRequest: the API's)
 from ssbench.errors import UserError
 from ssbench.runfolder import Staging
 
@@ -203,10 +203,19 @@ def execute(req: RunRequest, console=None) -> Path:
         torch.manual_seed(cfg.train.seed + rank)
     for w in method.warnings:
         say(f"[bold red]WARNING[/]: {w}")
+    say(plan_text(cfg, method, inputs, split, dataset, runtime, p.run_dir), markup=False, highlight=False,
+        soft_wrap=True)
 
     # 3. Open the staging folder and record the protocol.
     t0 = time.time()
     info = record.run_info(p, split, runtime, method, dataset, data_cache)
+    tracker = None
+    if runtime.is_main and req.log:  # only rank 0 tracks (DDP)
+        from ssbench.engine.tracking import Tracker, run_meta
+
+        warn = (lambda m: console.print(f"[bold red]{m}[/]", highlight=False)) if console is not None else None
+        tracker = Tracker(req.log, staging.path, run_meta(cfg, p.run_dir, req.out), **({"warn": warn} if warn else {}),
+                          class_names=dataset.class_names)
     if runtime.is_main:  # only rank 0 writes; the other ranks wait at the barriers
         staging.open(resume=req.resume)
     try:
@@ -223,8 +232,13 @@ def execute(req: RunRequest, console=None) -> Path:
             selection_cases = inputs.val + load_cases(dataset, split.test, True)
         nondeterministic_ops: list[str] = []
         with deterministic_algorithms(cfg.train.deterministic, nondeterministic_ops):
-            best = train(cfg, method, inputs.pools, selection_cases, staging.path, runtime, req.resume,
-                         console if not req.quiet else None)
+            try:
+                best = train(cfg, method, inputs.pools, selection_cases, staging.path, runtime, req.resume,
+                             console if not req.quiet else None, tracker)
+            finally:
+                if tracker is not None:
+                    tracker.close()
+                    info["tracking"] = tracker.record()
             if runtime.is_main:
                 test = load_cases(dataset, split.test, True)
                 frame = evaluate_checkpoints(method, test, dataset, cfg, device, staging.checkpoints,

@@ -333,11 +333,12 @@ def val_schedule(t, per_epoch: int):
     return due
 
 
-def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, console) -> dict:
+def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, console, tracker=None) -> dict:
     """Train the method's stages (one stage of cfg.train.iters steps for most methods); write best.pt, final.pt
     and train_log.csv (rank 0); return the best ``{"dice", "iteration"}`` on the selection set of the last stage,
     with ``"stages"``: each stage's best (a method with stages also keeps ``checkpoints/<stage>-best.pt`` of each
-    stage but the last)."""
+    stage but the last). ``tracker`` (rank 0; ``engine.tracking``) is started here from the step the run continues
+    from and given each log row's values, as the host already holds them; its caller closes it."""
     t = cfg.train
     device = runtime.device
     ckpt_dir = staging / "checkpoints"
@@ -357,8 +358,9 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
     val_due = val_schedule(t, iters_per_epoch(type(method), cfg, pools))
     start, best, log = 0, {"dice": -1.0, "iteration": -1}, []
     last = ckpt_dir / "last.pt"
+    saved: dict = {}
     if resume and last.exists():
-        start, best, log = restore_training_state(last, cfg, method, optimizer, samplers, runtime)
+        start, best, log = restore_training_state(last, cfg, method, optimizer, samplers, runtime, saved)
     else:  # a fresh start inherits no file of an earlier attempt
         for stale in [ckpt_dir / "best.pt", ckpt_dir / "final.pt", *ckpt_dir.glob("best-at-*.pt"),
                       *(ckpt_dir / _stage_best(s) for s in stages)]:
@@ -367,6 +369,8 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
     k = next(i for i, end in enumerate(ends) if start <= end)
     optimizer.active = list(stages[k].optimizers or optimizer.optimizers)
 
+    if tracker is not None:
+        tracker.start(start, saved.get("tracking"))
     progress = _Progress(console if runtime.is_main else None, total, start)
     t_start = time.time()
     val_dice = math.nan
@@ -396,8 +400,9 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
             raise NonFiniteLoss(f"training stopped at iteration {done}: non-finite loss ({terms})"
                                 + (f", means of the last {n} steps" if n > 1 else "")
                                 + "; nothing was published (a smaller train.lr may help)")
+        detail: dict = {}
         if validate and runtime.is_main:
-            val_dice = mean_val_dice(method, val_cases, cfg, device)
+            val_dice = mean_val_dice(method, val_cases, cfg, device, detail)
             row["val_dice"] = val_dice
             if val_dice > best["dice"]:
                 best = {"dice": val_dice, "iteration": done}
@@ -409,6 +414,8 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
                             "no foreground label): nothing to select a checkpoint with")
         row["elapsed_s"] = round(time.time() - t_start, 2)
         log.append(row)
+        if tracker is not None:
+            _track(tracker, done, row, optimizer, detail, method.ctx.num_classes)
         if validate and runtime.is_main:
             write_csv(staging / "train_log.csv", pd.DataFrame(log))
         if save_state:
@@ -420,16 +427,19 @@ def train(cfg, method, pools, val_cases, staging: Path, runtime, resume: bool, c
                 if best["iteration"] > 0:
                     best_file = f"best-at-{done}.pt"
                     snapshot(ckpt_dir / "best.pt", ckpt_dir / best_file)
+                if tracker is not None:  # every step up to this checkpoint written, so that a resume finds it
+                    tracker.flush()
                 torch_save(last, {
                     "config_hash": cfg.hash(), "iteration": done,
                     "method": finite_state(method.state_dict(), done, last.name),
                     "optimizer": optimizer.state_dict(), "samplers": {n: s.state_dict() for n, s in samplers.items()},
                     "rng": rng, "best": best, "log": log, "best_file": best_file,
+                    **({"tracking": tracker.history} if tracker is not None else {}),
                 })
                 for old in ckpt_dir.glob("best-at-*.pt"):
                     if old.name != best_file:
                         old.unlink()
-        progress.update(done, row, val_dice, best)
+        progress.update(done, row, val_dice, best, stage.name if len(stages) > 1 else None)
     progress.close()
     for s in samplers.values():
         s.close()  # the DataLoader workers, if any
@@ -481,12 +491,16 @@ def _begin_stage(method, optimizer: Optimizers, previous, stage, ckpt_dir: Path,
     method.begin_stage(stage)
 
 
-def restore_training_state(last: Path, cfg, method, optimizer, samplers, runtime) -> tuple[int, dict, list]:
+def restore_training_state(last: Path, cfg, method, optimizer, samplers, runtime,
+                           extra: dict | None = None) -> tuple[int, dict, list]:
     """Continue from the resumable checkpoint ``last``, whatever device wrote it: the state is read to the CPU
     (``checkpoint.load``); weights and optimizer state go to the device of the parameters they belong to, sampler
     and RNG states stay on the CPU (the CUDA generator takes its state as a CPU ByteTensor); best.pt as it was
-    then (rank 0). Returns (iteration, best, log) as of the checkpoint."""
+    then (rank 0). Returns (iteration, best, log) as of the checkpoint; ``extra`` receives the tracked rows
+    (``"tracking"``) where the checkpoint has them."""
     state = checkpoint.load(last, cfg.hash())
+    if extra is not None and "tracking" in state:
+        extra["tracking"] = state["tracking"]
     if len(state.get("rng", ())) != runtime.world:
         raise UserError(f"{last}: started with {len(state.get('rng', ()))} processes; resume it with as many")
     checkpoint.load_weights(method, state, last)
@@ -513,6 +527,19 @@ def _restore_best(ckpt_dir: Path, state: dict, last: Path) -> None:
     if not saved.is_file():
         raise UserError(f"{saved}: missing (the best checkpoint as of {last.name}); cannot resume this run")
     snapshot(saved, ckpt_dir / "best.pt")
+
+
+def _track(tracker, done: int, row: dict, optimizer: Optimizers, detail: dict, num_classes: int) -> None:
+    """A log row to the tracker: the row's values, each param group's rate, a validation's per-class Dice and its
+    overlay pictures (all on the host already: validation predicted them)."""
+    from ssbench.engine.tracking import overlay, row_scalars
+
+    names = tracker.class_names
+    per_class = {names[c - 1] if c - 1 < len(names) else f"class{c}": v
+                 for c, v in detail.get("per_class", {}).items()}
+    tracker.log(done, row_scalars(row, optimizer, per_class))
+    for case_id, image, label, pred in detail.get("slices", ()):
+        tracker.image(done, f"val/overlay/{case_id}", overlay(image, label, pred, num_classes))
 
 
 def _weights(method, iteration: int, val_dice: float, cfg, optimizer: Optimizers | None = None,
@@ -545,20 +572,21 @@ class _Progress:
         self.bar.start()
         self.task = self.bar.add_task("train", total=total, completed=start, info="")
 
-    def update(self, done: int, row: dict, val_dice: float, best: dict) -> None:
+    def update(self, done: int, row: dict, val_dice: float, best: dict, stage: str | None = None) -> None:
         if self.console is None:
             return
+        where = f" [{stage}]" if stage else ""
         losses = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("loss"))
         val = "" if math.isnan(val_dice) else f" val_dice={val_dice:.3f} best={best['dice']:.3f}@{best['iteration']}"
         if self.bar is not None:
-            self.bar.update(self.task, completed=done, info=losses + val)
+            self.bar.update(self.task, completed=done, info=(f"{stage} " if stage else "") + losses + val)
             return
         now = time.time()
         if "val_dice" in row or done == self.total or now - self.last >= self.every_s:
             self.last = now
             rate = (done - self.start) / max(now - self.t0, 1e-9)
             eta = (self.total - done) / rate if rate > 0 else float("nan")
-            self.console.print(f"iteration {done}/{self.total} {losses}{val} {rate:.2f} it/s ETA {_duration(eta)}",
+            self.console.print(f"iteration {done}/{self.total}{where} {losses}{val} {rate:.2f} it/s ETA {_duration(eta)}",
                                highlight=False, markup=False)
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from ssbench.report.render import notes_latex, to_latex, to_markdown
 from ssbench.report.tables import (ablation_table, classes, main_table, other_table,
                                    per_class_table, resolve_reference, significance)
 
-FORMATS = ("md", "tex", "csv")
+FORMATS = ("md", "tex", "csv", "html")
 
 
 class Contents:
@@ -136,6 +136,8 @@ def _write_all(results, out, reference, checkpoint, formats, say, draw, publishe
     contents = Contents(out)
     skipped_list = [{"run": _relative(s.path, out), "reason": s.reason} for s in skipped]
 
+    boards = []  # (layout, main-table tidy frame) for the site (--format html)
+
     def emit(stem: str, table, frame: pd.DataFrame | None, provenance: dict | None, what: str, runs_text: str):
         paths = []
         if "md" in formats:
@@ -162,6 +164,7 @@ def _write_all(results, out, reference, checkpoint, formats, say, draw, publishe
         sig = significance(lay, checkpoint, reference) if lay.main_rows else pd.DataFrame()
         if lay.main_rows:
             table, frame, prov = main_table(lay, checkpoint, sig, missing.get(lay.dataset, {}))
+            boards.append((lay, frame))
             emit(f"main_{stem}", table, frame, {**prov, "skipped": skipped_list},
                  f"{lay.dataset} ({policy}): Dice, Jaccard, 95HD, ASD per split, mean ± std over seeds; labeled-only "
                  "baseline, semi-supervised methods and the fully supervised upper bound in their own rows; best "
@@ -207,6 +210,17 @@ def _write_all(results, out, reference, checkpoint, formats, say, draw, publishe
              _runs_text([row for lay in layouts for row in lay.rows]))
     else:
         say(f"no reproduction_gap: published.csv has no numbers for {', '.join(sorted(ours))}")
+    if "html" in formats:
+        from ssbench.report.site import write_site
+
+        figure_files = [f for stem, files in written.items() if stem.startswith("figures_") for f in files]
+        tables = {stem: files for stem, files in written.items() if not stem.startswith("figures_")}
+        pages = write_site(out, results, checkpoint, boards, runs, figure_files, tables)
+        written["site"] = pages
+        contents.add("data", [pages[0]], "a static site (open it in a browser, from file://): one sortable "
+                     "leaderboard per dataset and split with the main tables' numbers and marks, a page per run "
+                     "(config, provenance, per-class and per-case tables, curves, overlays, its files).",
+                     f"{len(runs)} runs")
     where = _relative(results, out)  # the folder moves with its results: no absolute paths in what it holds
     write_text(out / "README.md", contents.readme(where, checkpoint, len(runs), len(skipped)))
     write_json(out / "index.json", {"results": where, "checkpoint": checkpoint, "files": written,

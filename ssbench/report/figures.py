@@ -99,6 +99,20 @@ def dice_boxes(layout: Layout, checkpoint: str, colors: dict) -> Figure:
     return fig
 
 
+def run_curves(run) -> pd.DataFrame | None:
+    """A run's curves (``iteration``, ``loss``, ``val_dice``, ...: train_log.csv's columns) from its TensorBoard
+    event files, the record the run wrote as it trained (``engine.tracking``); train_log.csv for runs without
+    them (written before tracking existed)."""
+    from ssbench.engine.tracking import read_scalars
+
+    scalars = read_scalars(run.path)
+    if scalars is None:
+        return run.train_log
+    names = {c: c[len("train/"):] for c in scalars.columns if c.startswith("train/")}
+    names.update({"val/dice": "val_dice"})
+    return scalars[["iteration", *[c for c in names if c in scalars.columns]]].rename(columns=names)
+
+
 def _val_column(log: pd.DataFrame) -> pd.DataFrame:
     if "val_dice" not in log.columns:
         return log.iloc[0:0]
@@ -106,13 +120,15 @@ def _val_column(log: pd.DataFrame) -> pd.DataFrame:
 
 
 def learning_curves(layout: Layout, colors: dict) -> Figure | None:
-    """Per split (rows): the training loss and the validation Dice (model selection) against iterations; colour =
-    method, line style and marker = seed; each column shares its y axis."""
+    """Per split (rows): the training loss and the validation Dice (model selection) against iterations (each run's
+    TensorBoard events, ``run_curves``); colour = method, line style and marker = seed; each column shares its y
+    axis."""
     panels = [(layout.split_label(n), [(r, r.cells[n]) for r in _compared(layout) if n in r.cells])
               for n in layout.splits()]
     panels += [(f"all {max(u.cells)} labeled", [(u, u.runs)]) for u in _uppers(layout)]
+    logs = {id(x): run_curves(x) for _, items in panels for _, runs in items for x in runs}
     panels = [(t, items) for t, items in panels
-              if any(x.train_log is not None and len(x.train_log) for _, runs in items for x in runs)]
+              if any(logs[id(x)] is not None and len(logs[id(x)]) for _, runs in items for x in runs)]
     if not panels:
         return None
     seeds = seed_style([x.seed for _, items in panels for _, runs in items for x in runs])
@@ -121,7 +137,7 @@ def learning_curves(layout: Layout, colors: dict) -> Figure | None:
     for (title, items), (ax_loss, ax_val) in zip(panels, axes):
         for row, runs in items:
             for run in runs:
-                log = run.train_log
+                log = logs[id(run)]
                 if log is None or log.empty or "loss" not in log.columns:
                     continue
                 ls, marker = seeds[run.seed]
