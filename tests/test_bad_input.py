@@ -230,12 +230,10 @@ def _edit_yaml(path, change):
 
 def _rehashed(data, **changes):
     """A config.yaml changed consistently, its hash recomputed as the run would have: only its content is wrong."""
-    from ssbench.config import config_hash
+    from ssbench.runfolder import recorded_hash
 
     data.update(changes)
-    body = {k: v for k, v in data.items() if k != "config_hash"}
-    body["data"] = {k: v for k, v in body["data"].items() if k != "root"}
-    data["config_hash"] = config_hash(body)
+    data["config_hash"] = recorded_hash(data)
 
 
 def _swap_from(other_run):
