@@ -41,7 +41,7 @@ def weights_only_refusal(exc: BaseException) -> str:
     name = type(exc).__name__
     if "Weights only load failed" not in text:
         return f"{name}: {first_line(exc)}"
-    found = re.search(r"[Uu]nsupported [Gg]lobal:? (?:GLOBAL )?([\w.]+)", text)
+    found = re.search(r"unsupported global:? (?:global )?([\w.]+)", text, re.I)
     if found:
         return (f"{name}: it holds Python objects other than tensors and plain values ({found.group(1)}), which "
                 "ssbench refuses to unpickle: loading them could run code from the file")
