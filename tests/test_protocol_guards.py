@@ -686,3 +686,11 @@ def test_an_empty_test_set_is_refused_before_training(cli, tiny_nnunet, tmp_path
     code, _, err = cli("split", "--dataset", "nnunet", "--data-root", tiny_nnunet, "--split", "2",
                        "--json")  # the defaults: a test set
     assert code == 0, err
+
+
+@pytest.mark.parametrize("value", [1.5, True, [1, 2]], ids=["fraction", "bool", "region"])
+def test_an_nnunet_label_value_that_is_not_an_integer_is_named(cli, tiny_nnunet, tmp_path, value):
+    root = shutil.copytree(tiny_nnunet, tmp_path / "d")
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "organ": value}}))
+    code, _, err = cli("split", "--dataset", "nnunet", "--data-root", root, "--split", "2")
+    one_line(code, err, "dataset.json: labels: 'organ' has the value", "not an integer label value")
