@@ -694,3 +694,14 @@ def test_an_nnunet_label_value_that_is_not_an_integer_is_named(cli, tiny_nnunet,
     (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "organ": value}}))
     code, _, err = cli("split", "--dataset", "nnunet", "--data-root", root, "--split", "2")
     one_line(code, err, "dataset.json: labels: 'organ' has the value", "not an integer label value")
+
+
+def test_a_dataset_name_becomes_a_plain_folder_name(tiny_nnunet, tmp_path):
+    from ssbench.datasets.nnunet import NNUNet
+
+    root = shutil.copytree(tiny_nnunet, tmp_path / "d")
+    spec = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**spec, "name": "../../evil name"}))
+    ident = NNUNet(root).identity()
+    assert ident["name"] == "evil_name" and ident["classes"] == ["organ", "lesion"] and ident["cases"] == 10
+    assert ident["digest"] != NNUNet(tiny_nnunet).identity()["digest"]
