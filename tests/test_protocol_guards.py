@@ -291,14 +291,14 @@ def test_ctrl_c_says_interrupted_and_exits_130(cli, tmp_path, monkeypatch):
     """A real SIGINT delivered while a command works (Typer turns the KeyboardInterrupt into exit code 130)."""
     import time
 
-    import ssbench.report.build as build_module
+    import ssbench.cli as cli_module
 
     def interrupted(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)  # the interrupt arrives here
 
-    monkeypatch.setattr(build_module, "build", interrupted)
-    code, _, err = cli("table", "--results", tmp_path, "--out", tmp_path / "paper")
+    monkeypatch.setattr(cli_module, "_list_registered", interrupted)
+    code, _, err = cli("methods")
     assert code == 130
     assert err.strip() == "ssbench: interrupted"
 
@@ -332,16 +332,16 @@ def test_damaged_sweep_manifest(cli, tmp_path, text):
 
 def test_an_unexpected_error_inside_a_command_is_one_line(cli, tmp_path, monkeypatch):
     """Whatever a command raises ends in one line (and exit 2); --debug shows the traceback."""
-    import ssbench.report.build as build_module
+    import ssbench.cli as cli_module
 
     def broken(*args, **kwargs):
         return {}["missing"]
 
-    monkeypatch.setattr(build_module, "build", broken)
-    code, _, err = cli("table", "--results", tmp_path, "--out", tmp_path / "paper")
-    one_line(code, err, "KeyError", "--debug")
+    monkeypatch.setattr(cli_module, "_list_registered", broken)
+    code, _, err = cli("methods")
+    one_line(code, err, "internal error: KeyError", "--debug")
     with pytest.raises(KeyError):
-        cli("--debug", "table", "--results", tmp_path, "--out", tmp_path / "paper")
+        cli("--debug", "methods")
 
 
 # --- training publishes only finite weights --------------------------------------------------------------------
@@ -368,7 +368,7 @@ class Blowup(Supervised):
 """
 
 
-@pytest.mark.parametrize("iters", [2, 6])
+@pytest.mark.parametrize("iters", [2, pytest.param(6, marks=pytest.mark.slow)])
 def test_a_run_that_diverges_in_its_last_step_publishes_nothing(cli, tiny_nnunet, tmp_path, iters):
     """Every logged loss is finite; the weights after the last update are not: refused before a checkpoint with
     them is saved, nothing published."""
@@ -399,10 +399,11 @@ def two_runs(tmp_path):
     return root, [write_run(root, "supervised", "3", seed, rng=rng) for seed in (1, 2)]
 
 
-def _table(cli, root, out):
-    code, stdout, err = cli("table", "--results", root, "--out", out, "--format", "csv")
-    assert code == 0, err
-    return stdout
+def _table(root, out):
+    """What `ssbench table` prints (its build, figures left out: they are tested on their own)."""
+    from report_runs import build_tables
+
+    return build_tables(root, out, formats=("csv",))
 
 
 def _used(stdout):
@@ -485,7 +486,7 @@ TABLE_CASES = [
 def test_table_skips_a_run_that_fails_verification(cli, two_runs, tmp_path, name, corrupt, reason):
     root, (good, bad) = two_runs
     corrupt(bad)
-    stdout = _table(cli, root, tmp_path / "paper")
+    stdout = _table(root, tmp_path / "paper")
     assert _used(stdout) == [str(good)]
     skipped = [line for line in stdout.splitlines() if line.startswith(f"skipped {bad}")]
     assert len(skipped) == 1 and reason in skipped[0], stdout
@@ -499,11 +500,12 @@ def test_table_ignores_runs_in_hidden_folders(cli, two_runs, tmp_path):
     hidden.mkdir(parents=True)
     shutil.copytree(b, hidden / "seed9")
     shutil.move(str(b), str(b.with_name(".seed2-old")))
-    stdout = _table(cli, root, tmp_path / "paper")
+    stdout = _table(root, tmp_path / "paper")
     assert _used(stdout) == [str(a)]
     assert ".trash" not in stdout and ".seed2-old" not in stdout
 
 
+@pytest.mark.slow
 def test_a_damaged_predictions_file_costs_its_figure_only(tmp_path):
     """The overlays read predictions/best.npz lazily: a damaged member used to crash `ssbench table` half-way."""
     from report_runs import build_tables, write_run
@@ -535,21 +537,21 @@ def test_paper_is_written_whole_or_not_at_all(cli, two_runs, tmp_path, monkeypat
 
     root, _ = two_runs
     out = tmp_path / "paper"
-    _table(cli, root, out)
+    _table(root, out)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def full(*args, **kwargs):
         raise WriteError(f"{out}/reproduction_gap.md: cannot write (No space left on device)")
 
     monkeypatch.setattr(build_module, "gap_table", full)  # after every dataset's tables were written
-    code, _, err = cli("table", "--results", root, "--out", out, "--format", "csv")
-    one_line(code, err, "No space left on device")
+    with pytest.raises(WriteError, match="No space left on device"):
+        _table(root, out)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # the previous tables, untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["paper", "results"]  # no staging left
-    code, _, err = cli("table", "--results", root, "--out", tmp_path / "new")
-    one_line(code, err, "No space left on device")
-    assert not (tmp_path / "new").exists()
+    with pytest.raises(WriteError):
+        _table(root, tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["paper", "results"]
 
 
 def test_table_out_that_cannot_be_written(cli, two_runs, tmp_path):
@@ -594,7 +596,7 @@ def test_two_nnunet_datasets_never_share_a_folder_or_a_table_cell(cli, tmp_path)
     assert runs == ["nnunet-Liver", "nnunet-Spleen"]
     hashes = {yaml.safe_load(p.read_text())["config_hash"] for p in out.rglob("config.yaml")}
     assert len(hashes) == 2
-    stdout = _table(cli, out, tmp_path / "paper")
+    stdout = _table(out, tmp_path / "paper")
     assert len(_used(stdout)) == 2
     assert (tmp_path / "paper" / "main_nnunet-Liver.csv").is_file()
     assert (tmp_path / "paper" / "main_nnunet-Spleen.csv").is_file()
@@ -684,3 +686,22 @@ def test_an_empty_test_set_is_refused_before_training(cli, tiny_nnunet, tmp_path
     code, _, err = cli("split", "--dataset", "nnunet", "--data-root", tiny_nnunet, "--split", "2",
                        "--json")  # the defaults: a test set
     assert code == 0, err
+
+
+@pytest.mark.parametrize("value", [1.5, True, [1, 2]], ids=["fraction", "bool", "region"])
+def test_an_nnunet_label_value_that_is_not_an_integer_is_named(cli, tiny_nnunet, tmp_path, value):
+    root = shutil.copytree(tiny_nnunet, tmp_path / "d")
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "organ": value}}))
+    code, _, err = cli("split", "--dataset", "nnunet", "--data-root", root, "--split", "2")
+    one_line(code, err, "dataset.json: labels: 'organ' has the value", "not an integer label value")
+
+
+def test_a_dataset_name_becomes_a_plain_folder_name(tiny_nnunet, tmp_path):
+    from ssbench.datasets.nnunet import NNUNet
+
+    root = shutil.copytree(tiny_nnunet, tmp_path / "d")
+    spec = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**spec, "name": "../../evil name"}))
+    ident = NNUNet(root).identity()
+    assert ident["name"] == "evil_name" and ident["classes"] == ["organ", "lesion"] and ident["cases"] == 10
+    assert ident["digest"] != NNUNet(tiny_nnunet).identity()["digest"]

@@ -77,11 +77,15 @@ class NNUNet(Dataset):
             spec = json.loads(read_text(path))
             labels = spec["labels"]
             # v2: {"background": 0, "tumor": 1}; v1: {"0": "background", "1": "tumor"}
-            pairs = {int(v): k for k, v in labels.items()} if all(isinstance(v, int) for v in labels.values()) else {
-                int(k): v for k, v in labels.items()
-            }
+            v2 = not all(isinstance(v, str) for v in labels.values())
+            if v2:  # every value a label value: an integer (1.5, true or a region list is not one)
+                bad = next((k for k, v in labels.items() if isinstance(v, bool) or not isinstance(v, int)), None)
+                if bad is not None:
+                    raise DataError(f"{path}: labels: {bad!r} has the value {labels[bad]!r}, not an integer label "
+                                    "value (region-based labels are not supported)")
+            pairs = {int(v): k for k, v in labels.items()} if v2 else {int(k): v for k, v in labels.items()}
             channels = {int(k): str(v) for k, v in (spec.get("channel_names") or spec.get("modality") or {}).items()}
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeDecodeError: a ValueError
             raise DataError(f"{path}: not a valid dataset.json ({type(exc).__name__}: {exc})") from None
         if sorted(pairs) != list(range(len(pairs))) or 0 not in pairs:
             raise DataError(f"{path}: labels must be consecutive integers from 0, got {sorted(pairs)}")

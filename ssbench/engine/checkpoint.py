@@ -33,18 +33,21 @@ def load(path: Path, config_hash: str | None = None) -> dict:
 
 
 def weights_only_refusal(exc: BaseException) -> str:
-    """What a failed ``torch.load(weights_only=True)`` means, in one line. torch's own message for a file holding
-    other Python objects advises loading it with weights_only=False (running code from the file): ssbench never
-    does, so the line says what the file holds instead."""
-    text = str(exc)
-    if "Weights only load failed" in text:
-        import re
+    """What a failed ``torch.load(weights_only=True)`` means, in one line. torch's own message advises loading the
+    file with weights_only=False (running code from it): ssbench never does, so the line says what torch found."""
+    import re
 
-        found = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", text)
-        what = f" ({(found.group(1) or found.group(2)).rstrip('.,')})" if found else ""
-        return (f"it holds Python objects other than tensors and plain values{what}, which ssbench refuses to "
-                "unpickle: loading them could run code from the file")
-    return f"{type(exc).__name__}: {first_line(exc)}"
+    text = str(exc)
+    name = type(exc).__name__
+    if "Weights only load failed" not in text:
+        return f"{name}: {first_line(exc)}"
+    found = re.search(r"unsupported global:? (?:global )?([\w.]+)", text, re.I)
+    if found:
+        return (f"{name}: it holds Python objects other than tensors and plain values ({found.group(1)}), which "
+                "ssbench refuses to unpickle: loading them could run code from the file")
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+    why = " ".join(detail.group(1).split())[:200] if detail else "no detail"
+    return f"{name}: not a file of tensors and plain values ({why})"
 
 
 def load_weights(method, state: dict, path: Path) -> None:

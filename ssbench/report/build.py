@@ -247,7 +247,7 @@ def _figures(lay, checkpoint, sig, colors, fig_dir, out, written, contents, say)
             if fig is None:
                 return
             paths = [str(p.relative_to(out)) for p in figures.save(fig, fig_dir, name)]
-        except (UserError, WriteError):
+        except (UserError, OSError):  # a results folder that cannot be written stops the table (atomically)
             raise
         except Exception as exc:  # noqa: BLE001 - matplotlib, numpy and zipfile raise many types
             say(f"figure {name} skipped: {type(exc).__name__}: {first_line(exc)}")
