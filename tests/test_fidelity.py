@@ -118,7 +118,7 @@ def test_epoch_schedule_validates_once_per_pass(tmp_path, tiny_nnunet):
     from conftest import tiny_request
 
     sets = ("train.schedule=epochs", "train.epochs=2", "train.val_every=epoch", "train.batch_unlabeled=8")
-    run = execute(tiny_request(tiny_nnunet, tmp_path, method="fixmatch", sets=sets))
+    run = execute(tiny_request(tiny_nnunet, tmp_path, method="fixmatch", sets=sets, iters=None))  # one length
     info = json.loads((run / "run.json").read_text())["schedule"]
     per_epoch = info["epoch_pool_slices"] // 8
     assert info["iters_per_epoch"] == per_epoch and per_epoch >= 2
