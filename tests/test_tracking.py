@@ -175,6 +175,7 @@ def test_logging_never_waits_for_a_backend(tmp_path):
 
     class Stuck(tracking.Backend):
         name = "stuck"
+        flushes = True  # a disk that hangs: a checkpoint's flush waits for it, at most its timeout
 
         def scalars(self, step, values):
             release.wait(30)
@@ -193,6 +194,20 @@ def test_logging_never_waits_for_a_backend(tmp_path):
     release.set()
     tracker.close()
 
+    class StuckNetwork(Stuck):  # a backend that replays on resume (W&B, MLflow): a checkpoint does not wait for it
+        flushes = False
+
+    release.clear()
+    tracker = tracking.Tracker([], tmp_path, {})
+    tracker.backends = [StuckNetwork(tmp_path, {})]
+    tracker.start(0)
+    tracker.log(1, {"train/loss": 1.0})
+    t0 = time.perf_counter()
+    tracker.flush(timeout=5.0)
+    assert time.perf_counter() - t0 < 1.0
+    release.set()
+    tracker.close()
+
 
 def test_log_option_names_known_backends(cli, tiny_nnunet, tmp_path):
     from conftest import one_line, tiny_args
@@ -205,6 +220,7 @@ def test_log_option_names_known_backends(cli, tiny_nnunet, tmp_path):
     assert not tmp_path.joinpath("nnunet").exists()
 
 
+@pytest.mark.slow  # a matplotlib figure: about 4 s
 def test_the_curves_figure_reads_the_event_files(tiny_run, tmp_path):
     """``ssbench table``'s curves come from a run's TensorBoard events: with train_log.csv's losses zeroed the
     figure still draws the tracked ones (its moving mean of them) and the tracked validation Dice."""
@@ -233,12 +249,17 @@ def test_the_curves_figure_reads_the_event_files(tiny_run, tmp_path):
     assert np.abs(loss.get_ydata()).min() > 0  # not the zeroed train_log.csv
 
 
-@pytest.mark.slow  # MLflow's import and its SQLite store's migrations: about 20 s
-def test_a_resumed_mlflow_run_has_each_step_once(tmp_path):
+@pytest.mark.slow  # MLflow's import: about 4 s
+def test_a_resumed_mlflow_run_has_each_step_once(tmp_path, monkeypatch):
     """MLflow (an extra): the interrupted attempt's run is deleted and a new one with the same ssbench id replays
-    the rows up to the checkpoint (3), then goes on; rows 4 and 5 of the first attempt are gone."""
+    the rows up to the checkpoint (3), then goes on; rows 4 and 5 of the first attempt are gone. Through a file
+    store (MLFLOW_TRACKING_URI): the run folder's default SQLite store takes ~20 s of migrations to create."""
     mlflow = pytest.importorskip("mlflow")
     from ssbench.engine.tracking import Tracker
+
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
 
     meta = {"run_id": "r1", "name": "acdc/x/3/seed1", "group": "results", "method": "x",
             "config_flat": {"train.lr": 0.01}, "config_yaml": ""}
@@ -253,7 +274,7 @@ def test_a_resumed_mlflow_run_has_each_step_once(tmp_path):
         again.log(step, {"train/loss": 10.0 / step})
     again.close()
     assert first.failed == again.failed == {}
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("results").experiment_id])
     history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train.loss")]
     assert sorted(history) == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 2.5), (5, 2.0), (6, 10 / 6)]
