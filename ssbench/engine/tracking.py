@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from ssbench.errors import UserError, first_line
+from ssbench.events import TB_FOLDER, event_files
 
 BACKENDS = ("tensorboard", "wandb", "mlflow")
 DEFAULT = ("tensorboard",)
 FLUSH_TIMEOUT_S = 60.0
 CLOSE_TIMEOUT_S = 120.0
-TB_FOLDER = "tensorboard"
 
 
 def parse_backends(text: str | None) -> tuple[str, ...]:
@@ -153,10 +153,6 @@ class TensorBoard(Backend):
 
     def close(self):
         self.writer.close()
-
-
-def event_files(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).glob("events.out.tfevents.*") if p.is_file())
 
 
 def compact_events(folder: Path, step: int) -> None:
@@ -375,22 +371,3 @@ class Tracker:
                 args[0].set()
             if op == "close":
                 return
-
-
-def read_scalars(run_dir: Path):
-    """A run's tracked scalars from its TensorBoard event files (tensorboard's own reader), as a frame with one
-    row per step and one column per tag (``train/loss``, ``val/dice``, ...); None without event files."""
-    import pandas as pd
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    folder = Path(run_dir) / TB_FOLDER
-    if not event_files(folder):
-        return None
-    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0}, purge_orphaned_data=False)
-    acc.Reload()
-    columns = {t: pd.Series({e.step: e.value for e in acc.Scalars(t)}) for t in acc.Tags()["scalars"]}
-    if not columns:
-        return None
-    frame = pd.DataFrame(columns).sort_index()
-    frame.index.name = "iteration"
-    return frame.reset_index()

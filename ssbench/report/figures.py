@@ -103,7 +103,7 @@ def run_curves(run) -> pd.DataFrame | None:
     """A run's curves (``iteration``, ``loss``, ``val_dice``, ...: train_log.csv's columns) from its TensorBoard
     event files, the record the run wrote as it trained (``engine.tracking``); train_log.csv for runs without
     them (written before tracking existed)."""
-    from ssbench.engine.tracking import read_scalars
+    from ssbench.events import read_scalars
 
     scalars = read_scalars(run.path)
     if scalars is None:

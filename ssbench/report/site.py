@@ -357,7 +357,7 @@ def _svg(x: np.ndarray, y: np.ndarray, title: str, w: int = 420, h: int = 220) -
 
 def _overlays(run, folder: Path) -> list[str]:
     """The last validation's overlay pictures from the run's TensorBoard events, as PNG files in ``folder``."""
-    from ssbench.engine.tracking import TB_FOLDER, event_files
+    from ssbench.events import TB_FOLDER, event_files
 
     files = event_files(Path(run.path) / TB_FOLDER)
     if not files:
