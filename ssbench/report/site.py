@@ -41,7 +41,7 @@ tr.upper td{color:#555;font-style:italic}
 pre{background:#f6f6f6;padding:.6rem;overflow:auto;font-size:.8rem}
 input.filter{margin:.25rem 0;padding:.2rem .4rem}
 .note{color:#555;font-size:.85rem}
-img{max-width:100%}
+img{max-width:100%}img.overlay{width:36rem;image-rendering:pixelated}
 """
 
 SCRIPT = """
@@ -274,7 +274,7 @@ def _run_page(site: Path, run, results: Path, checkpoint: str) -> list[str]:
         body.append("<h2>Validation overlays (last validation: image, ground truth, prediction)</h2>")
         for name in overlays:
             written.append(f"{SITE}/runs/{slug}/{name}")
-            body.append(f"<figure><img src=\"{_href(slug + '/' + name)}\" alt=\"{_e(name)}\">"
+            body.append(f"<figure><img class=\"overlay\" src=\"{_href(slug + '/' + name)}\" alt=\"{_e(name)}\">"
                         f"<figcaption class=\"note\">{_e(name)}</figcaption></figure>")
     body.append(f"<h2>Per case ({_e(checkpoint)} checkpoint, Dice %)</h2>")
     body.append(_per_case(run, checkpoint))
