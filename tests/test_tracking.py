@@ -278,3 +278,17 @@ def test_a_resumed_mlflow_run_has_each_step_once(tmp_path, monkeypatch):
     (run,) = client.search_runs([client.get_experiment_by_name("results").experiment_id])
     history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train.loss")]
     assert sorted(history) == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 2.5), (5, 2.0), (6, 10 / 6)]
+
+
+@pytest.mark.slow
+def test_overlays_show_validation_cases_only_even_under_legacy_selection(tiny_nnunet, tmp_path):
+    """Selected on val+test (the legacy protocol, warned), the validation pass also predicts test volumes; the
+    tracked pictures are of validation cases only."""
+    from ssbench.engine.run import execute
+
+    run = execute(tiny_request(tiny_nnunet, tmp_path, sets=("train.selection=legacy-val+test",)))
+    split = json.loads((run / "split.json").read_text())
+    shown = {v.tag.rsplit("/", 1)[-1] for e in tb_events(run / "tensorboard") for v in e.summary.value
+             if v.tag.startswith("val/overlay/")}
+    val_cases = {f"{p}" for p in split["val"]}  # nnU-Net cases: one volume per patient, named alike
+    assert shown and shown <= val_cases, (shown, val_cases)

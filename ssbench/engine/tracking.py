@@ -300,9 +300,12 @@ class Tracker:
     holds up another). ``history`` holds every scalar row logged (saved in ``last.pt``), for the backends that
     replay on resume."""
 
-    def __init__(self, names, folder: Path, meta: dict, warn=_warn_stderr, class_names=()):
+    def __init__(self, names, folder: Path, meta: dict, warn=_warn_stderr, class_names=(), picture_cases=None):
         self.names = tuple(names)
         self.class_names = list(class_names)
+        # The cases whose pictures may be shown: the validation cases (never a test case, even when a legacy
+        # protocol selects on val+test); None: any.
+        self.picture_cases = picture_cases
         self.backends = [BACKEND_CLASSES[n](Path(folder), meta) for n in self.names]
         self.warn = warn
         self.failed: dict[str, str] = {}
