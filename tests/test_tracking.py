@@ -68,28 +68,11 @@ def test_tensorboard_events_hold_the_train_log(tiny_run):
 def wandb_history(run: Path) -> list[dict]:
     """The history rows of the W&B offline runs under ``run``: its ``.wandb`` files (LevelDB log records of
     wandb's Record protobuf), read as ``wandb sync`` would send them."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
     rows = []
     for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")):
-        data = path.read_bytes()
-        pos, block, parts = 7, 32768, b""  # header ':W&B' + magic + version; 32 KiB blocks of records
-        while pos + 7 <= len(data):
-            if block - pos % block < 7:  # no room for a record header: the block's tail is padding
-                pos += block - pos % block
-                continue
-            length, kind = struct.unpack("<HB", data[pos + 4: pos + 7])
-            if length == 0 and kind == 0:
-                break
-            parts += data[pos + 7: pos + 7 + length]
-            pos += 7 + length
-            if kind in (1, 4):  # FULL or LAST: a whole record
-                record = pb.Record()
-                record.ParseFromString(parts)
-                parts = b""
-                if record.WhichOneof("record_type") == "history":
-                    rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
-                                 for i in record.history.item})
+        for record in _records(path):
+            if record.WhichOneof("record_type") == "history":
+                rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
     return rows
 
 
@@ -292,3 +275,50 @@ def test_overlays_show_validation_cases_only_even_under_legacy_selection(tiny_nn
              if v.tag.startswith("val/overlay/")}
     val_cases = {f"{p}" for p in split["val"]}  # nnU-Net cases: one volume per patient, named alike
     assert shown and shown <= val_cases, (shown, val_cases)
+
+
+@pytest.mark.slow
+def test_sweep_jobs_track_where_log_says_grouped_by_their_sweep(cli, tiny_nnunet, tmp_path, monkeypatch):
+    """``ssbench sweep --log tensorboard,wandb``: every job records both backends (run.json, not the config) and its
+    W&B offline run carries the sweep's results root as its group."""
+    pytest.importorskip("wandb")
+    from conftest import TINY_SETS
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "sweep-a"
+    code, _, err = cli("sweep", "--methods", "supervised", "--splits", "2", "--seeds", "1,2", "--dataset", "nnunet",
+                       "--data-root", tiny_nnunet, "--iters", "2", "--out", out, "--device", "cpu", "--executor",
+                       "debug", "--gpus-per-job", "0", "--log", "tensorboard,wandb",
+                       *[x for s in TINY_SETS for x in ("--set", s)])
+    assert code == 0, err
+    for seed in (1, 2):
+        run = out / "nnunet" / "supervised" / "2" / f"seed{seed}"
+        assert json.loads((run / "run.json").read_text())["tracking"] == {"backends": ["tensorboard", "wandb"],
+                                                                          "failed": {}}
+        assert "log" not in (run / "config.yaml").read_text()
+        (record,) = list(run.glob("wandb/offline-run-*/run-*.wandb"))
+        runs = [r for r in _records(record) if r.WhichOneof("record_type") == "run"]
+        assert runs and runs[0].run.run_group == "sweep-a", runs[0].run
+
+
+def _records(path: Path):
+    """wandb's Record protobufs of a ``.wandb`` file: LevelDB log records (header ':W&B' + magic + version, then
+    32 KiB blocks of records; a block's tail shorter than a record header is padding)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    pos, block, parts = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4: pos + 7])
+        if length == 0 and kind == 0:
+            break
+        parts += data[pos + 7: pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = pb.Record()
+            record.ParseFromString(parts)
+            parts = b""
+            yield record

@@ -41,10 +41,15 @@ def sweep(
     cpus_per_job: int = typer.Option(8, "--cpus-per-job"),
     timeout_min: int = typer.Option(24 * 60, "--timeout-min", help="Per job; Slurm requeues a timed-out run."),
     array_parallelism: int = typer.Option(16, "--array-parallelism", help="Slurm: array tasks at once."),
+    log: str = typer.Option("tensorboard", "--log", help=(
+        "Where every run's curves go: tensorboard, wandb, mlflow (comma-separated) or none (as `ssbench run`).")),
 ):
     """Run every (method, split, seed) of a grid; completed runs are skipped; `ssbench sweep status RESULTS`."""
     if ctx.invoked_subcommand is not None:
         return
+    from ssbench.engine.tracking import parse_backends
+
+    backends = parse_backends(log)
     from ssbench.sweep.grid import Grid, load_grid, parse_list, parse_roots, plan
     from ssbench.sweep.launch import SlurmOptions, launch
 
@@ -72,6 +77,8 @@ def sweep(
     slurm.submitit_parameters()  # a malformed --slurm-param stops here, before anything is planned
     planned = plan(g, parse_roots(data_root, g.datasets), tuple(sets), iters, out,
                    "cpu" if gpus_per_job == 0 else device, world=max(1, gpus_per_job))
+    for p in planned:  # tracking is no part of a run's config: set on the requests, after planning
+        p.request.log = backends
     typer.echo(f"sweep of {len(planned)} runs ({sum(p.complete for p in planned)} already complete)")
     sweep_dir = launch(planned, out, executor, slurm, parallel, say=typer.echo)
     typer.echo(f"manifest: {sweep_dir / 'manifest.json'}")
