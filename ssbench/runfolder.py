@@ -12,6 +12,7 @@ Every module that reads or writes a run folder goes through here; ``docs/run-fol
     <run>/metrics_per_case.csv   case x class x checkpoint rows          (CASES)
     <run>/summary.json           means per checkpoint, the selection     (SUMMARY)
     <run>/evals/<empty>-<units>/ re-evaluations: CASES and SUMMARY      (EVALS)
+    <run>/tensorboard/           TensorBoard event files                 (TENSORBOARD)
 
 A folder is a finished run when, and only when, ``is_complete`` says so. A run is assembled in
 ``.<name>.incomplete`` beside its final place: readers ignore hidden folders.
@@ -39,6 +40,7 @@ FINAL = "final.pt"
 LAST = "last.pt"  # the periodic resume state, removed at publication
 PREDICTIONS = "predictions"
 EVALS = "evals"
+TENSORBOARD = "tensorboard"  # the run's TensorBoard event files (engine.tracking writes them, ssbench.events reads)
 LOCK = "LOCK"
 STAGING_SUFFIX = ".incomplete"
 

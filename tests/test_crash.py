@@ -81,6 +81,12 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(cli, tiny_nnunet, tiny_
     assert steps == KILLS[point]
     same_results(out / RUN, tiny_run)
     assert not staging.exists()
+    # TensorBoard: each step once, with train_log.csv's values (rows after the checkpoint on disk are logged again)
+    from test_tracking import assert_events_match_log, tb_events
+
+    seen = [(e.step, v.tag) for e in tb_events(out / RUN / "tensorboard") for v in e.summary.value]
+    assert seen and len(seen) == len(set(seen))
+    assert_events_match_log(out / RUN)
     if point == "publish":  # the record written before the kill, start and end times included
         assert (out / RUN / "run.json").read_bytes() == record
 

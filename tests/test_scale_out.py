@@ -172,6 +172,14 @@ def test_a_ddp_run_is_its_own_run_and_resumes_from_its_per_rank_state(tmp_path, 
     assert a == b
 
     run = tmp_path / "c" / folder
+    # Only rank 0 tracks: one event file, each step once, resumed or not (another rank would add its own file).
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    for d in ("r", "c"):
+        seen = [(e.step, v.tag) for p in (tmp_path / d / folder / "tensorboard").glob("events.out.tfevents.*")
+                for e in EventFileLoader(str(p)).Load() for v in e.summary.value]
+        assert seen and len(seen) == len(set(seen)), d
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["world_size"] == 2 and info["execution"]["world"] == 2
     assert not (run / "checkpoints" / "last.pt").exists()

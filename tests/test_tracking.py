@@ -68,28 +68,11 @@ def test_tensorboard_events_hold_the_train_log(tiny_run):
 def wandb_history(run: Path) -> list[dict]:
     """The history rows of the W&B offline runs under ``run``: its ``.wandb`` files (LevelDB log records of
     wandb's Record protobuf), read as ``wandb sync`` would send them."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
     rows = []
     for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")):
-        data = path.read_bytes()
-        pos, block, parts = 7, 32768, b""  # header ':W&B' + magic + version; 32 KiB blocks of records
-        while pos + 7 <= len(data):
-            if block - pos % block < 7:  # no room for a record header: the block's tail is padding
-                pos += block - pos % block
-                continue
-            length, kind = struct.unpack("<HB", data[pos + 4: pos + 7])
-            if length == 0 and kind == 0:
-                break
-            parts += data[pos + 7: pos + 7 + length]
-            pos += 7 + length
-            if kind in (1, 4):  # FULL or LAST: a whole record
-                record = pb.Record()
-                record.ParseFromString(parts)
-                parts = b""
-                if record.WhichOneof("record_type") == "history":
-                    rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
-                                 for i in record.history.item})
+        for record in _records(path):
+            if record.WhichOneof("record_type") == "history":
+                rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
     return rows
 
 
@@ -175,6 +158,7 @@ def test_logging_never_waits_for_a_backend(tmp_path):
 
     class Stuck(tracking.Backend):
         name = "stuck"
+        flushes = True  # a disk that hangs: a checkpoint's flush waits for it, at most its timeout
 
         def scalars(self, step, values):
             release.wait(30)
@@ -193,6 +177,20 @@ def test_logging_never_waits_for_a_backend(tmp_path):
     release.set()
     tracker.close()
 
+    class StuckNetwork(Stuck):  # a backend that replays on resume (W&B, MLflow): a checkpoint does not wait for it
+        flushes = False
+
+    release.clear()
+    tracker = tracking.Tracker([], tmp_path, {})
+    tracker.backends = [StuckNetwork(tmp_path, {})]
+    tracker.start(0)
+    tracker.log(1, {"train/loss": 1.0})
+    t0 = time.perf_counter()
+    tracker.flush(timeout=5.0)
+    assert time.perf_counter() - t0 < 1.0
+    release.set()
+    tracker.close()
+
 
 def test_log_option_names_known_backends(cli, tiny_nnunet, tmp_path):
     from conftest import one_line, tiny_args
@@ -205,6 +203,7 @@ def test_log_option_names_known_backends(cli, tiny_nnunet, tmp_path):
     assert not tmp_path.joinpath("nnunet").exists()
 
 
+@pytest.mark.slow  # a matplotlib figure: about 4 s
 def test_the_curves_figure_reads_the_event_files(tiny_run, tmp_path):
     """``ssbench table``'s curves come from a run's TensorBoard events: with train_log.csv's losses zeroed the
     figure still draws the tracked ones (its moving mean of them) and the tracked validation Dice."""
@@ -233,12 +232,17 @@ def test_the_curves_figure_reads_the_event_files(tiny_run, tmp_path):
     assert np.abs(loss.get_ydata()).min() > 0  # not the zeroed train_log.csv
 
 
-@pytest.mark.slow  # MLflow's import and its SQLite store's migrations: about 20 s
-def test_a_resumed_mlflow_run_has_each_step_once(tmp_path):
+@pytest.mark.slow  # MLflow's import: about 4 s
+def test_a_resumed_mlflow_run_has_each_step_once(tmp_path, monkeypatch):
     """MLflow (an extra): the interrupted attempt's run is deleted and a new one with the same ssbench id replays
-    the rows up to the checkpoint (3), then goes on; rows 4 and 5 of the first attempt are gone."""
+    the rows up to the checkpoint (3), then goes on; rows 4 and 5 of the first attempt are gone. Through a file
+    store (MLFLOW_TRACKING_URI): the run folder's default SQLite store takes ~20 s of migrations to create."""
     mlflow = pytest.importorskip("mlflow")
     from ssbench.engine.tracking import Tracker
+
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
 
     meta = {"run_id": "r1", "name": "acdc/x/3/seed1", "group": "results", "method": "x",
             "config_flat": {"train.lr": 0.01}, "config_yaml": ""}
@@ -253,7 +257,68 @@ def test_a_resumed_mlflow_run_has_each_step_once(tmp_path):
         again.log(step, {"train/loss": 10.0 / step})
     again.close()
     assert first.failed == again.failed == {}
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("results").experiment_id])
     history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train.loss")]
     assert sorted(history) == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 2.5), (5, 2.0), (6, 10 / 6)]
+
+
+@pytest.mark.slow
+def test_overlays_show_validation_cases_only_even_under_legacy_selection(tiny_nnunet, tmp_path):
+    """Selected on val+test (the legacy protocol, warned), the validation pass also predicts test volumes; the
+    tracked pictures are of validation cases only."""
+    from ssbench.engine.run import execute
+
+    run = execute(tiny_request(tiny_nnunet, tmp_path, sets=("train.selection=legacy-val+test",)))
+    split = json.loads((run / "split.json").read_text())
+    shown = {v.tag.rsplit("/", 1)[-1] for e in tb_events(run / "tensorboard") for v in e.summary.value
+             if v.tag.startswith("val/overlay/")}
+    val_cases = {f"{p}" for p in split["val"]}  # nnU-Net cases: one volume per patient, named alike
+    assert shown and shown <= val_cases, (shown, val_cases)
+
+
+@pytest.mark.slow
+def test_sweep_jobs_track_where_log_says_grouped_by_their_sweep(cli, tiny_nnunet, tmp_path, monkeypatch):
+    """``ssbench sweep --log tensorboard,wandb``: every job records both backends (run.json, not the config) and its
+    W&B offline run carries the sweep's results root as its group."""
+    pytest.importorskip("wandb")
+    from conftest import TINY_SETS
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "sweep-a"
+    code, _, err = cli("sweep", "--methods", "supervised", "--splits", "2", "--seeds", "1,2", "--dataset", "nnunet",
+                       "--data-root", tiny_nnunet, "--iters", "2", "--out", out, "--device", "cpu", "--executor",
+                       "debug", "--gpus-per-job", "0", "--log", "tensorboard,wandb",
+                       *[x for s in TINY_SETS for x in ("--set", s)])
+    assert code == 0, err
+    for seed in (1, 2):
+        run = out / "nnunet" / "supervised" / "2" / f"seed{seed}"
+        assert json.loads((run / "run.json").read_text())["tracking"] == {"backends": ["tensorboard", "wandb"],
+                                                                          "failed": {}}
+        assert "log" not in (run / "config.yaml").read_text()
+        (record,) = list(run.glob("wandb/offline-run-*/run-*.wandb"))
+        runs = [r for r in _records(record) if r.WhichOneof("record_type") == "run"]
+        assert runs and runs[0].run.run_group == "sweep-a", runs[0].run
+
+
+def _records(path: Path):
+    """wandb's Record protobufs of a ``.wandb`` file: LevelDB log records (header ':W&B' + magic + version, then
+    32 KiB blocks of records; a block's tail shorter than a record header is padding)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    pos, block, parts = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4: pos + 7])
+        if length == 0 and kind == 0:
+            break
+        parts += data[pos + 7: pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = pb.Record()
+            record.ParseFromString(parts)
+            parts = b""
+            yield record

@@ -215,7 +215,7 @@ def execute(req: RunRequest, console=None) -> Path:
 
         warn = (lambda m: console.print(f"[bold red]{m}[/]", highlight=False)) if console is not None else None
         tracker = Tracker(req.log, staging.path, run_meta(cfg, p.run_dir, req.out), **({"warn": warn} if warn else {}),
-                          class_names=dataset.class_names)
+                          class_names=dataset.class_names, picture_cases={c.case_id for c in inputs.val})
     if runtime.is_main:  # only rank 0 writes; the other ranks wait at the barriers
         staging.open(resume=req.resume)
     try:

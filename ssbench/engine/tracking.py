@@ -5,9 +5,9 @@ on request (``ssbench run --log tensorboard,wandb,mlflow``; ``none`` for no trac
 The contract with the training loop:
 
 - The engine hands over values it already holds on the host, at its log rows (``Tracker.log``) and validations
-  (``Tracker.image``); nothing here reads a tensor. Every backend call runs on one worker thread behind a queue,
-  so the step never waits for a backend (a slow disk, a network). ``flush`` (at checkpoints, before ``last.pt`` is
-  written) waits for the queue, at most ``FLUSH_TIMEOUT_S``.
+  (``Tracker.image``); nothing here reads a tensor. Each backend runs on its own worker thread behind a queue, so
+  the step never waits for a backend (a slow disk, a network). ``flush`` (at checkpoints, before ``last.pt`` is
+  written) waits for TensorBoard's queue only, at most ``FLUSH_TIMEOUT_S``.
 - A backend that fails (package missing, disk full, no network) prints one warning line, is dropped for the rest
   of the run, and is named in run.json; training goes on.
 - Resume: each step is in every backend exactly once. TensorBoard's event files are cut back to the checkpoint's
@@ -24,17 +24,18 @@ import queue
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
 from ssbench.errors import UserError, first_line
+from ssbench.events import TB_FOLDER, event_files
 
 BACKENDS = ("tensorboard", "wandb", "mlflow")
 DEFAULT = ("tensorboard",)
 FLUSH_TIMEOUT_S = 60.0
 CLOSE_TIMEOUT_S = 120.0
-TB_FOLDER = "tensorboard"
 
 
 def parse_backends(text: str | None) -> tuple[str, ...]:
@@ -99,6 +100,7 @@ class Backend:
     rows logged up to it (for a backend that cannot cut its own record back)."""
 
     name = ""
+    flushes = False  # writes files a resume cuts back (TensorBoard): a checkpoint waits until they are written
 
     def __init__(self, folder: Path, meta: dict):
         self.folder, self.meta = folder, meta
@@ -116,6 +118,7 @@ class Backend:
 
 class TensorBoard(Backend):
     name = "tensorboard"
+    flushes = True
 
     def open(self, step, history):
         from torch.utils.tensorboard import SummaryWriter
@@ -150,10 +153,6 @@ class TensorBoard(Backend):
 
     def close(self):
         self.writer.close()
-
-
-def event_files(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).glob("events.out.tfevents.*") if p.is_file())
 
 
 def compact_events(folder: Path, step: int) -> None:
@@ -297,18 +296,21 @@ def _warn_stderr(message: str) -> None:
 
 
 class Tracker:
-    """The backends of one run (rank 0), fed through one worker thread. ``history`` holds every scalar row logged
-    (saved in ``last.pt``), for the backends that replay on resume."""
+    """The backends of one run (rank 0), each fed through its own worker thread (a slow network backend never
+    holds up another). ``history`` holds every scalar row logged (saved in ``last.pt``), for the backends that
+    replay on resume."""
 
-    def __init__(self, names, folder: Path, meta: dict, warn=_warn_stderr, class_names=()):
+    def __init__(self, names, folder: Path, meta: dict, warn=_warn_stderr, class_names=(), picture_cases=None):
         self.names = tuple(names)
         self.class_names = list(class_names)
+        # The cases whose pictures may be shown: the validation cases (never a test case, even when a legacy
+        # protocol selects on val+test); None: any.
+        self.picture_cases = picture_cases
         self.backends = [BACKEND_CLASSES[n](Path(folder), meta) for n in self.names]
         self.warn = warn
         self.failed: dict[str, str] = {}
         self.history: list[dict] = []
-        self.queue: queue.Queue = queue.Queue()
-        self.thread: threading.Thread | None = None
+        self.workers: list[tuple[Backend, queue.Queue, threading.Thread]] = []
 
     def record(self) -> dict:
         """run.json's "tracking": the backends asked for, and those that failed (with why)."""
@@ -316,46 +318,55 @@ class Tracker:
 
     def start(self, step: int = 0, history: list[dict] | None = None) -> None:
         self.history = [r for r in (history or []) if r["step"] <= step]
-        if not self.backends:
-            return
-        self.thread = threading.Thread(target=self._work, name="ssbench-tracking", daemon=True)
-        self.thread.start()
-        self.queue.put(("open", (step, list(self.history))))
+        for backend in self.backends:
+            q: queue.Queue = queue.Queue()
+            thread = threading.Thread(target=self._work, args=(backend, q), name=f"ssbench-{backend.name}",
+                                      daemon=True)
+            thread.start()
+            q.put(("open", (step, list(self.history))))
+            self.workers.append((backend, q, thread))
+
+    def _put(self, op: str, args: tuple) -> None:
+        for _, q, _ in self.workers:
+            q.put((op, args))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.history.append({"step": step, **values})
-        if self.thread is not None:
-            self.queue.put(("scalars", (step, dict(values))))
+        self._put("scalars", (step, dict(values)))
 
     def image(self, step: int, name: str, picture: np.ndarray) -> None:
-        if self.thread is not None:
-            self.queue.put(("image", (step, name, picture)))
+        self._put("image", (step, name, picture))
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
-        """Wait (at most ``timeout``) until every backend has written what it was given: before a checkpoint, so
-        that a resumed run finds each step up to it."""
-        if self.thread is None:
-            return
-        done = threading.Event()
-        self.queue.put(("flush", (done,)))
-        done.wait(timeout)
+        """Wait (at most ``timeout`` in all) until each backend that writes files of its own (``Backend.flushes``:
+        TensorBoard) has written what it was given: before a checkpoint, so that a resumed run finds each step up
+        to it. The others replay on resume and are not waited for."""
+        waits = []
+        for backend, q, _ in self.workers:
+            if backend.flushes:
+                done = threading.Event()
+                q.put(("flush", (done,)))
+                waits.append(done)
+        deadline = time.monotonic() + timeout
+        for done in waits:
+            done.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
-        if self.thread is None:
-            return
-        self.queue.put(("close", ()))
-        self.thread.join(timeout)
-        self.thread = None
+        self._put("close", ())
+        deadline = time.monotonic() + timeout
+        for _, _, thread in self.workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.workers = []
 
-    def _work(self) -> None:
-        active = list(self.backends)
+    def _work(self, backend: Backend, q: queue.Queue) -> None:
+        alive = True
         while True:
-            op, args = self.queue.get()
-            for backend in list(active):
+            op, args = q.get()
+            if alive:
                 try:
                     getattr(backend, op)(*(args if op != "flush" else ()))
                 except Exception as exc:  # noqa: BLE001  (any failure of a backend: warn once, drop it)
-                    active.remove(backend)
+                    alive = False
                     self.failed[backend.name] = f"{type(exc).__name__}: {first_line(exc)}"
                     self.warn(f"WARNING: tracking with {backend.name} failed during {op} "
                               f"({self.failed[backend.name]}); training goes on without it")
@@ -363,22 +374,3 @@ class Tracker:
                 args[0].set()
             if op == "close":
                 return
-
-
-def read_scalars(run_dir: Path):
-    """A run's tracked scalars from its TensorBoard event files (tensorboard's own reader), as a frame with one
-    row per step and one column per tag (``train/loss``, ``val/dice``, ...); None without event files."""
-    import pandas as pd
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    folder = Path(run_dir) / TB_FOLDER
-    if not event_files(folder):
-        return None
-    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0}, purge_orphaned_data=False)
-    acc.Reload()
-    columns = {t: pd.Series({e.step: e.value for e in acc.Scalars(t)}) for t in acc.Tags()["scalars"]}
-    if not columns:
-        return None
-    frame = pd.DataFrame(columns).sort_index()
-    frame.index.name = "iteration"
-    return frame.reset_index()

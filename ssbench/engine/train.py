@@ -539,7 +539,8 @@ def _track(tracker, done: int, row: dict, optimizer: Optimizers, detail: dict, n
                  for c, v in detail.get("per_class", {}).items()}
     tracker.log(done, row_scalars(row, optimizer, per_class))
     for case_id, image, label, pred in detail.get("slices", ()):
-        tracker.image(done, f"val/overlay/{case_id}", overlay(image, label, pred, num_classes))
+        if tracker.picture_cases is None or case_id in tracker.picture_cases:
+            tracker.image(done, f"val/overlay/{case_id}", overlay(image, label, pred, num_classes))
 
 
 def _weights(method, iteration: int, val_dice: float, cfg, optimizer: Optimizers | None = None,

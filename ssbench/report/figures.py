@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from ssbench import runfolder
 from ssbench.report.pooling import Layout, Row
 from ssbench.report.tables import case_scores, seed_mean_scores
 
@@ -103,7 +104,7 @@ def run_curves(run) -> pd.DataFrame | None:
     """A run's curves (``iteration``, ``loss``, ``val_dice``, ...: train_log.csv's columns) from its TensorBoard
     event files, the record the run wrote as it trained (``engine.tracking``); train_log.csv for runs without
     them (written before tracking existed)."""
-    from ssbench.engine.tracking import read_scalars
+    from ssbench.events import read_scalars
 
     scalars = read_scalars(run.path)
     if scalars is None:
@@ -210,7 +211,7 @@ def _dataset(run):
 
 
 def _predictions(run, checkpoint: str):
-    f = run.path / "predictions" / f"{checkpoint}.npz"
+    f = runfolder.predictions_path(run.path, checkpoint)
     if not f.is_file():
         return None
     try:

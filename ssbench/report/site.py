@@ -21,11 +21,14 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from ssbench import runfolder
 from ssbench.atomic import write_text
-from ssbench.report.tables import METRICS, SECTIONS, metric_header
+from ssbench.metrics.catalog import metrics
+from ssbench.report.tables import SECTIONS, metric_header
 
 SITE = "site"
-RUN_FILES = ("config.yaml", "run.json", "summary.json", "split.json", "metrics_per_case.csv", "train_log.csv")
+RUN_FILES = (runfolder.CONFIG, runfolder.RUN_INFO, runfolder.SUMMARY, runfolder.SPLIT, runfolder.CASES,
+             runfolder.TRAIN_LOG)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5rem auto;max-width:72rem;padding:0 1rem;
@@ -41,7 +44,7 @@ tr.upper td{color:#555;font-style:italic}
 pre{background:#f6f6f6;padding:.6rem;overflow:auto;font-size:.8rem}
 input.filter{margin:.25rem 0;padding:.2rem .4rem}
 .note{color:#555;font-size:.85rem}
-img{max-width:100%}
+img{max-width:100%}img.overlay{width:36rem;image-rendering:pixelated}
 """
 
 SCRIPT = """
@@ -173,7 +176,7 @@ def leaderboards(lay, frame: pd.DataFrame, results: Path) -> str:
     """One sortable, filterable table per split of a layout's main table (the upper bound under each split)."""
     out = []
     units = lay.units
-    header = ["Method", "Section", "Seeds"] + [metric_header(name, scale, d, units) for _, name, scale, d in METRICS]
+    header = ["Method", "Section", "Seeds"] + [metric_header(m, units) for m in metrics()]
     rows_by_label = {r.label: r for r in lay.main_rows}
     for n in lay.splits():
         part = frame[(frame["labeled"] == n) & (frame["section"] != "upper") | (frame["section"] == "upper")]
@@ -185,8 +188,8 @@ def leaderboards(lay, frame: pd.DataFrame, results: Path) -> str:
                              for r in runs)
             by_metric = cells.set_index("metric")
             entries = [(_e(label), None, ""), (_e(SECTIONS[row.role]), None, "note"), (links, len(runs), "num")]
-            entries += [_cell(by_metric.loc[key]) if key in by_metric.index else ("—", None, "num")
-                        for key, *_ in METRICS]
+            entries += [_cell(by_metric.loc[m.name]) if m.name in by_metric.index else ("—", None, "num")
+                        for m in metrics()]
             rows.append(({"data-method": f"{label} {row.method}", **({"class": "upper"} if row.role == "upper"
                                                                        else {})}, entries))
         table_id = f"board-{lay.stem}-{n}"
@@ -274,7 +277,7 @@ def _run_page(site: Path, run, results: Path, checkpoint: str) -> list[str]:
         body.append("<h2>Validation overlays (last validation: image, ground truth, prediction)</h2>")
         for name in overlays:
             written.append(f"{SITE}/runs/{slug}/{name}")
-            body.append(f"<figure><img src=\"{_href(slug + '/' + name)}\" alt=\"{_e(name)}\">"
+            body.append(f"<figure><img class=\"overlay\" src=\"{_href(slug + '/' + name)}\" alt=\"{_e(name)}\">"
                         f"<figcaption class=\"note\">{_e(name)}</figcaption></figure>")
     body.append(f"<h2>Per case ({_e(checkpoint)} checkpoint, Dice %)</h2>")
     body.append(_per_case(run, checkpoint))
@@ -284,7 +287,7 @@ def _run_page(site: Path, run, results: Path, checkpoint: str) -> list[str]:
     body.append("<table><tbody>" + "".join(f"<tr><td>{_e(k)}</td><td style=\"text-align:left\"><code>"
                                            f"{_e(_show(info[k]))}</code></td></tr>" for k in keys if k in info)
                 + "</tbody></table>")
-    config = Path(run.path) / "config.yaml"
+    config = Path(run.path) / runfolder.CONFIG
     body.append("<h2>Config</h2><pre>" + _e(config.read_text() if config.is_file() else "(no config.yaml)")
                 + "</pre>")
     write_text(site / "runs" / f"{slug}.html", _page(f"{run.display_name} {slug}", "\n".join(body)))
@@ -302,11 +305,11 @@ def _show(v) -> str:
 
 def _per_class(run, checkpoint: str) -> str:
     means = run.class_means(checkpoint)
-    header = ["Class"] + [name for _, name, _, _ in METRICS]
+    header = ["Class"] + [m.header(run.settings.get("eval.hd_units", "")) for m in metrics()]
     rows = []
     for cls, m in means.iterrows():
-        rows.append(({}, [(_e(cls), None, "")] + [(_num(m[key] * scale), m[key] * scale, "num")
-                                                  for key, _, scale, _ in METRICS]))
+        rows.append(({}, [(_e(cls), None, "")] + [(_num(m[x.name] * x.scale), m[x.name] * x.scale, "num")
+                                                  for x in metrics()]))
     return _table("per-class", header, rows)
 
 
@@ -357,7 +360,7 @@ def _svg(x: np.ndarray, y: np.ndarray, title: str, w: int = 420, h: int = 220) -
 
 def _overlays(run, folder: Path) -> list[str]:
     """The last validation's overlay pictures from the run's TensorBoard events, as PNG files in ``folder``."""
-    from ssbench.engine.tracking import TB_FOLDER, event_files
+    from ssbench.events import TB_FOLDER, event_files
 
     files = event_files(Path(run.path) / TB_FOLDER)
     if not files:

@@ -14,14 +14,13 @@ Each failed check raises ``Unreadable`` naming the file and what is wrong: the r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from ssbench.runfolder import recorded_hash as recorded_config_hash
+from ssbench import runfolder
+from ssbench.metrics.catalog import distance_names, metric_names, metrics
 
 STATUSES = ("ok", "absent", "missed", "false_positive")
 
@@ -31,7 +30,7 @@ def verify_run(run, unreadable) -> None:
     folder = run.path if not run.evaluation else run.path.parent.parent  # <run>/evals/<policy>/
     if not run.evaluation:
         _check_hash(folder, run.info, unreadable)
-    rows = "metrics_per_case.csv" if not run.evaluation else f"evals/{run.evaluation}/metrics_per_case.csv"
+    rows = runfolder.CASES if not run.evaluation else f"{runfolder.EVALS}/{run.evaluation}/{runfolder.CASES}"
     test = _test_patients(folder, unreadable)
     empty = str(run.settings.get("eval.empty", "worst"))
     _check_rows(run.frame, rows, test, (run.summary or {}).get("test_cases"), empty, unreadable)
@@ -39,25 +38,24 @@ def verify_run(run, unreadable) -> None:
 
 def _check_hash(folder: Path, info: dict, unreadable) -> None:
     try:
-        raw = yaml.safe_load((folder / "config.yaml").read_text())
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise unreadable(f"config.yaml: unreadable ({type(exc).__name__})") from None
-    recorded = raw.get("config_hash") if isinstance(raw, dict) else None
+        _, recorded = runfolder.read_config(folder, verify=False)
+    except runfolder.Unreadable as exc:
+        raise unreadable(str(exc)) from None
     if not isinstance(recorded, str) or not recorded:
         raise unreadable("config.yaml: no recorded config_hash")
-    if recorded_config_hash(raw) != recorded:
-        raise unreadable("config.yaml: does not match its recorded config hash (edited after the run?)")
+    try:
+        runfolder.read_config(folder)  # the recorded hash is the content's
+    except runfolder.Unreadable as exc:
+        raise unreadable(str(exc)) from None
     if info.get("config_hash") not in (None, recorded):
         raise unreadable(f"run.json: config hash {info.get('config_hash')} differs from config.yaml's {recorded}")
 
 
 def _test_patients(folder: Path, unreadable) -> list[str]:
     try:
-        split = json.loads((folder / "split.json").read_text())
-    except FileNotFoundError:
-        raise unreadable("split.json: missing") from None
-    except (OSError, ValueError) as exc:
-        raise unreadable(f"split.json: unreadable ({type(exc).__name__})") from None
+        split = runfolder.read_json(folder / runfolder.SPLIT)
+    except runfolder.Unreadable as exc:
+        raise unreadable(str(exc)) from None
     test = split.get("test") if isinstance(split, dict) else None
     if not isinstance(test, list) or not test or not all(isinstance(p, str) for p in test):
         raise unreadable("split.json: no list of test patients")
@@ -68,16 +66,16 @@ def _check_rows(frame: pd.DataFrame, name: str, test: list[str], test_cases, emp
     bad_status = sorted(set(frame["status"]) - set(STATUSES))
     if bad_status:
         raise unreadable(f"{name}: status {bad_status[0]!r} is not one the engine writes ({', '.join(STATUSES)})")
-    for col in ("dice", "jaccard", "hd95", "asd"):
+    for col in metric_names():
         if np.isinf(frame[col].to_numpy()).any():
             raise unreadable(f"{name}: column {col!r} holds infinite values")
     scored = frame["status"] != "absent"
-    for col in ("dice", "jaccard"):
+    for col in [m.name for m in metrics() if m.kind == "overlap"]:
         v = frame.loc[scored, col]
         if v.isna().any() or ((v < 0) | (v > 1)).any():
             raise unreadable(f"{name}: column {col!r} holds values that are missing or outside [0, 1] in scored rows")
     may_be_nan = (frame["status"] == "absent") | ((frame["status"] != "ok") & (empty == "exclude"))
-    for col in ("hd95", "asd"):
+    for col in distance_names():
         v = frame.loc[~may_be_nan, col]
         if v.isna().any() or (v < 0).any():
             raise unreadable(f"{name}: column {col!r} holds missing or negative distances in scored rows")

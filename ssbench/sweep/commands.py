@@ -51,10 +51,15 @@ def sweep(
     array_parallelism: int = typer.Option(16, "--array-parallelism", help="Slurm: array tasks at once."),
     dry: bool = typer.Option(False, "--dry-run", help=(
         "Print the sbatch script (Slurm) and each run's command; submit and write nothing.")),
+    log: str = typer.Option("tensorboard", "--log", help=(
+        "Where every run's curves go: tensorboard, wandb, mlflow (comma-separated) or none (as `ssbench run`).")),
 ):
     """Run every (method, split, seed) of a grid; completed runs are skipped; `ssbench sweep status RESULTS`."""
     if ctx.invoked_subcommand is not None:
         return
+    from ssbench.engine.tracking import parse_backends
+
+    backends = parse_backends(log)
     from ssbench.sweep.grid import Grid, load_grid, parse_list, parse_roots, plan
     from ssbench.sweep.launch import SlurmOptions, check_scheduler, dry_run, launch
 
@@ -86,6 +91,8 @@ def sweep(
         check_scheduler(executor)  # no Slurm here: one line, before anything is planned or written
     planned = plan(g, parse_roots(data_root, g.datasets), tuple(sets), iters, out,
                    "cpu" if gpus_per_job == 0 else device, world=max(1, gpus_per_job))
+    for p in planned:  # tracking is no part of a run's config: set on the requests, after planning
+        p.request.log = backends
     typer.echo(f"sweep of {len(planned)} runs ({sum(p.complete for p in planned)} already complete)")
     if dry:
         for line in dry_run(planned, out, executor, slurm):
