@@ -231,10 +231,11 @@ def _edit_yaml(path, change):
 def _rehashed(data, **changes):
     """A config.yaml changed consistently, its hash recomputed as the run would have: only its content is wrong."""
     from ssbench.config import config_hash
+    from ssbench.engine.config import UNHASHED_DATA
 
     data.update(changes)
     body = {k: v for k, v in data.items() if k != "config_hash"}
-    body["data"] = {k: v for k, v in body["data"].items() if k != "root"}
+    body["data"] = {k: v for k, v in body["data"].items() if k not in UNHASHED_DATA}
     data["config_hash"] = config_hash(body)
 
 

@@ -71,8 +71,10 @@ def reevaluate(run_dir: Path, hd_units: str | None, empty: str | None, device_na
 def _recorded_hash(raw: dict) -> str:
     """The hash RunConfig.hash() gave when the run wrote ``raw``, computed from the file as written (so a field
     added to a config class later does not make an old run look edited)."""
+    from ssbench.engine.config import UNHASHED_DATA
+
     data = raw.get("data")
-    d = {**raw, "data": {k: v for k, v in data.items() if k != "root"}} if isinstance(data, dict) else raw
+    d = {**raw, "data": {k: v for k, v in data.items() if k not in UNHASHED_DATA}} if isinstance(data, dict) else raw
     return config_hash(d)
 
 
