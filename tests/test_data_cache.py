@@ -262,3 +262,25 @@ def test_under_ddp_each_rank_reads_only_its_share_of_the_mapped_slices(tmp_path)
         assert pool.images.read == mine and pool.labels.read == mine  # nothing of the other rank's share
         drawn_by_rank.append(mine)
     assert drawn_by_rank[0] and drawn_by_rank[1] and drawn_by_rank[0] != drawn_by_rank[1]
+
+
+def test_two_processes_preparing_the_same_case_both_succeed_with_one_copy(tiny_nnunet, tmp_path, monkeypatch):
+    """Jobs of a sweep may prepare the same case at once: the one that renames second keeps the first one's."""
+    from ssbench.datasets.nnunet import NNUNet
+
+    a, b = (cache.PreparedData(NNUNet(tiny_nnunet), tmp_path) for _ in range(2))
+    cid = cache.all_needs(a.dataset)[0][0]
+    rename = os.replace
+    raced = []
+
+    def replace(src, dst):
+        if not raced and str(src).endswith(".incomplete") and Path(dst).name == cache._folder_name(cid):
+            raced.append(True)
+            b.prepare([(cid, True)])  # b renames its copy into place between a's check and a's rename
+        return rename(src, dst)
+
+    monkeypatch.setattr(cache.os, "replace", replace)
+    report = a.prepare([(cid, True)])
+    assert raced and report.prepared == 1 and report.bytes > 0
+    assert len(list(tmp_path.rglob("case.json"))) == 1 and not list(tmp_path.rglob("*.incomplete"))
+    assert np.array_equal(a.load_case(cid).image, a.dataset.load_case(cid).image)

@@ -219,17 +219,28 @@ class PreparedData:
             (stage / "case.json").write_text(json.dumps(info, indent=1))
             with open(stage / "case.json", "rb") as fh:
                 os.fsync(fh.fileno())
-            if final.exists():  # prepared before (without its label, or from a changed source)
+            if final.exists():
+                if self._usable(case_id, with_label):  # another process (a sweep's job) has just prepared it
+                    return self._info(case_id)["bytes"]
+                # prepared before without its label, or from a changed source: replaced
                 aside = final.with_name(f".{final.name}.{os.getpid()}.replaced.incomplete")
                 os.replace(final, aside)
                 shutil.rmtree(aside, ignore_errors=True)
-            os.replace(stage, final)
+            try:
+                os.replace(stage, final)
+            except OSError:
+                if not self._usable(case_id, with_label):  # not a process that finished the same case first
+                    raise
         except OSError as exc:
             raise WriteError(_cannot_write(stage or final.parent, exc)) from None
         finally:
             if stage is not None and stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)
         return nbytes
+
+    def _usable(self, case_id: str, with_label: bool) -> bool:
+        info = self._info(case_id)
+        return info is not None and (info["has_label"] or not with_label) and _changed_source(info) is None
 
     # --- reading ----------------------------------------------------------------------------------------
 
