@@ -136,7 +136,10 @@ class PreparedData:
         self.dir = self.location / f"{dataset.name}-{self.key}"
 
     def __getattr__(self, name):  # the dataset's own attributes and methods (only called for missing ones)
-        return getattr(self.__dict__["dataset"], name)
+        dataset = self.__dict__.get("dataset")
+        if dataset is None:  # while unpickling (a preparation job)
+            raise AttributeError(name)
+        return getattr(dataset, name)
 
     # --- preparation ------------------------------------------------------------------------------------
 
@@ -154,9 +157,11 @@ class PreparedData:
                 out.append(fp_file.parent)
         return out
 
-    def prepare(self, needs: list[tuple[str, bool]], progress=None, again: bool = False) -> PrepareReport:
-        """Prepare every (case id, with label) in ``needs`` that is not prepared yet. A prepared case whose source
-        files changed is prepared again when ``again`` (``ssbench data prepare``), else it stops the run."""
+    def prepare(self, needs: list[tuple[str, bool]], progress=None, again: bool = False,
+                jobs: int = 1) -> PrepareReport:
+        """Prepare every (case id, with label) in ``needs`` that is not prepared yet, by ``jobs`` processes. A
+        prepared case whose source files changed is prepared again when ``again`` (``ssbench data prepare``), else
+        it stops the run."""
         report = PrepareReport()
         todo = []
         for cid, with_label in needs:
@@ -173,6 +178,21 @@ class PreparedData:
             todo.append((cid, with_label))
         if todo:
             self._write_fingerprint()
+        if jobs > 1 and len(todo) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("fork"))
+            try:
+                sizes = (f.result() for f in [pool.submit(_prepare_case, self, cid, wl) for cid, wl in todo])
+                for n, ((cid, _), nbytes) in enumerate(zip(todo, sizes)):
+                    report.bytes += nbytes
+                    report.prepared += 1
+                    if progress is not None:
+                        progress(n + 1, len(todo), cid)
+            finally:
+                pool.shutdown(cancel_futures=True)  # a case that failed stops the others not yet started
+            return report
         for n, (cid, with_label) in enumerate(todo):
             report.bytes += self._prepare_case(cid, with_label)
             report.prepared += 1
@@ -289,6 +309,10 @@ class PreparedData:
     def record(self) -> dict:
         """What run.json records (never hashed: where prepared arrays live cannot change a number)."""
         return {"path": str(self.dir), "key": self.key, "fingerprint": self.fingerprint}
+
+
+def _prepare_case(prepared: PreparedData, case_id: str, with_label: bool) -> int:
+    return prepared._prepare_case(case_id, with_label)  # a preparation job's work (ProcessPoolExecutor)
 
 
 def _changed_source(info: dict) -> str | None:

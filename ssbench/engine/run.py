@@ -241,7 +241,7 @@ def open_prepared(dataset, split, method_cls, location: str | None, rank: int, w
                       "bytes": report.bytes}
 
 
-def prepare_with_progress(prepared, needs, console, say, again: bool = False):
+def prepare_with_progress(prepared, needs, console, say, again: bool = False, jobs: int = 1):
     """``prepared.prepare(needs)`` with a progress bar on a terminal; says what was prepared and the disk use."""
     from ssbench.datasets.cache import human_bytes
 
@@ -261,7 +261,7 @@ def prepare_with_progress(prepared, needs, console, say, again: bool = False):
             task = bar.add_task("prepare", total=len(todo))
     try:
         report = prepared.prepare(needs, (lambda done, total, cid: bar.update(task, completed=done))
-                                  if bar is not None else None, again=again)
+                                  if bar is not None else None, again=again, jobs=jobs)
     finally:
         if bar is not None:
             bar.stop()
