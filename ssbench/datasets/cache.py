@@ -165,7 +165,7 @@ class PreparedData:
         report = PrepareReport()
         todo = []
         for cid, with_label in needs:
-            info = self._info(cid)
+            info = self.case_info(cid)
             if info is not None and (info["has_label"] or not with_label):
                 changed = _changed_source(info)
                 if changed is None:
@@ -241,7 +241,7 @@ class PreparedData:
                 os.fsync(fh.fileno())
             if final.exists():
                 if self._usable(case_id, with_label):  # another process (a sweep's job) has just prepared it
-                    return self._info(case_id)["bytes"]
+                    return self.case_info(case_id)["bytes"]
                 # prepared before without its label, or from a changed source: replaced
                 aside = final.with_name(f".{final.name}.{os.getpid()}.replaced.incomplete")
                 os.replace(final, aside)
@@ -259,12 +259,12 @@ class PreparedData:
         return nbytes
 
     def _usable(self, case_id: str, with_label: bool) -> bool:
-        info = self._info(case_id)
+        info = self.case_info(case_id)
         return info is not None and (info["has_label"] or not with_label) and _changed_source(info) is None
 
     # --- reading ----------------------------------------------------------------------------------------
 
-    def _info(self, case_id: str) -> dict | None:
+    def case_info(self, case_id: str) -> dict | None:
         path = self.dir / "cases" / _folder_name(case_id) / "case.json"
         if not path.is_file():
             return None
@@ -279,7 +279,7 @@ class PreparedData:
         return info
 
     def load_case(self, case_id: str, with_label: bool = True) -> Case:
-        info = self._info(case_id)
+        info = self.case_info(case_id)
         if info is None or (with_label and not info["has_label"]):
             raise DataError(f"{self.dir}: case {case_id} is not prepared{' with its label' if with_label else ''}; "
                             f"run 'ssbench data prepare --dataset {self.dataset.name} --data-root "
