@@ -393,6 +393,7 @@ def data_prepare(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder; omit for the embedded phantom."),
     data_cache: Optional[str] = typer.Option(None, "--data-cache", help=DATA_CACHE_HELP),
     sets: List[str] = typer.Option([], "--set", help="A loader option as a run would set it: <dataset>.key=value."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Cases prepared at once, each by its own process."),
     plugins: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ):
     """Decode, check and normalise every case once into the prepared-data cache (runs then map it lazily).
@@ -417,7 +418,7 @@ def data_prepare(
         raise UserError("--data-cache off: nothing to prepare (give a folder, or leave the option out)")
     prepared = cache.PreparedData(cls(root, options), folder)
     console = _console()
-    prepare_with_progress(prepared, cache.all_needs(prepared.dataset), console, console.print, again=True)
+    prepare_with_progress(prepared, cache.all_needs(prepared.dataset), console, console.print, again=True, jobs=jobs)
 
 
 def main() -> None:

@@ -263,3 +263,48 @@ def test_under_ddp_each_rank_reads_only_its_share_of_the_mapped_slices(tmp_path)
         assert pool.images.read == mine and pool.labels.read == mine  # nothing of the other rank's share
         drawn_by_rank.append(mine)
     assert drawn_by_rank[0] and drawn_by_rank[1] and drawn_by_rank[0] != drawn_by_rank[1]
+
+
+def test_two_processes_preparing_the_same_case_both_succeed_with_one_copy(tiny_nnunet, tmp_path, monkeypatch):
+    """Jobs of a sweep may prepare the same case at once: the one that renames second keeps the first one's."""
+    from ssbench.datasets.nnunet import NNUNet
+
+    a, b = (cache.PreparedData(NNUNet(tiny_nnunet), tmp_path) for _ in range(2))
+    cid = cache.all_needs(a.dataset)[0][0]
+    rename = os.replace
+    raced = []
+
+    def replace(src, dst):
+        if not raced and str(src).endswith(".incomplete") and Path(dst).name == cache._folder_name(cid):
+            raced.append(True)
+            b.prepare([(cid, True)])  # b renames its copy into place between a's check and a's rename
+        return rename(src, dst)
+
+    monkeypatch.setattr(cache.os, "replace", replace)
+    report = a.prepare([(cid, True)])
+    assert raced and report.prepared == 1 and report.bytes > 0
+    assert len(list(tmp_path.rglob("case.json"))) == 1 and not list(tmp_path.rglob("*.incomplete"))
+    assert np.array_equal(a.load_case(cid).image, a.dataset.load_case(cid).image)
+
+
+def test_preparing_with_several_jobs_stores_the_same_arrays_and_fails_with_one_line(tiny_nnunet, tmp_path, cli):
+    import shutil
+
+    code, out, err = cli("data", "prepare", "--dataset", "nnunet", "--data-root", str(tiny_nnunet),
+                         "--data-cache", str(tmp_path / "two"), "--jobs", "2")
+    assert code == 0, err
+    from ssbench.datasets.nnunet import NNUNet
+
+    ds = NNUNet(tiny_nnunet)
+    prepared = cache.PreparedData(ds, tmp_path / "two")
+    for cid, with_label in cache.all_needs(ds):
+        a, b = ds.load_case(cid, with_label), prepared.load_case(cid, with_label)
+        assert np.array_equal(a.image, b.image) and (not with_label or np.array_equal(a.label, b.label))
+    root = tmp_path / "data"
+    shutil.copytree(tiny_nnunet, root)
+    broken = sorted((root / "imagesTr").iterdir())[3]
+    broken.write_bytes(b"not a nifti file")
+    code, _, err = cli("data", "prepare", "--dataset", "nnunet", "--data-root", str(root),
+                       "--data-cache", str(tmp_path / "broken"), "--jobs", "2")
+    one_line(code, err, str(broken))
+    assert not list((tmp_path / "broken").rglob("*.incomplete"))

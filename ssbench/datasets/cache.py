@@ -136,7 +136,10 @@ class PreparedData:
         self.dir = self.location / f"{dataset.name}-{self.key}"
 
     def __getattr__(self, name):  # the dataset's own attributes and methods (only called for missing ones)
-        return getattr(self.__dict__["dataset"], name)
+        dataset = self.__dict__.get("dataset")
+        if dataset is None:  # while unpickling (a preparation job)
+            raise AttributeError(name)
+        return getattr(dataset, name)
 
     # --- preparation ------------------------------------------------------------------------------------
 
@@ -154,13 +157,15 @@ class PreparedData:
                 out.append(fp_file.parent)
         return out
 
-    def prepare(self, needs: list[tuple[str, bool]], progress=None, again: bool = False) -> PrepareReport:
-        """Prepare every (case id, with label) in ``needs`` that is not prepared yet. A prepared case whose source
-        files changed is prepared again when ``again`` (``ssbench data prepare``), else it stops the run."""
+    def prepare(self, needs: list[tuple[str, bool]], progress=None, again: bool = False,
+                jobs: int = 1) -> PrepareReport:
+        """Prepare every (case id, with label) in ``needs`` that is not prepared yet, by ``jobs`` processes. A
+        prepared case whose source files changed is prepared again when ``again`` (``ssbench data prepare``), else
+        it stops the run."""
         report = PrepareReport()
         todo = []
         for cid, with_label in needs:
-            info = self._info(cid)
+            info = self.case_info(cid)
             if info is not None and (info["has_label"] or not with_label):
                 changed = _changed_source(info)
                 if changed is None:
@@ -173,6 +178,21 @@ class PreparedData:
             todo.append((cid, with_label))
         if todo:
             self._write_fingerprint()
+        if jobs > 1 and len(todo) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("fork"))
+            try:
+                sizes = (f.result() for f in [pool.submit(_prepare_case, self, cid, wl) for cid, wl in todo])
+                for n, ((cid, _), nbytes) in enumerate(zip(todo, sizes)):
+                    report.bytes += nbytes
+                    report.prepared += 1
+                    if progress is not None:
+                        progress(n + 1, len(todo), cid)
+            finally:
+                pool.shutdown(cancel_futures=True)  # a case that failed stops the others not yet started
+            return report
         for n, (cid, with_label) in enumerate(todo):
             report.bytes += self._prepare_case(cid, with_label)
             report.prepared += 1
@@ -219,11 +239,18 @@ class PreparedData:
             (stage / "case.json").write_text(json.dumps(info, indent=1))
             with open(stage / "case.json", "rb") as fh:
                 os.fsync(fh.fileno())
-            if final.exists():  # prepared before (without its label, or from a changed source)
+            if final.exists():
+                if self._usable(case_id, with_label):  # another process (a sweep's job) has just prepared it
+                    return self.case_info(case_id)["bytes"]
+                # prepared before without its label, or from a changed source: replaced
                 aside = final.with_name(f".{final.name}.{os.getpid()}.replaced.incomplete")
                 os.replace(final, aside)
                 shutil.rmtree(aside, ignore_errors=True)
-            os.replace(stage, final)
+            try:
+                os.replace(stage, final)
+            except OSError:
+                if not self._usable(case_id, with_label):  # not a process that finished the same case first
+                    raise
         except OSError as exc:
             raise WriteError(_cannot_write(stage or final.parent, exc)) from None
         finally:
@@ -231,9 +258,13 @@ class PreparedData:
                 shutil.rmtree(stage, ignore_errors=True)
         return nbytes
 
+    def _usable(self, case_id: str, with_label: bool) -> bool:
+        info = self.case_info(case_id)
+        return info is not None and (info["has_label"] or not with_label) and _changed_source(info) is None
+
     # --- reading ----------------------------------------------------------------------------------------
 
-    def _info(self, case_id: str) -> dict | None:
+    def case_info(self, case_id: str) -> dict | None:
         path = self.dir / "cases" / _folder_name(case_id) / "case.json"
         if not path.is_file():
             return None
@@ -248,7 +279,7 @@ class PreparedData:
         return info
 
     def load_case(self, case_id: str, with_label: bool = True) -> Case:
-        info = self._info(case_id)
+        info = self.case_info(case_id)
         if info is None or (with_label and not info["has_label"]):
             raise DataError(f"{self.dir}: case {case_id} is not prepared{' with its label' if with_label else ''}; "
                             f"run 'ssbench data prepare --dataset {self.dataset.name} --data-root "
@@ -278,6 +309,10 @@ class PreparedData:
     def record(self) -> dict:
         """What run.json records (never hashed: where prepared arrays live cannot change a number)."""
         return {"path": str(self.dir), "key": self.key, "fingerprint": self.fingerprint}
+
+
+def _prepare_case(prepared: PreparedData, case_id: str, with_label: bool) -> int:
+    return prepared._prepare_case(case_id, with_label)  # a preparation job's work (ProcessPoolExecutor)
 
 
 def _changed_source(info: dict) -> str | None:

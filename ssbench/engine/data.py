@@ -1,10 +1,12 @@
-"""In-memory 2-D slice pools and a resumable sampler.
+"""2-D slice pools and a resumable sampler.
 
-Every slice of the needed volumes is kept at its native size. A draw augments the native slice (the literature's
-weak augmentation, when the engine applies it) and then resizes it to the training size with the run's recorded
-``data.train_resize`` protocol — the order SSL4MIS and UniMatch use (augment, then zoom to 256 with order 0).
-The sampler draws shuffled epochs with its own numpy generator, whose state is part of the checkpoint, so a
-resumed run draws exactly the batches an uninterrupted one would.
+A pool is a list of views of the needed volumes' slices at their native size: arrays in memory (``--data-cache
+off``) or memory-mapped from the prepared-data cache (``ssbench.datasets.cache``), whose slices are read only when
+drawn. A draw augments the native slice (the literature's weak augmentation, when the engine applies it) and then
+resizes it to the training size with the run's recorded ``data.train_resize`` protocol — the order SSL4MIS and
+UniMatch use (augment, then zoom to 256 with order 0). The sampler draws shuffled epochs with its own numpy
+generator, whose state is part of the checkpoint, so a resumed run draws exactly the batches an uninterrupted one
+would.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class SlicePool:
         return len(self.images)
 
     def volumes(self) -> dict[str, np.ndarray]:
-        """case id -> its native (D, H, W) float32 image volume."""
+        """case id -> its native (D, H, W) float32 image volume (memory-mapped from the cache: read when used)."""
         return {cid: case.image for cid, case in self.cases.items()}
 
     def labeled_volumes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -34,7 +34,7 @@ def load_cases(dataset, patients, with_label: bool):
 
 def open_prepared(dataset, split, method_cls, location: str | None, rank: int, world: int, console, say):
     """The dataset read through its prepared cache (``ssbench.datasets.cache``), the cases this run needs prepared
-    first (rank 0 prepares, the other ranks then map the same files); ``(dataset, None)`` with ``--data-cache
+    first (rank 0 prepares, the other ranks then map the same files); the dataset itself with ``--data-cache
     off``. Returns (dataset, what run.json records of the cache)."""
     from ssbench.datasets import cache
 
@@ -43,9 +43,8 @@ def open_prepared(dataset, split, method_cls, location: str | None, rank: int, w
         return dataset, {"path": None}
     prepared = cache.PreparedData(dataset, folder)
     needs = cache.needs_of(dataset, split, method_cls.uses_unlabeled)
-    report = None
     if rank == 0:
-        report = prepare_with_progress(prepared, needs, console if rank == 0 else None, say)
+        report = prepare_with_progress(prepared, needs, console, say)
     _barrier(world)
     if rank > 0:
         report = prepared.prepare(needs)  # everything is there now: nothing is written
@@ -53,11 +52,11 @@ def open_prepared(dataset, split, method_cls, location: str | None, rank: int, w
                       "bytes": report.bytes}
 
 
-def prepare_with_progress(prepared, needs, console, say, again: bool = False):
+def prepare_with_progress(prepared, needs, console, say, again: bool = False, jobs: int = 1):
     """``prepared.prepare(needs)`` with a progress bar on a terminal; says what was prepared and the disk use."""
     from ssbench.datasets.cache import human_bytes
 
-    todo = [n for n in needs if prepared._info(n[0]) is None]
+    todo = [n for n in needs if prepared.case_info(n[0]) is None]
     bar = task = None
     if todo:
         others = prepared.others()
@@ -73,7 +72,7 @@ def prepare_with_progress(prepared, needs, console, say, again: bool = False):
             task = bar.add_task("prepare", total=len(todo))
     try:
         report = prepared.prepare(needs, (lambda done, total, cid: bar.update(task, completed=done))
-                                  if bar is not None else None, again=again)
+                                  if bar is not None else None, again=again, jobs=jobs)
     finally:
         if bar is not None:
             bar.stop()
