@@ -13,7 +13,7 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 echo "== device: $(python3 -c 'import torch; print(torch.cuda.get_device_name(0))')"
 echo "== no host synchronisation in the training steps, on the real device (the CPU tests use a stand-in)"
-SSBENCH_HOSTSYNC_DEVICE=cuda timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_paths.py \
+SSBENCH_HOSTSYNC_DEVICE=cuda timeout 120 python3 -m pytest -q -p no:cacheprovider tests/engine/test_gpu_paths.py \
     -k "never_waits" | tee "$OUT/host_sync.txt"
 echo "== the training loop, published batch 12+12 at 256x256: fp32 host baseline, then each speed-up, eager vs compile"
 timeout 150 python3 benchmarks/train_step.py --methods supervised mean-teacher unimatch --steps 100 --warmup 25 \

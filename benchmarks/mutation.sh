@@ -22,14 +22,14 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 # module -> "file|pytest arguments" (the narrow selection whose tests can kill its mutants)
 declare -A MODULES=(
-  [metrics]="ssbench/metrics/__init__.py|tests/test_metrics.py"
-  [metrics.surface]="ssbench/metrics/surface.py|tests/test_metrics.py"
-  [metrics.evaluation]="ssbench/metrics/evaluation.py|tests/test_metrics.py"
-  [splits]="ssbench/splits.py|tests/test_splits.py tests/test_datasets.py"
-  [report.stats]="ssbench/report/stats.py|tests/test_report_stats.py tests/test_holm.py"
-  [report.pooling]="ssbench/report/pooling.py|tests/test_pooling_units.py"
-  [engine.checkpoint]="ssbench/engine/checkpoint.py|tests/test_resume.py tests/test_gpu_paths.py::test_a_checkpoint_resumes_on_another_device_than_the_one_that_wrote_it"
-  [engine.train-resume]="ssbench/engine/train.py|tests/test_resume.py"
+  [metrics]="ssbench/metrics/__init__.py|tests/metrics/test_metrics.py"
+  [metrics.surface]="ssbench/metrics/surface.py|tests/metrics/test_metrics.py"
+  [metrics.evaluation]="ssbench/metrics/evaluation.py|tests/metrics/test_metrics.py"
+  [splits]="ssbench/splits.py|tests/data/test_splits.py tests/data/test_datasets.py"
+  [report.stats]="ssbench/report/stats.py|tests/report/test_report_stats.py tests/report/test_holm.py"
+  [report.pooling]="ssbench/report/pooling.py|tests/report/test_pooling_units.py"
+  [engine.checkpoint]="ssbench/engine/checkpoint.py|tests/engine/test_resume.py tests/engine/test_gpu_paths.py::test_a_checkpoint_resumes_on_another_device_than_the_one_that_wrote_it"
+  [engine.train-resume]="ssbench/engine/train.py|tests/engine/test_resume.py"
 )
 ORDER=(metrics metrics.surface metrics.evaluation splits report.stats report.pooling engine.checkpoint
        engine.train-resume)

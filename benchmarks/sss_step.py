@@ -123,7 +123,7 @@ def _run_one(name, model, size, batch, amp, device_name, steps, warmup) -> dict:
 
     from hardware import describe
     from ssbench import registry
-    from ssbench.config import apply_override
+    from ssbench.fields import apply_override
     from ssbench.engine.train import make_optimizer
     from ssbench.methods.api import Batch, MethodContext, StepInfo
 

@@ -26,7 +26,7 @@ import torch
 
 from hardware import describe
 from ssbench import registry
-from ssbench.config import apply_override
+from ssbench.fields import apply_override
 from ssbench.methods.api import Batch, MethodContext, StepInfo
 
 

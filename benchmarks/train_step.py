@@ -27,7 +27,7 @@ import torch
 from hardware import Target, describe
 from ssbench import registry
 from ssbench.datasets.base import NoOptions
-from ssbench.engine.config import DataConfig, RunConfig, TrainConfig
+from ssbench.engine.runconfig import DataConfig, RunConfig, TrainConfig
 from ssbench.engine.data import SlicePool
 from ssbench.engine.runtime import make_runtime
 from ssbench.engine.train import compile_networks, make_optimizer, make_samplers, train_step

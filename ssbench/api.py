@@ -35,13 +35,13 @@ from ssbench.datasets.nifti import read_nifti, write_nifti
 from ssbench.engine.hostsync import HostSyncRecorder
 from ssbench.errors import ConfigError, DataError, UserError
 from ssbench.methods.api import API_VERSION, Batch, Method, MethodContext, Stage, StepInfo
-from ssbench.methods.ema import ema_alpha, ema_update, freeze
-from ssbench.methods.losses import ce_dice_loss, dice_loss
-from ssbench.methods.perturb import complementary_masks, feature_dropout, feature_noise
-from ssbench.methods.postprocess import largest_component_per_class
-from ssbench.methods.ramps import sigmoid_rampup
-from ssbench.methods.strong import color_jitter, cutmix_box, cutmix_boxes, gaussian_blur, strong_view
-from ssbench.methods.unet import UNet, UNetConfig
+from ssbench.methods.blocks.ema import ema_alpha, ema_update, freeze
+from ssbench.methods.blocks.losses import ce_dice_loss, dice_loss
+from ssbench.methods.blocks.perturb import complementary_masks, feature_dropout, feature_noise
+from ssbench.methods.blocks.postprocess import largest_component_per_class
+from ssbench.methods.blocks.ramps import sigmoid_rampup
+from ssbench.methods.blocks.strong import color_jitter, cutmix_box, cutmix_boxes, gaussian_blur, strong_view
+from ssbench.methods.blocks.unet import UNet, UNetConfig
 from ssbench.methods.unimatch import decode_with_fp
 from ssbench.splits import draw_labeled, holdout, labeled_count, seeded_order
 

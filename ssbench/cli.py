@@ -239,7 +239,7 @@ def split(
 ):
     """Print the patient sets of a split protocol, and the protocol's choices (as a run would make them)."""
     from ssbench import registry
-    from ssbench.config import apply_override
+    from ssbench.fields import apply_override
 
     _load_plugins(plugins)
     cls = registry.dataset(dataset)
@@ -399,7 +399,7 @@ def data_prepare(
     """Decode, check and normalise every case once into the prepared-data cache (runs then map it lazily).
     Cases already prepared are kept; those whose source files changed are prepared again."""
     from ssbench import registry
-    from ssbench.config import apply_override
+    from ssbench.fields import apply_override
     from ssbench.datasets import cache, synthetic
     from ssbench.engine.run import prepare_with_progress
 

@@ -32,12 +32,12 @@ _KIND = {METHODS_GROUP: "method", DATASETS_GROUP: "dataset"}
 
 # Top-level package of each loaded third-party plugin -> "method plugin 'echo' (echo_plugin:Echo, dist 0.1)".
 _PLUGINS: dict[str, str] = {}
-# Objects registered by --plugin, per group: name -> Entry.
-_EXTRA: dict[str, dict[str, "Entry"]] = {METHODS_GROUP: {}, DATASETS_GROUP: {}}
+# Objects registered by --plugin, per group: name -> Registration.
+_EXTRA: dict[str, dict[str, "Registration"]] = {METHODS_GROUP: {}, DATASETS_GROUP: {}}
 
 
 @dataclass
-class Entry:
+class Registration:
     """One registration of a name: where it points (``module:attr``) and who registers it."""
 
     name: str
@@ -46,7 +46,7 @@ class Entry:
     version: str | None = None
     plugin: str | None = None  # the --plugin argument, for objects registered that way
     obj: object = None  # set once loaded (at once for --plugin)
-    rivals: list["Entry"] = field(default_factory=list)  # other distributions claiming the same name
+    rivals: list["Registration"] = field(default_factory=list)  # other distributions claiming the same name
 
     @property
     def builtin(self) -> bool:
@@ -65,12 +65,12 @@ def autoload_disabled() -> bool:
     return os.environ.get(AUTOLOAD_ENV, "").strip() not in ("", "0")
 
 
-def _entries(group: str) -> dict[str, Entry]:
-    found: dict[str, Entry] = {}
+def _entries(group: str) -> dict[str, Registration]:
+    found: dict[str, Registration] = {}
     disabled = autoload_disabled()
     for ep in entry_points(group=group):
         dist = getattr(ep, "dist", None)
-        entry = Entry(ep.name, ep.value, dist.name if dist else None, dist.version if dist else None)
+        entry = Registration(ep.name, ep.value, dist.name if dist else None, dist.version if dist else None)
         if disabled and not entry.builtin:
             continue
         if ep.name not in found:
@@ -90,7 +90,7 @@ def names(group: str) -> list[str]:
     return sorted(_entries(group))
 
 
-def entries(group: str) -> list[Entry]:
+def entries(group: str) -> list[Registration]:
     """Every registration of the group, sorted by name, none imported."""
     return [e for _, e in sorted(_entries(group).items())]
 
@@ -126,7 +126,7 @@ def load(group: str, name: str):
 FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-def _check(group: str, entry: Entry, obj) -> None:
+def _check(group: str, entry: Registration, obj) -> None:
     """A plugin must be a Method (or Dataset) subclass of this Method API version, named as it is registered,
     with a name that is a plain folder name."""
     kind = _KIND[group]
@@ -165,7 +165,7 @@ def add_plugin(spec: str) -> list[str]:
                 name = getattr(obj, "name", None)
                 if not isinstance(name, str) or not name:
                     raise UserError(f"--plugin {spec}: {value} has no name (set the class attribute `name`)")
-                entry = Entry(name, value, plugin=spec)
+                entry = Registration(name, value, plugin=spec)
                 _check(group, entry, obj)
                 entry.obj = obj
                 _EXTRA[group][name] = entry
@@ -249,7 +249,7 @@ def source(group: str, name: str) -> dict:
     return out
 
 
-def description(entry: Entry) -> str:
+def description(entry: Registration) -> str:
     """The first line of the registered class's docstring (else its module's), read from the source file without
     importing it: listing the methods stays fast and survives plugins that fail to import."""
     if entry.obj is not None:

@@ -131,8 +131,8 @@ def recorded_hash(raw: dict) -> str:
     ``ssbench eval`` and ``ssbench table`` compare it with the recorded hash: a config edited after the run is
     refused."""
     raw = {k: v for k, v in raw.items() if k != "config_hash"}
-    from ssbench.config import config_hash
-    from ssbench.engine.config import UNHASHED_DATA
+    from ssbench.fields import config_hash
+    from ssbench.engine.runconfig import UNHASHED_DATA
 
     data = raw.get("data")
     d = {**raw, "data": {k: v for k, v in data.items() if k not in UNHASHED_DATA}} if isinstance(data, dict) else raw

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))  # formats, report_runs, runs, ...: shared by the tests
 
 # The suite runs on pytest-xdist workers (pyproject's addopts: -n auto): each worker owns one core, so torch gets one
 # thread in each worker and in every process a test starts (set before anything imports torch). Numbers do not

@@ -19,10 +19,10 @@ from .common import (Item, box_stats, calls, check_unet_subset, compare_pairs, f
 def run(root: Path, draws: int) -> list[Item]:
     import random
 
-    from ssbench.engine.config import TrainConfig
+    from ssbench.engine.runconfig import TrainConfig
     from ssbench.methods import abd as ours
     from ssbench.methods.bcp import box_mask, mix_loss
-    from ssbench.methods.losses import dice_loss
+    from ssbench.methods.blocks.losses import dice_loss
 
     code = root / "code" if (root / "code").is_dir() else root
     script = code / "train_ACDC_BCP.py"
@@ -165,9 +165,9 @@ def check_step(code: Path) -> Item:
         copy_weights(torch.nn.Sequential(nets[name].encoder, nets[name].decoder), mine)
 
     views, corners, choices = [], [], []
-    real_view, real_mask, real_abd_r = ours.strong_view, bcp_module.copy_paste_mask, ours.abd_r
+    real_view, real_mask, real_abd_r = ours.abd_strong_view, bcp_module.copy_paste_mask, ours.abd_r
 
-    def strong_view(*a, **k):
+    def abd_strong_view(*a, **k):
         views.append(real_view(*a, **k))
         return views[-1]
 
@@ -182,7 +182,7 @@ def check_step(code: Path) -> Item:
 
     method.train()
     torch.manual_seed(5)
-    with patched(ours, "strong_view", strong_view), patched(bcp_module, "copy_paste_mask", copy_paste_mask), \
+    with patched(ours, "abd_strong_view", abd_strong_view), patched(bcp_module, "copy_paste_mask", copy_paste_mask), \
             patched(ours, "abd_r", abd_r), reseeded(method.teacher, method.student, method.model2):
         out = method.training_step(Batch(image[:n].clone(), label[:n].clone()), Batch(image[n:].clone()),
                                    StepInfo(0, 30000, "train"))

@@ -21,12 +21,12 @@ from .common import (Item, calls, check_unet, compare_pairs, function_source, gr
 def run(root: Path, draws: int) -> list[Item]:
     import yaml
 
-    from ssbench.engine.config import TrainConfig
+    from ssbench.engine.runconfig import TrainConfig
     from ssbench.methods import admt as ours
-    from ssbench.methods.ema import ema_update
-    from ssbench.methods.losses import dice_loss
-    from ssbench.methods.strong import color_jitter, gaussian_blur
-    from ssbench.methods.unet import UNet
+    from ssbench.methods.blocks.ema import ema_update
+    from ssbench.methods.blocks.losses import dice_loss
+    from ssbench.methods.blocks.strong import color_jitter, gaussian_blur
+    from ssbench.methods.blocks.unet import UNet
 
     code = root / "code" if (root / "code").is_dir() else root
     script = code / "train_post_2d_aut.py"

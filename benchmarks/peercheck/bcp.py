@@ -16,11 +16,11 @@ from .common import (Item, calls, check_unet_subset, compare_pairs, cuda_on_cpu,
 
 
 def run(root: Path, draws: int) -> list[Item]:
-    from ssbench.engine.config import TrainConfig
+    from ssbench.engine.runconfig import TrainConfig
     from ssbench.methods import bcp as ours
-    from ssbench.methods.ema import ema_update
-    from ssbench.methods.postprocess import largest_component_per_class
-    from ssbench.methods.unet import UNet
+    from ssbench.methods.blocks.ema import ema_update
+    from ssbench.methods.blocks.postprocess import largest_component_per_class
+    from ssbench.methods.blocks.unet import UNet
 
     code = root / "code" if (root / "code").is_dir() else root
     script = code / "ACDC_BCP_train.py"

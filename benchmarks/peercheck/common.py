@@ -277,7 +277,7 @@ def box_stats(masks) -> dict[str, np.ndarray]:
 
 
 def check_unet(label: str, their_cls) -> list[Item]:
-    from ssbench.methods.unet import UNet
+    from ssbench.methods.blocks.unet import UNet
 
     items = []
     torch.manual_seed(0)
@@ -310,7 +310,7 @@ def check_unet_subset(label: str, theirs) -> list[Item]:
     """A network that wraps the literature's UNet in ``encoder``/``decoder`` beside unused heads (BCP's
     ``UNet_2d``): those weights in order and shape, the same initial weights under one seed (the heads are built
     after them), and the same output."""
-    from ssbench.methods.unet import UNet
+    from ssbench.methods.blocks.unet import UNet
 
     torch.manual_seed(0)
     net = theirs()

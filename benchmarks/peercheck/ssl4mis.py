@@ -17,9 +17,9 @@ from .common import (Item, calls, check_unet, compare_pairs, copy_weights, cuda_
 
 
 def check_mean_teacher(code: Path) -> list[Item]:
-    from ssbench.methods.ema import ema_alpha, ema_update
+    from ssbench.methods.blocks.ema import ema_alpha, ema_update
     from ssbench.methods.mean_teacher import MeanTeacherConfig, consistency_weight
-    from ssbench.methods.unet import UNet
+    from ssbench.methods.blocks.unet import UNet
 
     script = code / "train_mean_teacher_2D.py"
     defaults = script_defaults(script)
@@ -63,9 +63,9 @@ def _numpy_beta(n, alpha, device):
 def check_unet_variants(unet_module) -> list[Item]:
     """UNet_URPC and UNet_CCT against ``UNet(aux_heads=True)`` / ``UNet(aux_decoders=3)``: shapes, counts, initial
     weights under one seed, and every output in eval and (perturbed) train mode on the same random draws."""
-    from ssbench.methods import perturb
+    from ssbench.methods.blocks import perturb
     from ssbench.methods.cct import CCTConfig, perturbed_outputs
-    from ssbench.methods.unet import UNet
+    from ssbench.methods.blocks.unet import UNet
     from ssbench.methods.urpc import URPCConfig, pyramid
 
     x = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(7))
@@ -176,7 +176,7 @@ def step_specs(unet):
     whose gradients are compared), patches, terms, the official supervised term). A term is (label, an expression
     in the official loop's namespace, a function of ssbench's step output)."""
     from ssbench.methods import ict as ict_module
-    from ssbench.methods import perturb
+    from ssbench.methods.blocks import perturb
     from ssbench.methods.cct import CCT, CCTConfig
     from ssbench.methods.cps import CPS, CPSConfig
     from ssbench.methods.ict import ICT, ICTConfig
@@ -326,7 +326,7 @@ def check_ssl4mis_schedules(code: Path, draws: int) -> list[Item]:
 
 def check_zoo_recipes(ssl4mis: Path) -> list[Item]:
     """Each SSL4MIS script's argparse defaults against the method's published config and recipe."""
-    from ssbench.engine.config import TrainConfig
+    from ssbench.engine.runconfig import TrainConfig
     from ssbench.methods.cct import CCT, CCTConfig
     from ssbench.methods.cps import CPS, CPSConfig
     from ssbench.methods.ict import ICT, ICTConfig
@@ -374,7 +374,7 @@ def optimizer(script: Path) -> str:
 
 
 def check_losses(losses) -> list[Item]:
-    from ssbench.methods.losses import ce_dice_loss, dice_loss
+    from ssbench.methods.blocks.losses import ce_dice_loss, dice_loss
 
     logits, target, _ = loss_inputs()
     probs = logits.softmax(1)
@@ -391,7 +391,7 @@ def check_losses(losses) -> list[Item]:
 
 def check_recipes(code: Path) -> list[Item]:
     """The Mean Teacher and fully supervised scripts' argparse defaults against the published recipes."""
-    from ssbench.engine.config import TrainConfig
+    from ssbench.engine.runconfig import TrainConfig
     from ssbench.methods.mean_teacher import MeanTeacher, MeanTeacherConfig
     from ssbench.methods.supervised import Supervised
 
@@ -437,7 +437,7 @@ def check_threshold_draw(unet, draws: int) -> Item:
     """The draw the step items replace: FeatureDropout's threshold factor, read off each side's production code.
     Both run on a ramp 0 .. 1 of 10,001 positions whose maximum is 1, so that the kept fraction is the factor
     (to 1e-4); their ``FeatureDropout`` draws it from NumPy, ``perturb.feature_dropout`` from torch."""
-    from ssbench.methods import perturb
+    from ssbench.methods.blocks import perturb
 
     ramp = torch.linspace(0, 1, 10001).view(1, 1, 1, -1)
     np.random.seed(0)

@@ -16,7 +16,7 @@ from .common import Item, box_stats, check_unet, compare_pairs, load_file, loss_
 def check_feature_perturbation(their_cls) -> Item:
     from torch import nn
 
-    from ssbench.methods.unet import UNet
+    from ssbench.methods.blocks.unet import UNet
     from ssbench.methods.unimatch import decode_with_fp
 
     torch.manual_seed(0)
@@ -36,7 +36,7 @@ def check_feature_perturbation(their_cls) -> Item:
 def check_cutmix(transform, draws: int, size: int = 256) -> list[Item]:
     import random
 
-    from ssbench.methods.strong import cutmix_box
+    from ssbench.methods.blocks.strong import cutmix_box
 
     random.seed(0)
     np.random.seed(0)
@@ -57,7 +57,7 @@ def check_cutmix(transform, draws: int, size: int = 256) -> list[Item]:
 
 
 def check_losses(utils) -> list[Item]:
-    from ssbench.methods.losses import ce_dice_loss, dice_loss
+    from ssbench.methods.blocks.losses import ce_dice_loss, dice_loss
 
     logits, target, ignore = loss_inputs()
     probs = logits.softmax(1)
@@ -76,7 +76,7 @@ def check_recipe(code: Path) -> Item:
     """configs/acdc.yaml against UniMatch's published recipe; the epoch loop and the crop read from the scripts."""
     import yaml
 
-    from ssbench.engine.config import DataConfig, TrainConfig
+    from ssbench.engine.runconfig import DataConfig, TrainConfig
     from ssbench.methods.unimatch import UniMatch, UniMatchConfig
 
     cfg = yaml.safe_load((code / "configs" / "acdc.yaml").read_text())

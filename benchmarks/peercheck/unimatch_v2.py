@@ -68,9 +68,9 @@ def run(code: Path, draws: int) -> list[Item]:
 
     import yaml
 
-    from ssbench.engine.config import TrainConfig
-    from ssbench.methods import perturb
-    from ssbench.methods.ema import ema_alpha, ema_update
+    from ssbench.engine.runconfig import TrainConfig
+    from ssbench.methods.blocks import perturb
+    from ssbench.methods.blocks.ema import ema_alpha, ema_update
     from ssbench.methods.unimatch_v2 import network
     from ssbench.methods.unimatch_v2.method import (UniMatchV2, UniMatchV2Config, mix_targets, mix_view, v2_loss)
 
@@ -229,7 +229,7 @@ def _v2_ema_decay(path: Path) -> float:
 def _complementary_statistics(code: Path, draws: int) -> Item:
     """V2's mask statements (dpt.py, executed) and ``perturb.complementary_masks``, ``draws`` times each: the two
     views' masks sum to 2, int(B/2) images are undropped, a dropped image keeps a channel with probability 0.5."""
-    from ssbench.methods import perturb
+    from ssbench.methods.blocks import perturb
 
     tree = ast.parse((code / "model" / "semseg" / "dpt.py").read_text())
     branch = next(n for n in ast.walk(tree) if isinstance(n, ast.If) and ast.unparse(n.test) == "comp_drop")

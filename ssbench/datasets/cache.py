@@ -182,7 +182,8 @@ class PreparedData:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            pool = ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("fork"))
+            # spawn, never fork: a forked child of a process with threads (torch, a test runner) can deadlock
+            pool = ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"))
             try:
                 sizes = (f.result() for f in [pool.submit(_prepare_case, self, cid, wl) for cid, wl in todo])
                 for n, ((cid, _), nbytes) in enumerate(zip(todo, sizes)):

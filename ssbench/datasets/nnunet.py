@@ -162,22 +162,24 @@ class NNUNet(Dataset):
         return mode, cases if mode in ("test", "unlabeled") else []
 
     def _patient_rule(self):
+        """The case -> patient rule (a bound method, so that the loader pickles for ``data prepare --jobs``)."""
+        text = self.options.patient_pattern
+        if text:
+            try:
+                self._pattern = re.compile(text)
+            except re.error as exc:
+                raise DataError(f"nnunet.patient_pattern {text!r}: not a regular expression ({exc})") from None
+        return self._patient_of
+
+    def _patient_of(self, case: str) -> str:
         text = self.options.patient_pattern
         if not text:
-            return lambda case: case
-        try:
-            pattern = re.compile(text)
-        except re.error as exc:
-            raise DataError(f"nnunet.patient_pattern {text!r}: not a regular expression ({exc})") from None
-
-        def patient(case: str) -> str:
-            name = case[len(TS):] if case.startswith(TS) else case
-            m = pattern.search(name)
-            if m is None:
-                raise DataError(f"nnunet.patient_pattern {text!r}: does not match case {name}")
-            return m.group(1) if pattern.groups else m.group(0)
-
-        return patient
+            return case
+        name = case[len(TS):] if case.startswith(TS) else case
+        m = self._pattern.search(name)
+        if m is None:
+            raise DataError(f"nnunet.patient_pattern {text!r}: does not match case {name}")
+        return m.group(1) if self._pattern.groups else m.group(0)
 
     def _patients_of(self, cases: list[str], where: str) -> list[str]:
         """The patients of a fixed case list, refusing one that would split a patient between two sets."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ssbench.config import field_docs
+from ssbench.fields import field_docs
 
 
 def resolved_config(req):

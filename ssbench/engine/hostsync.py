@@ -13,7 +13,7 @@ Device values read on ``meta`` have no value: the recorder answers them with 0 s
 later event is recorded too. On a real GPU it records without changing anything.
 
 It is public (``ssbench.api``) so that a plugin author can prove a method's step free of host synchronisations
-the way the built-ins are proved (tests/test_gpu_paths.py).
+the way the built-ins are proved (tests/engine/test_gpu_paths.py).
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssbench import registry
-from ssbench.config import config_hash, from_dict, to_dict
-from ssbench.engine.config import (CPU_SMALL, CPU_SMALL_TRAIN_SIZE, SET_BY_ENGINE, DataConfig, RunConfig,
+from ssbench.fields import config_hash, from_dict, to_dict
+from ssbench.engine.runconfig import (CPU_SMALL, CPU_SMALL_TRAIN_SIZE, SET_BY_ENGINE, DataConfig, RunConfig,
                                    TrainConfig, unused_fields)
 from ssbench.errors import ConfigError, UserError
 from ssbench.metrics.evaluation import MetricPolicy

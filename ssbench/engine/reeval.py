@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ssbench import registry, runfolder
-from ssbench.engine.config import RunConfig
+from ssbench.engine.runconfig import RunConfig
 from ssbench.errors import ConfigError, UserError
 
 
@@ -48,7 +48,7 @@ def _open_run(run_dir: Path, hd_units: str | None, empty: str | None, device_nam
               data_root: str | None = None, check=None):
     """A completed run folder, checked -> (cfg, dataset, method with the run's architecture, test cases, recorded
     config hash, device)."""
-    from ssbench.config import apply_override
+    from ssbench.fields import apply_override
     from ssbench.engine.plan import resolve_device, resolve_hd_units
     from ssbench.engine.run import build_method, load_cases
 

@@ -17,7 +17,7 @@ from ssbench import runfolder
 from ssbench.datasets.base import check_case, check_foreground, check_split
 from ssbench.datasets.duplicates import check_unlabeled_against, held_out_hashes
 from ssbench.engine import record
-from ssbench.engine.config import UNHASHED_DATA, RunConfig
+from ssbench.engine.runconfig import UNHASHED_DATA, RunConfig
 from ssbench.engine.plan import RunRequest, dataset_tag, plan, plan_text  # noqa: F401  (RunRequest: the API's)
 from ssbench.errors import UserError
 from ssbench.runfolder import Staging

@@ -302,7 +302,7 @@ def _channels_last(batch, runtime):
 def train_step(method, step_fn, optimizer, samplers, runtime, step: StepInfo, t, sums: dict,
                draw_unlabeled: bool = True) -> float:
     """One step: draw the batches, forward, backward, update, EMA; the losses are added to ``sums`` on the device.
-    Nothing here waits for the device (tests/test_gpu_paths.py proves it with ``engine.hostsync``); the host reads
+    Nothing here waits for the device (tests/engine/test_gpu_paths.py proves it with ``engine.hostsync``); the host reads
     the sums only at the loss rows. ``draw_unlabeled=False``: a labeled-only stage. Returns the step's learning
     rate."""
     method.train()

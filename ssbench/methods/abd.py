@@ -35,8 +35,8 @@ from pydantic import Field
 from ssbench.errors import ConfigError
 from ssbench.methods.api import Batch, MethodContext, Stage, StepInfo
 from ssbench.methods.bcp import BCP, BCPConfig, DiceMask, halves
-from ssbench.methods.losses import dice_loss
-from ssbench.methods.strong import BOX_CANDIDATES, color_jitter, first_fitting_box
+from ssbench.methods.blocks.losses import dice_loss
+from ssbench.methods.blocks.strong import BOX_CANDIDATES, color_jitter, first_fitting_box
 
 Probability = Annotated[float, Field(ge=0, le=1)]
 
@@ -79,7 +79,7 @@ def cutout_boxes(n: int, size: int, p: float, device, g: torch.Generator | None 
     return first_fitting_box(w, h, x0, y0, size) & (u < p).view(n, 1, 1)
 
 
-def strong_view(image: torch.Tensor, label: torch.Tensor, cfg: ABDConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def abd_strong_view(image: torch.Tensor, label: torch.Tensor, cfg: ABDConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """ABD's strong view of weakly augmented slices: cutout (random 0/1 pixels, background label) then colour
     jitter, each slice with its own draw. Returns (image, label)."""
     b, _, size, _ = image.shape
@@ -172,8 +172,8 @@ class ABD(BCP):
             return self.pretrain_step(self.student, labeled)
         cfg = self.config
         with torch.no_grad():
-            strong_l, strong_lab = strong_view(labeled.image, labeled.label, cfg)
-            strong_u, _ = strong_view(unlabeled.image, torch.zeros_like(unlabeled.image[:, 0], dtype=torch.long), cfg)
+            strong_l, strong_lab = abd_strong_view(labeled.image, labeled.label, cfg)
+            strong_u, _ = abd_strong_view(unlabeled.image, torch.zeros_like(unlabeled.image[:, 0], dtype=torch.long), cfg)
         pseudo_a, pseudo_b, pseudo_a_s, pseudo_b_s = self.pseudo_labels(*halves(unlabeled.image), *halves(strong_u))
         mask = self.mask(labeled.image)
         dice1, ce1, out1, mixed1 = self.bidirectional(self.student, labeled.image, labeled.label, unlabeled.image,

@@ -27,11 +27,11 @@ import torch
 from pydantic import Field
 
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
-from ssbench.methods.ema import ema_update, freeze
-from ssbench.methods.losses import ce_dice_loss, dice_loss
-from ssbench.methods.ramps import sigmoid_rampup
-from ssbench.methods.strong import color_jitter, gaussian_blur
-from ssbench.methods.unet import UNetConfig
+from ssbench.methods.blocks.ema import ema_update, freeze
+from ssbench.methods.blocks.losses import ce_dice_loss, dice_loss
+from ssbench.methods.blocks.ramps import sigmoid_rampup
+from ssbench.methods.blocks.strong import color_jitter, gaussian_blur
+from ssbench.methods.blocks.unet import UNetConfig
 
 Probability = Annotated[float, Field(ge=0, le=1)]
 

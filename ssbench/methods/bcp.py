@@ -28,9 +28,9 @@ from pydantic import Field
 
 from ssbench.errors import ConfigError
 from ssbench.methods.api import Batch, Method, MethodContext, Stage, StepInfo
-from ssbench.methods.ema import ema_update, freeze
-from ssbench.methods.postprocess import largest_component_per_class
-from ssbench.methods.unet import UNetConfig
+from ssbench.methods.blocks.ema import ema_update, freeze
+from ssbench.methods.blocks.postprocess import largest_component_per_class
+from ssbench.methods.blocks.unet import UNetConfig
 
 # BCP's DiceLoss with a mask. 'masked': every class over the region (BCP's code since a925e30, 2023-10-29, its
 # issue 25); 'background-unmasked': the background class over the whole image, as BCP's code before that fix

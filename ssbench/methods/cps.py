@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
-from ssbench.methods.losses import ce_dice_loss
-from ssbench.methods.urpc import SSL4MISWeight, scale_rampup
+from ssbench.methods.blocks.losses import ce_dice_loss
+from ssbench.methods.blocks.ssl4mis_weight import SSL4MISWeight, scale_rampup
 
 
 @dataclass(frozen=True)

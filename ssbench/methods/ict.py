@@ -20,7 +20,7 @@ from pydantic import Field
 
 from ssbench.errors import ConfigError
 from ssbench.methods.api import Batch, StepInfo
-from ssbench.methods.losses import ce_dice_loss
+from ssbench.methods.blocks.losses import ce_dice_loss
 from ssbench.methods.mean_teacher import MeanTeacher, MeanTeacherConfig, consistency_weight
 
 

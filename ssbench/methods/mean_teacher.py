@@ -10,10 +10,10 @@ import torch
 from pydantic import Field
 
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
-from ssbench.methods.ema import ema_alpha, ema_update, freeze
-from ssbench.methods.losses import ce_dice_loss
-from ssbench.methods.ramps import sigmoid_rampup
-from ssbench.methods.unet import UNetConfig
+from ssbench.methods.blocks.ema import ema_alpha, ema_update, freeze
+from ssbench.methods.blocks.losses import ce_dice_loss
+from ssbench.methods.blocks.ramps import sigmoid_rampup
+from ssbench.methods.blocks.unet import UNetConfig
 
 
 @dataclass(frozen=True)

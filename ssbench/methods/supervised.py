@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
-from ssbench.methods.losses import ce_dice_loss
-from ssbench.methods.unet import UNetConfig
+from ssbench.methods.blocks.losses import ce_dice_loss
+from ssbench.methods.blocks.unet import UNetConfig
 
 
 @dataclass(frozen=True)

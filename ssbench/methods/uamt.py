@@ -20,9 +20,9 @@ import torch
 from pydantic import Field
 
 from ssbench.methods.api import Batch, StepInfo
-from ssbench.methods.losses import ce_dice_loss
+from ssbench.methods.blocks.losses import ce_dice_loss
 from ssbench.methods.mean_teacher import MeanTeacher, MeanTeacherConfig, consistency_weight
-from ssbench.methods.ramps import sigmoid_rampup
+from ssbench.methods.blocks.ramps import sigmoid_rampup
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from pydantic import Field
 from torch import nn
 
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
-from ssbench.methods.losses import ce_dice_loss, dice_loss
-from ssbench.methods.strong import cutmix_boxes, strong_view
-from ssbench.methods.unet import UNetConfig
+from ssbench.methods.blocks.losses import ce_dice_loss, dice_loss
+from ssbench.methods.blocks.strong import cutmix_boxes, strong_view
+from ssbench.methods.blocks.unet import UNetConfig
 
 
 # Field types that FixMatchConfig re-declares with other defaults keep their constraints through these aliases.

@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ssbench import runfolder
-from ssbench.report.pooling import Layout, Row
+from ssbench.report.pooling import Layout, PooledRow
 from ssbench.report.tables import case_scores, seed_mean_scores
 
 SEED_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
@@ -57,11 +57,11 @@ def save(fig: Figure, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _compared(layout: Layout) -> list[Row]:
+def _compared(layout: Layout) -> list[PooledRow]:
     return [r for r in layout.main_rows if r.role != "upper"]
 
 
-def _uppers(layout: Layout) -> list[Row]:
+def _uppers(layout: Layout) -> list[PooledRow]:
     return [r for r in layout.main_rows if r.role == "upper"]
 
 
@@ -193,7 +193,7 @@ def pick_cases(method_scores: pd.Series, reference_scores: pd.Series) -> list[tu
 def _dataset(run):
     """The dataset of a run, rebuilt from its config (data root and loader options), or the reason it cannot be."""
     from ssbench import registry
-    from ssbench.config import from_dict
+    from ssbench.fields import from_dict
     from ssbench.errors import UserError
 
     cfg = run.config

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ssbench.report.pooling import Layout, Row, describe
-from ssbench.report.render import Column, Entry, Table
-from ssbench.report.render import Row as TableRow
+from ssbench.report.pooling import Layout, PooledRow, describe
+from ssbench.report.render import Column, Cell, Table, TableRow
 from ssbench.metrics.catalog import distance_names, metric, metric_names
 from ssbench.report.tables import cell_stats
 
@@ -51,7 +50,7 @@ def _int(text) -> int | None:
         return None
 
 
-def _candidates(layouts: list[Layout], pub) -> list[tuple[Layout, Row, int]]:
+def _candidates(layouts: list[Layout], pub) -> list[tuple[Layout, PooledRow, int]]:
     ours = PUBLISHED_TO_OURS.get(pub["method"])
     labeled = _int(pub["labeled"])
     out = []
@@ -85,7 +84,7 @@ def _choose(cands, pub):
     return max(cands, key=closeness)
 
 
-def _our_protocol(lay: Layout, row: Row, runs, legacy: bool) -> dict:
+def _our_protocol(lay: Layout, row: PooledRow, runs, legacy: bool) -> dict:
     first = runs[0]
     empty, units, conn = lay.policy
     schedules = list(dict.fromkeys(r.schedule_text for r in runs))
@@ -153,13 +152,13 @@ def gap_table(layouts: list[Layout], published: pd.DataFrame, checkpoint: str) -
         choice = _choose(_candidates(layouts, pub), pub)
         record = {**pub.to_dict(), "ours": np.nan, "gap": np.nan, "ours_test_only": np.nan, "our_runs": "",
                   "our_seeds": 0, "differences": "", "their_protocol": _their_protocol_text(pub)}
-        ours_entry, gap_entry, test_entry, our_key, diff_text = Entry(text="—"), Entry(text="—"), Entry(text=""), \
+        ours_entry, gap_entry, test_entry, our_key, diff_text = Cell(text="—"), Cell(text="—"), Cell(text=""), \
             "—", ""
         if choice is None:
             phantom = any(lay.dataset == f"{pub['dataset']}-phantom" for lay in layouts)
             reason = ("only runs on the synthetic phantom, which is not comparable" if phantom else
                       f"no completed {'legacy val+test ' if legacy else ''}run of this method, dataset and split")
-            ours_entry = Entry(text="—", note=table.footnote(reason))
+            ours_entry = Cell(text="—", note=table.footnote(reason))
         else:
             lay, row, n = choice
             runs = row.cells[n]
@@ -172,23 +171,23 @@ def gap_table(layouts: list[Layout], published: pd.DataFrame, checkpoint: str) -
                 scores = [r.selection_score * 100 for r in runs if r.selection_score is not None]
                 ours = float(np.mean(scores)) if scores else np.nan
                 std = float(np.std(scores, ddof=1)) if len(scores) > 1 else None
-                test_entry = Entry(test["mean"], test["std"])
+                test_entry = Cell(test["mean"], test["std"])
                 record["ours_test_only"] = test["mean"]
             else:
                 ours, std = test["mean"], test["std"]
             value = float(pub["value"])
-            ours_entry = Entry(ours, std) if np.isfinite(ours) else Entry(
+            ours_entry = Cell(ours, std) if np.isfinite(ours) else Cell(
                 text="—", note=table.footnote("the runs record no selection score (summary.json selection)"))
-            gap_entry = Entry(ours - value) if np.isfinite(ours) else Entry(text="—")
+            gap_entry = Cell(ours - value) if np.isfinite(ours) else Cell(text="—")
             if np.isfinite(ours):
                 gap_entry.text = f"{ours - value:+.2f}"
             record.update(ours=ours, gap=ours - value, our_runs=";".join(str(r.path) for r in runs),
                           our_seeds=len(runs), differences=diff_text, our_row=row.label,
                           our_table=lay.stem, **{f"our_{k}": v for k, v in proto.items()})
         table.rows.append(TableRow(pub["method"], [
-            Entry(text=pub["labeled"] or "n/a"), Entry(text=metric(name).label),
-            Entry(float(pub["value"])), ours_entry, gap_entry, test_entry, Entry(text=their_key),
-            Entry(text=our_key), Entry(text=diff_text)], section=their_key, ranked=False))
+            Cell(text=pub["labeled"] or "n/a"), Cell(text=metric(name).label),
+            Cell(float(pub["value"])), ours_entry, gap_entry, test_entry, Cell(text=their_key),
+            Cell(text=our_key), Cell(text=diff_text)], section=their_key, ranked=False))
         records.append(record)
     table.rows.sort(key=lambda r: r.section)  # rows of one published protocol together (a stable sort)
     table.notes.append("Ours: mean ± std over seeds of the closest runs (same selection protocol, then the same "

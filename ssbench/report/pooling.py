@@ -35,7 +35,7 @@ class Duplicate:
 
 
 @dataclass(eq=False)  # rows are compared and hashed by identity
-class Row:
+class PooledRow:
     label: str
     method: str  # the method folder name, e.g. 'unimatch' or 'sss@dfe=false'
     display: str  # the method's display name
@@ -58,15 +58,15 @@ class Layout:
     policy: tuple  # (empty, hd_units, connectivity)
     tag: str  # '' for the dataset's default policy, else e.g. 'legacy-zero-voxel-c1' (names the files)
     main_protocol: dict
-    rows: list[Row]  # main rows first (baseline, methods, upper bound), then the other rows
+    rows: list[PooledRow]  # main rows first (baseline, methods, upper bound), then the other rows
     duplicates: list[Duplicate]
 
     @property
-    def main_rows(self) -> list[Row]:
+    def main_rows(self) -> list[PooledRow]:
         return [r for r in self.rows if r.main]
 
     @property
-    def other_rows(self) -> list[Row]:
+    def other_rows(self) -> list[PooledRow]:
         return [r for r in self.rows if not r.main]
 
     @property
@@ -77,7 +77,7 @@ class Layout:
     def units(self) -> str:
         return self.policy[1]
 
-    def splits(self, rows: list[Row] | None = None) -> list[int]:
+    def splits(self, rows: list[PooledRow] | None = None) -> list[int]:
         """Labeled counts of the column groups (the upper bound's 'all' is a row, never a column)."""
         rows = self.main_rows if rows is None else rows
         return sorted({n for r in rows if r.role != "upper" for n in r.cells})
@@ -132,7 +132,7 @@ def _layout(dataset: str, policy: tuple, tag: str, runs: list[Run]) -> Layout:
             rs = mine[sig]
             first = rs[0]
             role = "upper" if full else ("baseline" if first.labeled_only else "method")
-            row = Row(label="", method=method, display=first.display_name, role=role, settings=dict(sig),
+            row = PooledRow(label="", method=method, display=first.display_name, role=role, settings=dict(sig),
                       main=sig == primary)
             for r in rs:
                 cell = row.cells.setdefault(r.labeled, [])
@@ -186,7 +186,7 @@ _PRIORITY = ("train.selection", "data.inference_resize", "data.train_resize", "t
              "train.epochs")
 
 
-def _label(row: Row) -> str:
+def _label(row: PooledRow) -> str:
     base = row.display + (f", all {max(row.cells)} labeled" if row.role == "upper" else "")
     if row.main or not row.differs:
         return base
@@ -195,7 +195,7 @@ def _label(row: Row) -> str:
     return f"{base} ({', '.join(parts[:2])}" + (f", +{len(parts) - 2} more)" if len(parts) > 2 else ")")
 
 
-def _unique_labels(rows: list[Row]) -> None:
+def _unique_labels(rows: list[PooledRow]) -> None:
     seen: Counter = Counter()
     for r in rows:
         seen[r.label] += 1

@@ -24,7 +24,7 @@ class Column:
 
 
 @dataclass
-class Entry:
+class Cell:
     mean: float | None = None
     std: float | None = None
     text: str | None = None  # a text cell (names, protocol words); numbers are formatted from mean/std
@@ -41,9 +41,9 @@ class Entry:
 
 
 @dataclass
-class Row:
+class TableRow:
     label: str
-    entries: list[Entry]
+    entries: list[Cell]
     section: str = ""  # rows of one section sit between rules
     ranked: bool = True  # takes part in best / second best
 
@@ -52,7 +52,7 @@ class Row:
 class Table:
     title: str
     columns: list[Column]
-    rows: list[Row] = field(default_factory=list)
+    rows: list[TableRow] = field(default_factory=list)
     stub: str = "Method"
     notes: list[str] = field(default_factory=list)
     footnotes: list[str] = field(default_factory=list)
@@ -91,7 +91,7 @@ def _number(x: float, digits: int) -> str:
     return f"{x:.{digits}f}" if x is not None and math.isfinite(x) else "—"
 
 
-def cell_markdown(e: Entry) -> str:
+def cell_markdown(e: Cell) -> str:
     if e.text is not None:
         text = e.text
     elif e.mean is None or not math.isfinite(e.mean):
@@ -110,7 +110,7 @@ def cell_markdown(e: Entry) -> str:
     return text.replace("|", "\\|")
 
 
-def cell_latex(e: Entry) -> str:
+def cell_latex(e: Cell) -> str:
     if e.text is not None:
         text = tex_text(e.text)
     elif e.mean is None or not math.isfinite(e.mean):
@@ -199,7 +199,7 @@ def notes_latex(t: Table) -> str:
     return " ".join(parts) + "\n"
 
 
-def _style(e: Entry) -> str:
+def _style(e: Cell) -> str:
     return {1: "textbf:--rwrap;", 2: "underline:--rwrap;"}.get(e.rank, "")
 
 

@@ -15,9 +15,8 @@ import pandas as pd
 from ssbench.errors import UserError
 from ssbench.metrics.catalog import Metric, metrics, per_class_metrics
 from ssbench.report.collect import Run
-from ssbench.report.pooling import Layout, Row, describe
-from ssbench.report.render import Column, Entry, Table, rank
-from ssbench.report.render import Row as TableRow
+from ssbench.report.pooling import Layout, PooledRow, describe
+from ssbench.report.render import Column, Cell, Table, rank, TableRow
 from ssbench.report.stats import N_BOOT, cluster_bootstrap_ci, holm, smallest_p, wilcoxon
 
 SECTIONS = {"baseline": "labeled only", "method": "semi-supervised", "upper": "upper bound"}
@@ -86,14 +85,14 @@ def resolve_reference(layouts: list[Layout], reference: str | None) -> None:
                         f"{', '.join(known)})")
 
 
-def _compared_rows(layout: Layout, labeled: int) -> list[Row]:
+def _compared_rows(layout: Layout, labeled: int) -> list[PooledRow]:
     return [r for r in layout.main_rows if r.role != "upper" and labeled in r.cells]
 
 
 DEFAULT_REFERENCE = "the labeled-only baseline (the default: fixed before the results)"
 
 
-def _pick_reference(rows: list[Row], reference: str | None) -> Row | None:
+def _pick_reference(rows: list[PooledRow], reference: str | None) -> PooledRow | None:
     """The row the split's methods are tested against: --reference, else the labeled-only baseline, a choice that
     does not depend on the results (None: no baseline at this split, no tests)."""
     for row in rows:
@@ -165,7 +164,7 @@ def decision_level(sig: pd.DataFrame) -> str:
     return "patient" if len(sig) and "patient" in set(sig["level"]) else "volume"
 
 
-def _mark(sig: pd.DataFrame, labeled: int, row: Row) -> str:
+def _mark(sig: pd.DataFrame, labeled: int, row: PooledRow) -> str:
     if sig.empty:
         return ""
     hit = sig[(sig.labeled == labeled) & (sig.method == row.label) & (sig.level == decision_level(sig))]
@@ -200,12 +199,12 @@ def main_table(layout: Layout, checkpoint: str, sig: pd.DataFrame, missing: dict
             runs = _row_cells(layout, row, n)
             if not runs:
                 reason = missing.get((row.method, n)) or _elsewhere(layout, row, n) or "no completed run"
-                entries += [Entry(text="—", note=table.footnote(reason))] * len(metrics())
+                entries += [Cell(text="—", note=table.footnote(reason))] * len(metrics())
                 continue
             for m in metrics():
                 s = cell_stats(runs, checkpoint, m.name, m.scale)
                 mark = _mark(sig, n, row) if m.name == TESTED_METRIC and row.role != "upper" else ""
-                entries.append(Entry(s["mean"], s["std"], mark=mark))
+                entries.append(Cell(s["mean"], s["std"], mark=mark))
         table.rows.append(TableRow(row.label, entries, SECTIONS[row.role], ranked=row.role != "upper"))
     rank(table)
     for row, trow in zip(rows, table.rows):
@@ -253,10 +252,10 @@ def other_table(layout: Layout, checkpoint: str) -> tuple[Table, pd.DataFrame, d
             runs = _row_cells(layout, row, n)
             for m in metrics():
                 if not runs:
-                    entries.append(Entry(text="—"))
+                    entries.append(Cell(text="—"))
                     continue
                 s = cell_stats(runs, checkpoint, m.name, m.scale)
-                entries.append(Entry(s["mean"], s["std"]))
+                entries.append(Cell(s["mean"], s["std"]))
                 if row.role != "upper" or n == splits[0]:
                     tidy.append(_tidy(layout, row, runs, n, m.name, m.scale, checkpoint, entries[-1]))
         section = row.display + (" (upper bound)" if row.role == "upper" else "")
@@ -274,13 +273,13 @@ def _show(v) -> str:
     return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
-def _elsewhere(layout: Layout, row: Row, n: int) -> str:
+def _elsewhere(layout: Layout, row: PooledRow, n: int) -> str:
     """The reason a main cell is empty when runs exist under another protocol or other settings."""
     names = [o.label for o in layout.other_rows if o.method == row.method and n in o.cells]
     return f"runs only under other settings: {'; '.join(names)} (other-protocols_{layout.stem})" if names else ""
 
 
-def _tidy(layout, row, runs, n, key, scale, checkpoint, e: Entry) -> dict:
+def _tidy(layout, row, runs, n, key, scale, checkpoint, e: Cell) -> dict:
     s = cell_stats(runs, checkpoint, key, scale)
     return {"dataset": layout.dataset, "metric_policy": "-".join(map(str, layout.policy)), "section": row.role,
             "row": row.label, "method": row.method, "display_name": row.display,
@@ -307,7 +306,7 @@ def _policy_note(layout: Layout) -> str:
             "mean over classes of the per-class mean over test volumes (absent classes left out).")
 
 
-def _main_notes(layout: Layout, rows: list[Row], checkpoint: str, sig: pd.DataFrame,
+def _main_notes(layout: Layout, rows: list[PooledRow], checkpoint: str, sig: pd.DataFrame,
                 underlined: bool = True) -> list[str]:
     notes = [_policy_note(layout)]
     seeds = {(r.label, n): len(c) for r in rows for n, c in r.cells.items()}
@@ -372,7 +371,7 @@ def _power_notes(layout: Layout, sig: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _provenance(layout: Layout, rows: list[Row], checkpoint: str) -> dict:
+def _provenance(layout: Layout, rows: list[PooledRow], checkpoint: str) -> dict:
     return {
         "checkpoint": checkpoint,
         "metric_policy": dict(zip(("empty", "hd_units", "connectivity"), layout.policy)),
@@ -408,7 +407,7 @@ def per_class_table(layout: Layout, checkpoint: str, labeled: int) -> tuple[Tabl
         for c in names + [None]:
             for m in per_class_metrics():
                 s = cell_stats(runs, checkpoint, m.name, m.scale, c)
-                entries.append(Entry(s["mean"], s["std"]))
+                entries.append(Cell(s["mean"], s["std"]))
                 tidy.append({"dataset": layout.dataset, "labeled": labeled, "row": row.label, "method": row.method,
                              "section": row.role, "class": c or "mean", "metric": m.name, **s})
         table.rows.append(TableRow(row.label, entries, SECTIONS[row.role], ranked=row.role != "upper"))
@@ -437,10 +436,10 @@ def ablation_table(layout: Layout, checkpoint: str) -> Table | None:
             runs = row.cells.get(n)
             for m in shown:
                 if not runs:
-                    entries.append(Entry(text="—"))
+                    entries.append(Cell(text="—"))
                     continue
                 s = cell_stats(runs, checkpoint, m.name, m.scale)
-                entries.append(Entry(s["mean"], s["std"]))
+                entries.append(Cell(s["mean"], s["std"]))
         table.rows.append(TableRow(label, entries))
     rank(table)
     table.notes.append(_policy_note(layout))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ssbench.methods.losses import ce_dice_loss
+from ssbench.methods.blocks.losses import ce_dice_loss
 from ssbench.methods.sss import sam2_net
 from ssbench.methods.sss.geometry import Crop, interior_points, mask_boxes, random_boxes
 from ssbench.methods.sss.losses import best_mask_losses, decoded, iou_losses, presence_losses, weighted_mean

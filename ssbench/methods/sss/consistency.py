@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import torch
 
-from ssbench.methods import perturb
+from ssbench.methods.blocks import perturb
 from ssbench.methods.sss import sam2_net
-from ssbench.methods.sss.config import SSSConfig
+from ssbench.methods.sss.hparams import SSSConfig
 from ssbench.methods.sss.dfe import DFE
 from ssbench.methods.sss.losses import decoded, presence_losses, unlabeled_mask_losses, weighted_mean
 from ssbench.methods.sss.network import SAM2Segmenter
 from ssbench.methods.sss.sam2_net import Features
-from ssbench.methods.strong import cutmix_boxes, strong_view
+from ssbench.methods.blocks.strong import cutmix_boxes, strong_view
 
 CHANNELS = (32, 64, 256)  # SAM-2's feature levels as its decoder reads them
 
@@ -47,7 +47,7 @@ def decode(net: SAM2Segmenter, feats: Features, prompts: dict, k: int) -> sam2_n
     return sam2_net.track(net.sam, feats.repeat(k), 0, sam2_net.new_memory(), 1, prompts, store=False)
 
 
-def complementary_masks(n: int, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def complementary_patch_masks(n: int, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """UniMatch V2's complementary channel dropout for the two strong views of n images (``perturb``): V2's four
     levels share one width and one mask; SAM-2's three levels differ in width, so each level draws its own mask,
     for the same undropped images. (n, c, 1, 1) masks per level."""
@@ -77,7 +77,7 @@ def unlabeled_losses(student: SAM2Segmenter, teacher: SAM2Segmenter | None, dfe:
             presences = torch.maximum(q, 1 - q) >= cfg.conf_thresh
         else:
             pixels, presences = torch.ones_like(pseudo), torch.ones_like(there)
-    drop = complementary_masks(n, x_w.device) if teacher is not None and cfg.complementary_dropout else None
+    drop = complementary_patch_masks(n, x_w.device) if teacher is not None and cfg.complementary_dropout else None
 
     out: dict[str, torch.Tensor] = {}
     b, c = cfg.jitter

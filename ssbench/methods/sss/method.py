@@ -36,9 +36,9 @@ import torch.nn.functional as F
 
 from ssbench.errors import ConfigError, UserError
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
-from ssbench.methods.ema import ema_alpha, ema_update, freeze
+from ssbench.methods.blocks.ema import ema_alpha, ema_update, freeze
 from ssbench.methods.sss import clips, sam2_net, sequence
-from ssbench.methods.sss.config import SSSConfig
+from ssbench.methods.sss.hparams import SSSConfig
 from ssbench.methods.sss.consistency import unlabeled_losses
 from ssbench.methods.sss.dfe import DFE
 from ssbench.methods.sss.geometry import Crop

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ssbench.errors import UserError
-from ssbench.methods.pretrained import load_strict, read_checkpoint
+from ssbench.methods.blocks.pretrained import load_strict, read_checkpoint
 
 # name -> (config inside the sam2 package, official checkpoint file, release folder)
 MODELS = {

@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ssbench.errors import ConfigError, UserError
-from ssbench.methods import perturb
+from ssbench.methods.blocks import perturb
 from ssbench.methods.api import Batch, Method, MethodContext, StepInfo
-from ssbench.methods.ema import ema_alpha, ema_update, freeze
-from ssbench.methods.losses import ce_dice_loss
-from ssbench.methods.strong import cutmix_boxes, strong_view
+from ssbench.methods.blocks.ema import ema_alpha, ema_update, freeze
+from ssbench.methods.blocks.losses import ce_dice_loss
+from ssbench.methods.blocks.strong import cutmix_boxes, strong_view
 from ssbench.methods.unimatch_v2 import network
 
 Probability = Annotated[float, Field(ge=0, le=1)]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssbench.errors import UserError
-from ssbench.methods.pretrained import load_strict, read_checkpoint
+from ssbench.methods.blocks.pretrained import load_strict, read_checkpoint
 
 PATCH = 14
 # backbone -> (timm's DINOv2 arguments, blocks read by the head, DPT features, DPT out_channels): unimatch_v2.py
