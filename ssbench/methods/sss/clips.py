@@ -250,8 +250,8 @@ def _pick(x: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
 
 def _rows(feats: sam2_net.Features, pairs: list[tuple[int, int]], length: int, t: int) -> sam2_net.Features:
     """The features of slice t of each pair's clip, one row per pair (slices and cat: deterministic backward)."""
-    return sam2_net.Features([torch.cat([m[i * length + t : i * length + t + 1] for i, _ in pairs]) for m in feats.maps],
-                             torch.cat([feats.pos[i * length + t : i * length + t + 1] for i, _ in pairs]))
+    rows = [slice(i * length + t, i * length + t + 1) for i, _ in pairs]
+    return sam2_net.Features([torch.cat([m[r] for r in rows]) for m in feats.maps], torch.cat([feats.pos[r] for r in rows]))
 
 
 def _targets(labels: torch.Tensor, pairs: list[tuple[int, int]], t: int) -> torch.Tensor:
