@@ -55,11 +55,13 @@ def main(argv=None) -> list[str]:
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one setting, one size, this process
     args = p.parse_args(argv)
     if args.gpu:
-        model, sizes, batch, amp, device, steps = args.model or "sam2_hiera_s", args.sizes or [1024], 4, "bf16", "cuda", 5
+        model, sizes, batch, amp, device, steps = (args.model or "sam2_hiera_s", args.sizes or [1024], 4, "bf16",
+                                                   "cuda", 5)
     elif args.tiny:
         model, sizes, batch, amp, device, steps = "sam2.1_hiera_t", [64], 2, "none", "cpu", 1
     else:
-        model, sizes, batch, amp, device, steps = args.model or "sam2.1_hiera_t", args.sizes or [64, 128], 2, "none", "cpu", 3
+        model, sizes, batch, amp, device, steps = (args.model or "sam2.1_hiera_t", args.sizes or [64, 128], 2, "none",
+                                                   "cpu", 3)
     steps = args.steps or steps
     if args.one:
         print(json.dumps(_run_one(args.one, model, sizes[0], batch, amp, device, steps, warmup=1 if args.tiny else 2)))
@@ -74,7 +76,8 @@ def main(argv=None) -> list[str]:
     for size in sizes:
         for name in settings:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--model", model, "--sizes",
-                   str(size), "--steps", str(steps)] + (["--gpu"] if args.gpu else []) + (["--tiny"] if args.tiny else [])
+                   str(size), "--steps", str(steps)]
+            cmd += (["--gpu"] if args.gpu else []) + (["--tiny"] if args.tiny else [])
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 print(out.stderr[-2000:], file=sys.stderr)

@@ -61,8 +61,8 @@ def prompts_of(label: torch.Tensor, classes: list[int], prompt_freq: int) -> dic
 
 
 def slice_dice(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(F, S, S) logits and bool target -> per-slice Dice and IoU averaged over THRESHOLDS (eval_seg, single
-    class): (F,), (F,)."""
+    """(F, S, S) logits and bool target -> per-slice Dice (eps 1e-4, DiceCoeff) and IoU (SMOOTH 1e-6, iou) averaged
+    over THRESHOLDS (eval_seg, single class): (F,), (F,)."""
     g = target.flatten(1).float()
     dice, iou = torch.zeros(len(g)), torch.zeros(len(g))
     for t in THRESHOLDS:
@@ -70,7 +70,7 @@ def slice_dice(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor
         inter = (p * g).sum(1)
         dice += ((2 * inter + 1e-4) / (p.sum(1) + g.sum(1) + 1e-4)).cpu()
         union = ((p + g) > 0).float().sum(1)
-        iou += torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)).cpu()
+        iou += ((inter + 1e-6) / (union + 1e-6)).cpu()  # func_3d/utils.py iou: SMOOTH 1e-6
     return dice / len(THRESHOLDS), iou / len(THRESHOLDS)
 
 

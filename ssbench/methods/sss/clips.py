@@ -18,8 +18,11 @@ box there (its box on the nearest slice of the volume that holds it, else a rand
 object score is supervised (target absent); without, it is not prompted at all. The coarse head learns every slice
 (CE + Dice).
 
-The batch keeps a fixed shape (all clips x all classes decoded, the untracked ones weighted 0), so that nothing in
-the step waits for the device.
+Which objects are decoded is chosen on the host from the volume's slice lists (``choose_objects``): the classes on
+a clip's first slice, at most ``max_objects`` (SAM-2's max_num_objects), tracked through the clip; the decoys on
+the first slice only; a class cropped away from the first slice stays in the batch weighted 0. Clips start on
+slices that hold a class (``clip_start``), and the prompt box frames the class's largest 3-D component crossing the
+slice (``train_box``), with SAM-2's box noise. Nothing in the step waits for the device.
 """
 
 from __future__ import annotations
@@ -247,8 +250,8 @@ def _pick(x: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
 
 def _rows(feats: sam2_net.Features, pairs: list[tuple[int, int]], length: int, t: int) -> sam2_net.Features:
     """The features of slice t of each pair's clip, one row per pair (slices and cat: deterministic backward)."""
-    return sam2_net.Features([torch.cat([m[i * length + t : i * length + t + 1] for i, _ in pairs]) for m in feats.maps],
-                             torch.cat([feats.pos[i * length + t : i * length + t + 1] for i, _ in pairs]))
+    rows = [slice(i * length + t, i * length + t + 1) for i, _ in pairs]
+    return sam2_net.Features([torch.cat([m[r] for r in rows]) for m in feats.maps], torch.cat([feats.pos[r] for r in rows]))
 
 
 def _targets(labels: torch.Tensor, pairs: list[tuple[int, int]], t: int) -> torch.Tensor:

@@ -3,8 +3,9 @@ the MedSAM-2 framework the paper builds on: a volume is a sequence of slices and
 per structure through it.
 
 One training step (the sources of every choice are in ``config.py``):
-* labeled: clips of consecutive slices (8 by default, up or down the volume) with memory, every class present on
-  the first slice prompted there and tracked, the others decoy-prompted there only (``absent_prompts``); BCE + Dice
+* labeled: clips of consecutive slices (8 by default, up or down the volume, starting on a slice holding a class)
+  with memory, the classes on the first slice (at most ``max_objects``) prompted there and tracked, the others
+  decoy-prompted there only (``absent_prompts``); BCE + Dice
   on the lowest-loss candidate mask, L1 on SAM-2's IoU predictions, BCE on its object score, the coarse head's
   CE + Dice (``clips.py``);
 * unlabeled: each slice prompted by its volume's sequence (PCSW on the prompt network's coarse prediction, carried
