@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import math
+import random
 import types
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -445,3 +446,44 @@ def own_noise(seed: int):
         yield
     finally:
         torch.randn_like = saved
+
+
+# --- the weak augmentation: which transform each side applies, read off its output ------------------------------
+
+def _weak_classes(image: np.ndarray) -> dict[bytes, str]:
+    """The outputs of every weak transform of ``image`` (the eight rot90/flip results, each rotation -20..19 by
+    order-0 ``ndimage.rotate``; rotation by 0 is the identity), by their bytes."""
+    from scipy import ndimage
+
+    out = {}
+    for angle in range(-20, 20):
+        out.setdefault(ndimage.rotate(image, angle, order=0, reshape=False).tobytes(),
+                       "identity" if angle == 0 else f"rotate {angle}")
+    for k in range(4):
+        for axis in range(2):
+            out[np.ascontiguousarray(np.flip(np.rot90(image, k), axis=axis)).tobytes()] = f"rot90 {k} flip {axis}"
+    return out
+
+
+def check_weak(name: str, theirs, draws: int) -> Item:
+    """ssbench's weak augmentation (``augment.weak``) beside an official one (``theirs(image) -> image``), each
+    run ``draws`` times on one random 48 x 48 slice: the distribution of the transform applied (identity, the
+    eight rot90/flips, the 39 rotations), chi-square on the two samples' counts, and the fraction left as it was."""
+    from scipy import stats
+
+    from ssbench.augment import weak
+
+    image = np.random.default_rng(0).random((48, 48)).astype(np.float32)
+    classes = _weak_classes(image)
+    rng = np.random.default_rng(1)
+    ours = [classes.get(weak(image, None, rng)[0].tobytes(), "other") for _ in range(draws)]
+    random.seed(0)
+    np.random.seed(0)
+    their = [classes.get(np.asarray(theirs(image), np.float32).tobytes(), "other") for _ in range(draws)]
+    names = sorted(set(ours) | set(their))
+    counts = np.array([[s.count(n) for n in names] for s in (ours, their)])
+    p = float(stats.chi2_contingency(counts + 0).pvalue) if counts.shape[1] > 1 else 1.0
+    f_o, f_t = ours.count("identity") / draws, their.count("identity") / draws
+    return Item(f"{name} weak augmentation: transform drawn (chi-square, two samples)", f"p={p:.3g}",
+                p > 1e-3 and "other" not in names,
+                f"left unchanged: ours {f_o:.3f}, theirs {f_t:.3f}; {len(names)} transforms seen")

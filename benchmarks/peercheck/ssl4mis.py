@@ -427,6 +427,7 @@ def run(root: Path, draws: int) -> list[Item]:
     items += check_mean_teacher(code)
     items += check_ssl4mis_steps(code)
     items.append(check_threshold_draw(unet, draws))
+    items.append(check_weak_augmentation(code, draws // 4))
     items += check_ssl4mis_schedules(code, draws)
     items += check_recipes(code)
     items += check_zoo_recipes(code)
@@ -448,3 +449,21 @@ def check_threshold_draw(unet, draws: int) -> Item:
     return Item("SSL4MIS FeatureDropout threshold factor (production draws, two-sample KS)", f"D={ks.statistic:.3g}",
                 bool(ks.pvalue > 1e-3), f"p = {ks.pvalue:.3g}; range ours {ours.min():.4f}-{ours.max():.4f}, theirs "
                                   f"{theirs.min():.4f}-{theirs.max():.4f}; {draws} each")
+
+
+def check_weak_augmentation(code: Path, draws: int) -> Item:
+    """ssbench's weak augmentation beside SSL4MIS's ``RandomGenerator`` at this checkout (the commit ssbench cites
+    for its SSL4MIS methods)."""
+    import random
+
+    from scipy import ndimage
+    from scipy.ndimage import zoom
+
+    from .common import check_weak, script_classes
+
+    path = code / "dataloaders" / "dataset.py"  # its module imports cv2: its functions are read off its syntax tree
+    ns = {"np": np, "random": random, "ndimage": ndimage, "zoom": zoom, "torch": torch}
+    script_functions(path, ["random_rot_flip", "random_rotate"], ns)
+    generator = script_classes(path, ["RandomGenerator"], ns)["RandomGenerator"]
+    return check_weak("SSL4MIS RandomGenerator", lambda image: generator(image.shape)(
+        {"image": image, "label": np.zeros(image.shape, np.uint8)})["image"][0].numpy(), draws)

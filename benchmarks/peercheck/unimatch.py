@@ -106,6 +106,7 @@ def run(root: Path, draws: int) -> list[Item]:
     items += check_losses(load_file(code / "util" / "utils.py", "unimatch_utils"))
     items += check_cutmix(load_file(code / "dataset" / "transform.py", "unimatch_transform"), draws)
     items.append(check_step(code, unet))
+    items.append(check_weak_augmentation(code, draws // 4))
     items.append(check_recipe(code))
     return items
 
@@ -192,3 +193,23 @@ def check_step(code: Path, unet_cls) -> Item:
     return step_item("UniMatch: step (loss_x, s1, s2, fp, confident fraction, total, gradients)", terms,
                      (ns["loss"], list(theirs.parameters())), (out["loss"], list(method.net.parameters())),
                      ns["loss_x"] / 2.0)
+
+
+def check_weak_augmentation(code: Path, draws: int) -> Item:
+    """ssbench's weak augmentation beside the medical UniMatch's: the ``if random.random() > 0.5`` statement of
+    ``ACDCDataset.__getitem__``, executed as written with its transform.py functions."""
+    import random
+
+    from .common import check_weak, loop_statements
+
+    transform = load_file(code / "dataset" / "transform.py", "unimatch_transform")
+    decision = loop_statements(code / "dataset" / "acdc.py", "if random.random() > 0.5", "if random.random() > 0.5",
+                               within="__getitem__")
+
+    def theirs(image):
+        ns = {"random": random, "random_rot_flip": transform.random_rot_flip,
+              "random_rotate": transform.random_rotate, "img": image, "mask": np.zeros(image.shape, np.uint8)}
+        exec(decision, ns)
+        return ns["img"]
+
+    return check_weak("UniMatch ACDCDataset", theirs, draws)
