@@ -465,10 +465,11 @@ def _weak_classes(image: np.ndarray) -> dict[bytes, str]:
     return out
 
 
-def check_weak(name: str, theirs, draws: int) -> Item:
+def check_weak(name: str, theirs, draws: int, always: bool = False) -> Item:
     """ssbench's weak augmentation (``augment.weak``) beside an official one (``theirs(image) -> image``), each
     run ``draws`` times on one random 48 x 48 slice: the distribution of the transform applied (identity, the
-    eight rot90/flips, the 39 rotations), chi-square on the two samples' counts, and the fraction left as it was."""
+    eight rot90/flips, the 39 rotations), chi-square on the two samples' counts, and the fraction left as it was.
+    ``always``: ssbench's ``train.augment=rotflip-or-rotate`` variant."""
     from scipy import stats
 
     from ssbench.augment import weak
@@ -476,7 +477,7 @@ def check_weak(name: str, theirs, draws: int) -> Item:
     image = np.random.default_rng(0).random((48, 48)).astype(np.float32)
     classes = _weak_classes(image)
     rng = np.random.default_rng(1)
-    ours = [classes.get(weak(image, None, rng)[0].tobytes(), "other") for _ in range(draws)]
+    ours = [classes.get(weak(image, None, rng, always)[0].tobytes(), "other") for _ in range(draws)]
     random.seed(0)
     np.random.seed(0)
     their = [classes.get(np.asarray(theirs(image), np.float32).tobytes(), "other") for _ in range(draws)]
@@ -484,6 +485,6 @@ def check_weak(name: str, theirs, draws: int) -> Item:
     counts = np.array([[s.count(n) for n in names] for s in (ours, their)])
     p = float(stats.chi2_contingency(counts + 0).pvalue) if counts.shape[1] > 1 else 1.0
     f_o, f_t = ours.count("identity") / draws, their.count("identity") / draws
-    return Item(f"{name} weak augmentation: transform drawn (chi-square, two samples)", f"p={p:.3g}",
+    return Item(f"{name}: weak augmentation drawn (chi-square, two samples)", f"p={p:.3g}",
                 p > 1e-3 and "other" not in names,
                 f"left unchanged: ours {f_o:.3f}, theirs {f_t:.3f}; {len(names)} transforms seen")

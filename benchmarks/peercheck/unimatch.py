@@ -212,4 +212,4 @@ def check_weak_augmentation(code: Path, draws: int) -> Item:
         exec(decision, ns)
         return ns["img"]
 
-    return check_weak("UniMatch ACDCDataset", theirs, draws)
+    return check_weak("UniMatch ACDCDataset vs train.augment=rotflip-rotate (default)", theirs, draws)
