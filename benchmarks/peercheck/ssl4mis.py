@@ -29,7 +29,16 @@ def check_mean_teacher(code: Path) -> list[Item]:
     cfg = MeanTeacherConfig()
     # Their loop: weight = get_current_consistency_weight(iter_num // 150); the loss is 0 while iter_num < 1000.
     iters = range(int(defaults.get("max_iterations", 30000)))
-    theirs = [fns["get_current_consistency_weight"](it // 150) * (it >= 1000) for it in iters]
+    # the loop's own statement for the weight, and the iteration before which its consistency loss is 0.0
+    weight = loop_statements(script, "consistency_weight =", "consistency_weight =")
+    start = next(ast.literal_eval(n.test.comparators[0]) for n in ast.walk(ast.parse(script.read_text()))
+                 if isinstance(n, ast.If) and ast.unparse(n.test).startswith("iter_num <")
+                 and ast.unparse(n.body[0]).startswith("consistency_loss = 0"))
+    theirs = []
+    for it in iters:
+        ns["iter_num"] = it
+        exec(weight, ns)
+        theirs.append(ns["consistency_weight"] * (it >= start))
     ours = [consistency_weight(it, cfg) for it in iters]
     items = [numeric("Mean Teacher consistency weight, every iteration of 30k", max_diff(theirs, ours), 1e-12)]
 
@@ -300,8 +309,14 @@ def check_ssl4mis_schedules(code: Path, draws: int) -> list[Item]:
         defaults = script_defaults(path)
         ns = {"args": argparse.Namespace(**defaults), "ramps": ramps}
         fn = script_functions(path, ["get_current_consistency_weight"], ns)["get_current_consistency_weight"]
+        ns["get_current_consistency_weight"] = fn
+        statement, theirs = loop_statements(path, "consistency_weight =", "consistency_weight ="), []
+        for i in iters:  # the loop's own statement (its iter_num // 150)
+            ns["iter_num"] = i
+            exec(statement, ns)
+            theirs.append(ns["consistency_weight"])
         items.append(numeric(f"SSL4MIS {name}: unlabeled weight, every iteration of 30k",
-                             max_diff([fn(i // 150) for i in iters], [ours(i) for i in iters]), 1e-12))
+                             max_diff(theirs, [ours(i) for i in iters]), 1e-12))
     path = code / "train_uncertainty_aware_mean_teacher_2D.py"
     threshold = loop_statements(path, "threshold =", "threshold =")
     ns = {"ramps": ramps, "np": np, "max_iterations": 30000}
