@@ -107,6 +107,7 @@ def run(root: Path, draws: int) -> list[Item]:
     items += check_cutmix(load_file(code / "dataset" / "transform.py", "unimatch_transform"), draws)
     items.append(check_step(code, unet))
     items.append(check_weak_augmentation(code, draws // 4))
+    items.append(check_strong_pixels(code))
     items.append(check_recipe(code))
     return items
 
@@ -213,3 +214,49 @@ def check_weak_augmentation(code: Path, draws: int) -> Item:
         return ns["img"]
 
     return check_weak("UniMatch ACDCDataset vs train.augment=rotflip-rotate (default)", theirs, draws)
+
+
+STRONG_BOUNDS = (0.01, 0.05)  # documented (README): mean and 99th percentile |difference| per pixel, intensity 0..1
+
+
+def check_strong_pixels(code: Path, n: int = 64, size: int = 128) -> Item:
+    """The measured per-pixel difference of the strong view: UniMatch's (the slice quantised to uint8 as its
+    loader does, torchvision's brightness and contrast on the PIL image, its ``blur``: PIL's GaussianBlur) and
+    ssbench's (float, an exact Gaussian), with the same factors, order and sigma (their ``blur`` draws ours).
+    Equal within ``STRONG_BOUNDS`` (mean and 99th percentile of |difference|); not pixel for pixel."""
+    import random
+    import types
+
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    from ssbench.methods.strong import apply_blur, apply_jitter, draw_blur, draw_jitter
+
+    from .common import patched
+
+    transform = load_file(code / "dataset" / "transform.py", "unimatch_transform")
+    g = torch.Generator().manual_seed(71)
+    coarse = torch.rand(n, 1, size // 16, size // 16, generator=g)
+    x = (F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+         + 0.05 * torch.randn(n, 1, size, size, generator=g)).clamp(0, 1)
+    q = draw_jitter(n, "cpu", g, p=1.0)
+    sigma = draw_blur(n, "cpu", g, p=1.0)
+    ours = apply_blur(apply_jitter(x, q), sigma)
+    diffs = []
+    for i in range(n):
+        img = Image.fromarray((x[i, 0].numpy() * 255).astype(np.uint8))  # their loader's statement
+        ops = [lambda im: TF.adjust_brightness(im, float(q.brightness[i])),
+               lambda im: TF.adjust_contrast(im, float(q.contrast[i]))]
+        for op in (reversed(ops) if bool(q.contrast_first[i]) else ops):
+            img = op(img)
+        fixed = types.SimpleNamespace(random=types.SimpleNamespace(uniform=lambda *a, s=float(sigma[i]): s))
+        with patched(transform, "np", fixed), patched(transform, "random", types.SimpleNamespace(random=lambda: 0.0)):
+            img = transform.blur(img, p=0.5)
+        theirs = torch.from_numpy(np.array(img)).float() / 255.0
+        diffs.append((theirs - ours[i, 0]).abs().flatten())
+    d = torch.cat(diffs)
+    mean, p99, worst = float(d.mean()), float(torch.quantile(d[::7], 0.99)), float(d.max())
+    return Item("UniMatch strong view, same draws: PIL uint8 pipeline vs ssbench float (|diff| per pixel)",
+                f"{mean:.3g}", mean <= STRONG_BOUNDS[0] and p99 <= STRONG_BOUNDS[1],
+                f"mean {mean:.4f}, 99th percentile {p99:.4f}, max {worst:.3f} over {n} slices of {size}^2; bounds "
+                f"{STRONG_BOUNDS}")
