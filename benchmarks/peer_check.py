@@ -51,7 +51,8 @@ def report(items: list[Item]) -> list[Item]:
     width = max(len(i.name) for i in items)
     print(f"{'item':{width}}  {'max |diff| / stat':>18}  verdict")
     for i in items:
-        print(f"{i.name:{width}}  {i.value:>18}  {'EQUAL' if i.ok else 'DIFFERENT'}" + (f"  ({i.detail})" if i.detail else ""))
+        verdict = "EQUAL" if i.ok else "DIFFERENT"
+        print(f"{i.name:{width}}  {i.value:>18}  {verdict}" + (f"  ({i.detail})" if i.detail else ""))
     bad = [i for i in items if not i.ok]
     print(f"\n{len(items) - len(bad)} of {len(items)} items equal" + (f"; different: {', '.join(i.name for i in bad)}"
                                                                     if bad else ""))

@@ -250,6 +250,7 @@ def test_a_step_item_sees_an_unlabeled_gradient_that_differs_where_the_values_ag
     assert total[0] == total[1]  # the same value on both sides
 
 
+@pytest.mark.slow
 def test_the_threshold_draw_item_reads_the_production_draws_and_sees_another_range():
     import types
 
@@ -278,6 +279,7 @@ def test_the_weak_augmentation_item_sees_the_variant_that_never_leaves_a_slice_u
     assert not item.ok and "left unchanged: ours 0.0" in item.detail
 
 
+@pytest.mark.slow
 def test_the_cutmix_draw_items_see_other_box_centres_and_a_fixed_partner():
     import types
 

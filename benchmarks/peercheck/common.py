@@ -421,7 +421,8 @@ def step_item(name: str, terms: list[tuple[str, object, object]], theirs: tuple,
         full = max((float(g.abs().max()) for g in g_t if g is not None), default=0.0)
         if scale >= RESOLVED * full:
             d = grad_rel(u_t, u_o, scale)
-            worst.append((d / UNLABELED_RTOL, f"unlabeled gradients {d:.2g} of their largest {scale:.2g} ({scale / full:.1g} of all)"))
+            worst.append((d / UNLABELED_RTOL,
+                          f"unlabeled gradients {d:.2g} of their largest {scale:.2g} ({scale / full:.1g} of all)"))
         else:  # float32 round-off of the supervised gradient would swamp it: left to the later iterations
             worst.append((0.0, f"unlabeled gradients not resolved (largest {scale:.2g}, {scale / full:.1g} of all)"))
     ratio = max(r for r, _ in worst)

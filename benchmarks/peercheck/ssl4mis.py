@@ -415,7 +415,8 @@ def check_recipes(code: Path) -> list[Item]:
 
     mt = script_defaults(code / "train_mean_teacher_2D.py")
     ours, mtc = published(MeanTeacher), MeanTeacherConfig()
-    items = [compare_pairs("SSL4MIS Mean Teacher defaults (lr, batches, iterations, EMA, consistency, seed, optimizer)", [
+    name = "SSL4MIS Mean Teacher defaults (lr, batches, iterations, EMA, consistency, seed, optimizer)"
+    items = [compare_pairs(name, [
         ("lr", ours["lr"], mt["base_lr"]), ("batch labeled+unlabeled", ours["batch_labeled"] + ours["batch_unlabeled"],
                                            mt["batch_size"]),
         ("batch labeled", ours["batch_labeled"], mt["labeled_bs"]), ("iterations", ours["iters"], mt["max_iterations"]),
@@ -481,5 +482,7 @@ def check_weak_augmentation(code: Path, draws: int) -> Item:
     ns = {"np": np, "random": random, "ndimage": ndimage, "zoom": zoom, "torch": torch}
     script_functions(path, ["random_rot_flip", "random_rotate"], ns)
     generator = script_classes(path, ["RandomGenerator"], ns)["RandomGenerator"]
-    return check_weak("SSL4MIS RandomGenerator vs train.augment=rotflip-or-rotate", lambda image: generator(image.shape)(
-        {"image": image, "label": np.zeros(image.shape, np.uint8)})["image"][0].numpy(), draws, always=True)
+    def theirs(image):
+        return generator(image.shape)({"image": image, "label": np.zeros(image.shape, np.uint8)})["image"][0].numpy()
+
+    return check_weak("SSL4MIS RandomGenerator vs train.augment=rotflip-or-rotate", theirs, draws, always=True)

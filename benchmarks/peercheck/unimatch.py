@@ -85,7 +85,8 @@ def check_recipe(code: Path) -> Item:
     script = (code / "unimatch.py").read_text()
     schedule = "epochs" if "for epoch in range(epoch + 1, cfg['epochs'])" in script else "other"
     return compare_pairs("UniMatch configs/acdc.yaml and unimatch.py (schedule, epochs, batch, lr, confidence, crop)", [
-        ("schedule (the loop over cfg['epochs'])", ours["schedule"], schedule), ("epochs", ours["epochs"], cfg["epochs"]),
+        ("schedule (the loop over cfg['epochs'])", ours["schedule"], schedule),
+        ("epochs", ours["epochs"], cfg["epochs"]),
         ("batch", ours["batch_unlabeled"], cfg["batch_size"]), ("batch labeled", ours["batch_labeled"],
                                                                cfg["batch_size"]),
         ("lr", ours["lr"], cfg["lr"]), ("conf_thresh", umc.conf_thresh, cfg["conf_thresh"]),
