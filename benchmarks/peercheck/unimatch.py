@@ -107,6 +107,7 @@ def run(root: Path, draws: int) -> list[Item]:
     items += check_losses(load_file(code / "util" / "utils.py", "unimatch_utils"))
     items += check_cutmix(load_file(code / "dataset" / "transform.py", "unimatch_transform"), draws)
     items.append(check_step(code, unet))
+    items.append(check_step(code, unet, bf16=True))
     items.append(check_weak_augmentation(code, draws // 4))
     items.append(check_strong_pixels(code))
     items.append(check_recipe(code))
@@ -128,12 +129,14 @@ class _Reseeded(torch.nn.Module):
         return self.net(x, *args)
 
 
-def check_step(code: Path, unet_cls) -> Item:
+def check_step(code: Path, unet_cls, bf16: bool = False) -> Item:
     """UniMatch's training step: the statements of unimatch.py's loop from the batch's ``.cuda()`` to the total
     loss, executed as written, beside ssbench's ``training_step`` on the same weights and batch. ssbench draws the
     strong views and CutMix boxes (recorded, then given to their loop as its loader's); each train-mode pass of
     either side starts from the same seed (dropout and the feature perturbation's Dropout2d). The loss does not
-    depend on the iteration, so one step; the network is sharpened so that the 0.95 confidence splits pixels."""
+    depend on the iteration, so one step; the network is sharpened so that the 0.95 confidence splits pixels.
+    ``bf16``: ssbench's step under bf16 autocast (its default on a GPU, here on the CPU) against their fp32 loop,
+    each term within ``BF16_SCALE`` x 1e-4, the gradients' differences reported."""
     import yaml
 
     from ssbench.methods import unimatch as um
@@ -176,8 +179,9 @@ def check_step(code: Path, unet_cls) -> Item:
     torch.manual_seed(5)
     with patched(um, "strong_view", strong_view), patched(um, "cutmix_boxes", cutmix_boxes), \
             patched(um, "decode_with_fp", decode_with_fp):
-        out = method.training_step(Batch(img_x.clone(), mask_x.clone()),
-                                   Batch(torch.cat([img_u_w, img_u_w_mix])), StepInfo(0, 30000))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = method.training_step(Batch(img_x.clone(), mask_x.clone()),
+                                       Batch(torch.cat([img_u_w, img_u_w_mix])), StepInfo(0, 30000))
     del method.net.forward
 
     cfg = yaml.safe_load((code / "configs" / "acdc.yaml").read_text())
@@ -192,9 +196,14 @@ def check_step(code: Path, unet_cls) -> Item:
     terms = [("loss_x", ns["loss_x"], out["loss_x"]), ("loss_s1", ns["loss_u_s1"], out["loss_s1"]),
              ("loss_s2", ns["loss_u_s2"], out["loss_s2"]), ("loss_fp", ns["loss_u_w_fp"], out["loss_fp"]),
              ("confident fraction", (ns["conf_u_w"] >= cfg["conf_thresh"]).float().mean(), out["conf_ratio"])]
-    return step_item("UniMatch: step (loss_x, s1, s2, fp, confident fraction, total, gradients)", terms,
-                     (ns["loss"], list(theirs.parameters())), (out["loss"], list(method.net.parameters())),
-                     ns["loss_x"] / 2.0)
+    name = "UniMatch: step (loss_x, s1, s2, fp, confident fraction, total, gradients)"
+    if bf16:
+        name = f"UniMatch: step, ssbench in bf16 autocast vs their fp32 (terms within {BF16_SCALE * 1e-4:g})"
+    return step_item(name, terms, (ns["loss"], list(theirs.parameters())), (out["loss"], list(method.net.parameters())),
+                     ns["loss_x"] / 2.0, BF16_SCALE if bf16 else 1.0, judge_gradients=not bf16)
+
+
+BF16_SCALE = 200.0  # terms within 2e-2 relative: bf16 keeps 8 bits of mantissa (4e-3 per operation)
 
 
 def check_weak_augmentation(code: Path, draws: int) -> Item:
