@@ -301,3 +301,23 @@ def test_the_cutmix_draw_items_see_other_box_centres_and_a_fixed_partner():
     assert not verdicts["box first row (two-sample KS)"], verdicts
     verdicts = {i.name.split(": ")[1]: i.ok for i in admt.check_cutmix_draws(official(shuffle=False), 2400, size=64)}
     assert not verdicts["partner offsets perm[i] - i mod 12 (chi-square)"], verdicts
+
+
+def test_step_item_judges_each_term_the_gradients_and_the_unlabeled_part_with_its_own_tolerance():
+    w1, w2 = torch.nn.Parameter(torch.tensor([1.0, 2.0])), torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    x = torch.tensor([3.0, 4.0])
+
+    def side(w, u_scale=1.0):
+        sup = (w * x).sum()
+        unl = 0.05 * u_scale * (w ** 2).sum()  # a small unlabeled part: 1 % of the gradient
+        return sup, sup + unl
+
+    (s1, t1), (_, t2) = side(w1), side(w2)
+    assert peer.step_item("same", [("sup", s1, s1)], (t1, [w1]), (t2, [w2]), s1).ok
+    (_, t3) = side(w2, 1.001)  # the unlabeled part 0.1 % off: within 5e-3 of its own largest gradient
+    item = peer.step_item("near", [], (t1, [w1]), (t3, [w2]), s1)
+    assert item.ok and "unlabeled gradients 0.001" in item.detail, item
+    (_, t4) = side(w2, 1.02)  # 2 % off
+    assert not peer.step_item("far", [], (t1, [w1]), (t4, [w2]), s1).ok
+    assert not peer.step_item("term", [("sup", s1, s1 * 1.001)], (t1, [w1]), (t2, [w2])).ok
+    assert peer.step_item("loose", [("sup", s1, s1 * 1.001)], (t1, [w1]), (t2, [w2]), tol_scale=100).ok

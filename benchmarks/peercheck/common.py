@@ -400,21 +400,22 @@ def grad_rel(ga: list, gb: list, scale: float | None = None) -> float:
 
 
 def step_item(name: str, terms: list[tuple[str, object, object]], theirs: tuple, ours: tuple,
-              their_supervised: torch.Tensor | None = None, scale: float = 1.0, judge_gradients: bool = True) -> Item:
+              their_supervised: torch.Tensor | None = None, tol_scale: float = 1.0,
+              judge_gradients: bool = True) -> Item:
     """One training step of the official loop beside ssbench's: each named term (theirs, ours) within ``RTOL``
     relative, the total within ``RTOL``, every parameter's gradient within ``GRAD_RTOL``, and, given the official
     supervised term, the unlabeled part of the gradient (total minus supervised; ours minus the official
     supervised gradient) within ``UNLABELED_RTOL`` of its largest value. ``theirs``/``ours``: (total loss,
-    parameters in the same order). ``scale`` multiplies the tolerances; ``judge_gradients=False``: the gradients
+    parameters in the same order). ``tol_scale`` multiplies the tolerances; ``judge_gradients=False``: the gradients
     are reported, not judged (bf16 against fp32: pixels cross the confidence threshold, gradients move far more
     than the loss terms)."""
     (t_loss, t_params), (o_loss, o_params) = theirs, ours
     parts = [(label, rel(a, b), f"{label} {scalar(b):.6g} vs {scalar(a):.6g}") for label, a, b in terms]
     parts.append(("total", rel(t_loss, o_loss), f"total {scalar(o_loss):.6g} vs {scalar(t_loss):.6g}"))
     g_t, g_o = gradients(t_loss, t_params), gradients(o_loss, o_params)
-    worst = [(d / (RTOL * scale), text) for _, d, text in parts]
+    worst = [(d / (RTOL * tol_scale), text) for _, d, text in parts]
     d = grad_rel(g_t, g_o)
-    worst.append((d / (GRAD_RTOL * scale) if judge_gradients else 0.0, f"gradients {d:.2g}"))
+    worst.append((d / (GRAD_RTOL * tol_scale) if judge_gradients else 0.0, f"gradients {d:.2g}"))
     if their_supervised is not None:
         g_s = gradients(their_supervised, t_params)
         u_t = [None if a is None else a - (0 if s is None else s) for a, s in zip(g_t, g_s)]
@@ -423,7 +424,7 @@ def step_item(name: str, terms: list[tuple[str, object, object]], theirs: tuple,
         full = max((float(g.abs().max()) for g in g_t if g is not None), default=0.0)
         if scale >= RESOLVED * full:
             d = grad_rel(u_t, u_o, scale)
-            worst.append((d / (UNLABELED_RTOL * scale) if judge_gradients else 0.0,
+            worst.append((d / (UNLABELED_RTOL * tol_scale) if judge_gradients else 0.0,
                           f"unlabeled gradients {d:.2g} of their largest {scale:.2g} ({scale / full:.1g} of all)"))
         else:  # float32 round-off of the supervised gradient would swamp it: left to the later iterations
             worst.append((0.0, f"unlabeled gradients not resolved (largest {scale:.2g}, {scale / full:.1g} of all)"))
