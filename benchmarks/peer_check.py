@@ -76,7 +76,13 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     items: list[Item] = []
     for dest, module in given:
-        items += module.run(getattr(args, dest), args.draws)
+        try:
+            items += module.run(getattr(args, dest), args.draws)
+        except SystemExit as e:  # a checkout without the file or statement an item reads: one line, exit 2
+            if not isinstance(e.code, str):
+                raise
+            print(e.code, file=sys.stderr)
+            return 2
     bad = report(items)
     print(f"peak memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     return 1 if bad else 0
