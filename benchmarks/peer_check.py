@@ -1,8 +1,8 @@
-"""Check ssbench against the official code yourself: on identical weights and inputs, compare ssbench's UNet,
-losses, Mean Teacher schedule and EMA, CutMix boxes and published recipe defaults with the official UniMatch
-(medical branch) and SSL4MIS code; UA-MT, URPC, CCT, ICT and CPS with their SSL4MIS scripts; BCP, ABD and AD-MT
-with theirs; UniMatch V2's network, teacher, masks and losses with LiheYoung/UniMatch-V2 — each imported from a
-checkout you fetched.
+"""Check ssbench against the official code yourself: every built-in UNet method's training step (but FixMatch's) and
+UniMatch V2's beside the official loop's statements, term by term, at the first, mid-ramp and last iteration where
+the loss depends on it; the random draws the steps share compared statistically in production form; the networks,
+losses, schedules, EMA updates, augmentations and recipe defaults — against the official UniMatch (medical
+branch), SSL4MIS, BCP, ABD, AD-MT and UniMatch V2 code, each imported from a checkout you fetched.
 
     git clone https://github.com/LiheYoung/UniMatch      # or any checkout of it
     git clone https://github.com/HiLab-git/SSL4MIS
@@ -14,16 +14,17 @@ checkout you fetched.
         --unimatch-v2 UniMatch-V2 [--draws N]
 
 Any subset of the checkouts can be given. Their code needs what it imports (ABD: einops; BCP and ABD's
-largest-component step: scikit-image; ``pip install -e '.[peer]'``); their ``.cuda()`` calls run on the CPU here.
+largest-component step: scikit-image; UniMatch's strong view: Pillow; ``pip install -e '.[peer]'``); their ``.cuda()`` calls run on the CPU here.
 
 Nothing of their code is copied into ssbench: their files are loaded from your checkout at run time (each module
 by its file path, so their generic package names never shadow anything; V2's ``model`` package only while it
 loads). Code that lives inside their training scripts (ramp-ups, EMA updates, a training step up to its total
 loss) is taken from the script's syntax tree and executed as it is written, without running the script. Where
 their code draws random numbers from NumPy (SSL4MIS's FeatureDropout, ICT's Beta), ssbench's draw is replaced by
-the same NumPy draw for the comparison, so that both sides see the same numbers. Prints max |difference| (or the
-statistic) per item and EQUAL or DIFFERENT; exit code 1 if any item differs. Peak memory (max RSS) at the
-end. The items live in ``benchmarks/peercheck/``, one module per official repository.
+the same NumPy draw for the comparison, so that both sides see the same numbers, and the production draw has an
+item of its own. Prints max |difference| (or the statistic, or the worst difference as a multiple of its
+tolerance) per item and EQUAL or DIFFERENT; exit code 1 if any item differs, 2 for a checkout that lacks a file an
+item reads. Peak memory (max RSS) at the end. The items live in ``benchmarks/peercheck/``, one module per official repository.
 """
 
 from __future__ import annotations
@@ -51,11 +52,25 @@ def report(items: list[Item]) -> list[Item]:
     width = max(len(i.name) for i in items)
     print(f"{'item':{width}}  {'max |diff| / stat':>18}  verdict")
     for i in items:
-        print(f"{i.name:{width}}  {i.value:>18}  {'EQUAL' if i.ok else 'DIFFERENT'}" + (f"  ({i.detail})" if i.detail else ""))
+        verdict = "EQUAL" if i.ok else "DIFFERENT"
+        print(f"{i.name:{width}}  {i.value:>18}  {verdict}" + (f"  ({i.detail})" if i.detail else ""))
     bad = [i for i in items if not i.ok]
     print(f"\n{len(items) - len(bad)} of {len(items)} items equal" + (f"; different: {', '.join(i.name for i in bad)}"
                                                                     if bad else ""))
     return bad
+
+
+def release_memory() -> None:
+    """Collect the previous checkout's objects and hand freed heap back to the system (glibc's malloc_trim, where
+    there is one), so that the peak of a run over all six checkouts is about the largest single one's."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def main(argv=None) -> int:
@@ -75,7 +90,14 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     items: list[Item] = []
     for dest, module in given:
-        items += module.run(getattr(args, dest), args.draws)
+        release_memory()  # one checkout's tensors do not stay resident under the next one's peak
+        try:
+            items += module.run(getattr(args, dest), args.draws)
+        except SystemExit as e:  # a checkout without the file or statement an item reads: one line, exit 2
+            if not isinstance(e.code, str):
+                raise
+            print(e.code, file=sys.stderr)
+            return 2
     bad = report(items)
     print(f"peak memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     return 1 if bad else 0

@@ -3,7 +3,8 @@ its native size, before the resize to the training size.
 
 With p 0.5 a random rot90 (k in 0..3) then a flip along a random axis; otherwise with p 0.5 a rotation by an
 integer angle drawn by ``np.random.randint(-20, 20)`` (so -20..19 degrees: both official codes exclude +20) with
-nearest-neighbour interpolation (order 0) for image and label alike.
+nearest-neighbour interpolation (order 0) for image and label alike; otherwise the slice as it is (UniMatch's
+loader). ``train.augment=rotflip-or-rotate`` is SSL4MIS's since its commit 24db034: always one of the two.
 
 The parameters are drawn once (``draw_weak``) and applied by either path: ``apply_weak`` on numpy arrays with
 scipy (the CPU path, the official codes' own calls) or ``apply_weak_torch`` on tensors on any device, which
@@ -29,8 +30,16 @@ class WeakParams:
     angle: int = 0  # degrees
 
 
-def draw_weak(rng: np.random.Generator) -> WeakParams:
-    """The random decisions of one weak augmentation, in the order the official loaders draw them."""
+def draw_weak(rng: np.random.Generator, always: bool = False) -> WeakParams:
+    """The random decisions of one weak augmentation, in the order the official loaders draw them. ``always``
+    (``train.augment=rotflip-or-rotate``): SSL4MIS's ``RandomGenerator`` since 24db034 (06df604 included), rot90 +
+    flip with p 0.5, else a rotation, never the slice as it was; otherwise UniMatch's (and ABD's, AD-MT's, and
+    SSL4MIS's before 24db034), which leaves 1 slice in 4 unaugmented."""
+    if always:
+        if rng.random() < 0.5:
+            k = int(rng.integers(0, 4))
+            return WeakParams("rotflip", k=k, axis=int(rng.integers(0, 2)))
+        return WeakParams("rotate", angle=int(rng.integers(-20, 20)))
     if rng.random() > 0.5:
         k = int(rng.integers(0, 4))
         return WeakParams("rotflip", k=k, axis=int(rng.integers(0, 2)))
@@ -51,9 +60,9 @@ def apply_weak(image: np.ndarray, label: np.ndarray | None, p: WeakParams):
     return np.ascontiguousarray(image), None if label is None else np.ascontiguousarray(label)
 
 
-def weak(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator):
+def weak(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, always: bool = False):
     """Draw and apply one weak augmentation (numpy)."""
-    return apply_weak(image, label, draw_weak(rng))
+    return apply_weak(image, label, draw_weak(rng, always))
 
 
 @lru_cache(maxsize=64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +74,11 @@ def run(root: Path, draws: int) -> list[Item]:
     cut = script_functions(code / "dataloaders" / "dataset.py", ["cutout_gray"], from_dataset)["cutout_gray"]
     random.seed(0)
     np.random.seed(0)
-    boxes_t, values = [], set()
+    boxes_t, values_t = [], []
     for _ in range(draws // 4):
         img, lab = cut(np.full((size, size), 0.5), np.ones((size, size), np.uint8), p=0.5)
         boxes_t.append(lab == 0)
-        values |= set(np.unique(img[lab == 0]).tolist())
+        values_t.append(img[lab == 0][:64])
     boxes_o = ours.cutout_boxes(draws // 4, size, cfg.cutout_p, "cpu", torch.Generator().manual_seed(0)).numpy()
     st, so = box_stats(boxes_t), box_stats(boxes_o)
     p_t, p_o = st["drawn"].mean(), so["drawn"].mean()
@@ -89,7 +90,18 @@ def run(root: Path, draws: int) -> list[Item]:
         items.append(Item(f"ABD cutout: {key} distribution (two-sample KS)", f"D={ks.statistic:.3g}",
                           ks.pvalue > 1e-3, f"p = {ks.pvalue:.3g}; medians {np.median(so[key]):.4f} vs "
                           f"{np.median(st[key]):.4f}"))
-    items.append(Item("ABD cutout: pixel values in the box", str(sorted(values)), values <= {0, 1}, "ours: 0 or 1"))
+    # The pixels ours writes into the box: its strong view without the jitter, on the same constant image.
+    torch.manual_seed(0)
+    img, lab = ours.abd_strong_view(torch.full((draws // 200, 1, size, size), 0.5), torch.ones(draws // 200, size, size,
+                                                                                       dtype=torch.long),
+                                replace(cfg, jitter_p=0.0))
+    v_o, v_t = img[:, 0][lab == 0].numpy(), np.concatenate(values_t)
+    f_o, f_t = float((v_o == 1).mean()), float((v_t == 1).mean())
+    se = math.sqrt(0.25 / len(v_o) + 0.25 / len(v_t))
+    set_o, set_t = sorted(set(np.unique(v_o).tolist())), sorted(set(np.unique(v_t).tolist()))
+    items.append(Item("ABD cutout: pixel values in the box (values, fraction of ones)", f"{abs(f_o - f_t):.3g}",
+                      set_o == set_t and abs(f_o - f_t) < 4 * se,
+                      f"ours {set_o} with {f_o:.4f} ones, theirs {set_t} with {f_t:.4f} (4 s.e. = {4 * se:.2g})"))
 
     items.append(check_step(code))
 

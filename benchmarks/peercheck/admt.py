@@ -213,7 +213,8 @@ def run(root: Path, draws: int) -> list[Item]:
          (yml["alt_flag_epoch_shuffle_teachers"], yml["alt_flag_conflict_stu_use_more"],
           bool(yml.get("flag_pseudo_from_student", False)))),
         ("strong view p_color, p_blur", (cfg.jitter_p, cfg.blur_p), (strong["p_color"], strong["p_blur"])),
-        ("jitter brightness, contrast", (jit["brightness"].default, jit["contrast"].default), tuple(literal(a) for a in jitter.args[:2])),
+        ("jitter brightness, contrast", (jit["brightness"].default, jit["contrast"].default),
+         tuple(literal(a) for a in jitter.args[:2])),
         ("blur sigma range", blur["sigma"].default,
          tuple(literal(a) for a in calls(function_source(code / "dataloaders" / "dataset_2d.py", "blur"),
                                          "uniform")[0].args)),
@@ -364,13 +365,15 @@ def check_cutmix_draws(mix, draws: int, b: int = 12, size: int = 128) -> list[It
     seen_t, seen_o = [p for p in theirs if p], [p for p in mine if p]
     f_t, f_o = len(seen_t) / len(theirs), len(seen_o) / len(mine)
     se = math.sqrt(f_t * (1 - f_t) / len(theirs) + f_o * (1 - f_o) / len(mine))
-    items.append(Item("AD-MT CutMix (production draws): fraction of images with a visible paste", f"{abs(f_t - f_o):.3g}",
+    items.append(Item("AD-MT CutMix (production draws): fraction of images with a visible paste",
+                      f"{abs(f_t - f_o):.3g}",
                       abs(f_t - f_o) < 4 * se, f"{f_o:.4f} vs {f_t:.4f} (4 s.e. = {4 * se:.3g})"))
     counts = np.array([np.bincount([p[0] for p in s], minlength=b)[1:] for s in (seen_o, seen_t)])
     chi = stats.chi2_contingency(counts)
     items.append(Item(f"AD-MT CutMix (production draws): partner offsets perm[i] - i mod {b} (chi-square)",
                       f"p={chi.pvalue:.3g}", bool(chi.pvalue > 1e-3),
-                      f"ours {counts[0].min()}-{counts[0].max()}, theirs {counts[1].min()}-{counts[1].max()} per offset"))
+                      f"ours {counts[0].min()}-{counts[0].max()}, theirs {counts[1].min()}-{counts[1].max()} "
+                      "per offset"))
     for k, name in ((1, "first row"), (2, "first column"), (3, "height"), (4, "width")):
         ks = stats.ks_2samp([p[k] for p in seen_o], [p[k] for p in seen_t])
         items.append(Item(f"AD-MT CutMix (production draws): box {name} (two-sample KS)", f"D={ks.statistic:.3g}",

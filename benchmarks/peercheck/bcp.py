@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from .common import (Item, calls, check_unet_subset, compare_pairs, cuda_on_cpu, function_source, grad_compare, kwargs_of,
-                     label_maps, literal, load_file, max_diff, mix_inputs, numeric, patched, script_defaults,
+from .common import (Item, calls, check_unet_subset, compare_pairs, cuda_on_cpu, function_source, grad_compare,
+                     kwargs_of, label_maps, literal, load_file, max_diff, mix_inputs, numeric, patched, script_defaults,
                      script_functions, sets_lr)
 
 

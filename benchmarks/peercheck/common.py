@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import math
+import random
 import types
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -399,19 +400,22 @@ def grad_rel(ga: list, gb: list, scale: float | None = None) -> float:
 
 
 def step_item(name: str, terms: list[tuple[str, object, object]], theirs: tuple, ours: tuple,
-              their_supervised: torch.Tensor | None = None) -> Item:
+              their_supervised: torch.Tensor | None = None, tol_scale: float = 1.0,
+              judge_gradients: bool = True) -> Item:
     """One training step of the official loop beside ssbench's: each named term (theirs, ours) within ``RTOL``
     relative, the total within ``RTOL``, every parameter's gradient within ``GRAD_RTOL``, and, given the official
     supervised term, the unlabeled part of the gradient (total minus supervised; ours minus the official
     supervised gradient) within ``UNLABELED_RTOL`` of its largest value. ``theirs``/``ours``: (total loss,
-    parameters in the same order)."""
+    parameters in the same order). ``tol_scale`` multiplies the tolerances; ``judge_gradients=False``: the gradients
+    are reported, not judged (bf16 against fp32: pixels cross the confidence threshold, gradients move far more
+    than the loss terms)."""
     (t_loss, t_params), (o_loss, o_params) = theirs, ours
     parts = [(label, rel(a, b), f"{label} {scalar(b):.6g} vs {scalar(a):.6g}") for label, a, b in terms]
     parts.append(("total", rel(t_loss, o_loss), f"total {scalar(o_loss):.6g} vs {scalar(t_loss):.6g}"))
     g_t, g_o = gradients(t_loss, t_params), gradients(o_loss, o_params)
-    worst = [(d / RTOL, text) for _, d, text in parts]
+    worst = [(d / (RTOL * tol_scale), text) for _, d, text in parts]
     d = grad_rel(g_t, g_o)
-    worst.append((d / GRAD_RTOL, f"gradients {d:.2g}"))
+    worst.append((d / (GRAD_RTOL * tol_scale) if judge_gradients else 0.0, f"gradients {d:.2g}"))
     if their_supervised is not None:
         g_s = gradients(their_supervised, t_params)
         u_t = [None if a is None else a - (0 if s is None else s) for a, s in zip(g_t, g_s)]
@@ -420,7 +424,8 @@ def step_item(name: str, terms: list[tuple[str, object, object]], theirs: tuple,
         full = max((float(g.abs().max()) for g in g_t if g is not None), default=0.0)
         if scale >= RESOLVED * full:
             d = grad_rel(u_t, u_o, scale)
-            worst.append((d / UNLABELED_RTOL, f"unlabeled gradients {d:.2g} of their largest {scale:.2g} ({scale / full:.1g} of all)"))
+            worst.append((d / (UNLABELED_RTOL * tol_scale) if judge_gradients else 0.0,
+                          f"unlabeled gradients {d:.2g} of their largest {scale:.2g} ({scale / full:.1g} of all)"))
         else:  # float32 round-off of the supervised gradient would swamp it: left to the later iterations
             worst.append((0.0, f"unlabeled gradients not resolved (largest {scale:.2g}, {scale / full:.1g} of all)"))
     ratio = max(r for r, _ in worst)
@@ -445,3 +450,45 @@ def own_noise(seed: int):
         yield
     finally:
         torch.randn_like = saved
+
+
+# --- the weak augmentation: which transform each side applies, read off its output ------------------------------
+
+def _weak_classes(image: np.ndarray) -> dict[bytes, str]:
+    """The outputs of every weak transform of ``image`` (the eight rot90/flip results, each rotation -20..19 by
+    order-0 ``ndimage.rotate``; rotation by 0 is the identity), by their bytes."""
+    from scipy import ndimage
+
+    out = {}
+    for angle in range(-20, 20):
+        out.setdefault(ndimage.rotate(image, angle, order=0, reshape=False).tobytes(),
+                       "identity" if angle == 0 else f"rotate {angle}")
+    for k in range(4):
+        for axis in range(2):
+            out[np.ascontiguousarray(np.flip(np.rot90(image, k), axis=axis)).tobytes()] = f"rot90 {k} flip {axis}"
+    return out
+
+
+def check_weak(name: str, theirs, draws: int, always: bool = False) -> Item:
+    """ssbench's weak augmentation (``augment.weak``) beside an official one (``theirs(image) -> image``), each
+    run ``draws`` times on one random 48 x 48 slice: the distribution of the transform applied (identity, the
+    eight rot90/flips, the 39 rotations), chi-square on the two samples' counts, and the fraction left as it was.
+    ``always``: ssbench's ``train.augment=rotflip-or-rotate`` variant."""
+    from scipy import stats
+
+    from ssbench.augment import weak
+
+    image = np.random.default_rng(0).random((48, 48)).astype(np.float32)
+    classes = _weak_classes(image)
+    rng = np.random.default_rng(1)
+    ours = [classes.get(weak(image, None, rng, always)[0].tobytes(), "other") for _ in range(draws)]
+    random.seed(0)
+    np.random.seed(0)
+    their = [classes.get(np.asarray(theirs(image), np.float32).tobytes(), "other") for _ in range(draws)]
+    names = sorted(set(ours) | set(their))
+    counts = np.array([[s.count(n) for n in names] for s in (ours, their)])
+    p = float(stats.chi2_contingency(counts + 0).pvalue) if counts.shape[1] > 1 else 1.0
+    f_o, f_t = ours.count("identity") / draws, their.count("identity") / draws
+    return Item(f"{name}: weak augmentation drawn (chi-square, two samples)", f"p={p:.3g}",
+                p > 1e-3 and "other" not in names,
+                f"left unchanged: ours {f_o:.3f}, theirs {f_t:.3f}; {len(names)} transforms seen")

@@ -29,7 +29,16 @@ def check_mean_teacher(code: Path) -> list[Item]:
     cfg = MeanTeacherConfig()
     # Their loop: weight = get_current_consistency_weight(iter_num // 150); the loss is 0 while iter_num < 1000.
     iters = range(int(defaults.get("max_iterations", 30000)))
-    theirs = [fns["get_current_consistency_weight"](it // 150) * (it >= 1000) for it in iters]
+    # the loop's own statement for the weight, and the iteration before which its consistency loss is 0.0
+    weight = loop_statements(script, "consistency_weight =", "consistency_weight =")
+    start = next(ast.literal_eval(n.test.comparators[0]) for n in ast.walk(ast.parse(script.read_text()))
+                 if isinstance(n, ast.If) and ast.unparse(n.test).startswith("iter_num <")
+                 and ast.unparse(n.body[0]).startswith("consistency_loss = 0"))
+    theirs = []
+    for it in iters:
+        ns["iter_num"] = it
+        exec(weight, ns)
+        theirs.append(ns["consistency_weight"] * (it >= start))
     ours = [consistency_weight(it, cfg) for it in iters]
     items = [numeric("Mean Teacher consistency weight, every iteration of 30k", max_diff(theirs, ours), 1e-12)]
 
@@ -300,8 +309,14 @@ def check_ssl4mis_schedules(code: Path, draws: int) -> list[Item]:
         defaults = script_defaults(path)
         ns = {"args": argparse.Namespace(**defaults), "ramps": ramps}
         fn = script_functions(path, ["get_current_consistency_weight"], ns)["get_current_consistency_weight"]
+        ns["get_current_consistency_weight"] = fn
+        statement, theirs = loop_statements(path, "consistency_weight =", "consistency_weight ="), []
+        for i in iters:  # the loop's own statement (its iter_num // 150)
+            ns["iter_num"] = i
+            exec(statement, ns)
+            theirs.append(ns["consistency_weight"])
         items.append(numeric(f"SSL4MIS {name}: unlabeled weight, every iteration of 30k",
-                             max_diff([fn(i // 150) for i in iters], [ours(i) for i in iters]), 1e-12))
+                             max_diff(theirs, [ours(i) for i in iters]), 1e-12))
     path = code / "train_uncertainty_aware_mean_teacher_2D.py"
     threshold = loop_statements(path, "threshold =", "threshold =")
     ns = {"ramps": ramps, "np": np, "max_iterations": 30000}
@@ -400,7 +415,8 @@ def check_recipes(code: Path) -> list[Item]:
 
     mt = script_defaults(code / "train_mean_teacher_2D.py")
     ours, mtc = published(MeanTeacher), MeanTeacherConfig()
-    items = [compare_pairs("SSL4MIS Mean Teacher defaults (lr, batches, iterations, EMA, consistency, seed, optimizer)", [
+    name = "SSL4MIS Mean Teacher defaults (lr, batches, iterations, EMA, consistency, seed, optimizer)"
+    items = [compare_pairs(name, [
         ("lr", ours["lr"], mt["base_lr"]), ("batch labeled+unlabeled", ours["batch_labeled"] + ours["batch_unlabeled"],
                                            mt["batch_size"]),
         ("batch labeled", ours["batch_labeled"], mt["labeled_bs"]), ("iterations", ours["iters"], mt["max_iterations"]),
@@ -427,6 +443,7 @@ def run(root: Path, draws: int) -> list[Item]:
     items += check_mean_teacher(code)
     items += check_ssl4mis_steps(code)
     items.append(check_threshold_draw(unet, draws))
+    items.append(check_weak_augmentation(code, draws // 4))
     items += check_ssl4mis_schedules(code, draws)
     items += check_recipes(code)
     items += check_zoo_recipes(code)
@@ -448,3 +465,24 @@ def check_threshold_draw(unet, draws: int) -> Item:
     return Item("SSL4MIS FeatureDropout threshold factor (production draws, two-sample KS)", f"D={ks.statistic:.3g}",
                 bool(ks.pvalue > 1e-3), f"p = {ks.pvalue:.3g}; range ours {ours.min():.4f}-{ours.max():.4f}, theirs "
                                   f"{theirs.min():.4f}-{theirs.max():.4f}; {draws} each")
+
+
+def check_weak_augmentation(code: Path, draws: int) -> Item:
+    """SSL4MIS's ``RandomGenerator`` at this checkout (the commit ssbench cites for its SSL4MIS methods; since
+    24db034 it always augments) beside ssbench's ``train.augment=rotflip-or-rotate``. The default,
+    ``rotflip-rotate``, is UniMatch's (its own item), which leaves 1 slice in 4 unaugmented."""
+    import random
+
+    from scipy import ndimage
+    from scipy.ndimage import zoom
+
+    from .common import check_weak, script_classes
+
+    path = code / "dataloaders" / "dataset.py"  # its module imports cv2: its functions are read off its syntax tree
+    ns = {"np": np, "random": random, "ndimage": ndimage, "zoom": zoom, "torch": torch}
+    script_functions(path, ["random_rot_flip", "random_rotate"], ns)
+    generator = script_classes(path, ["RandomGenerator"], ns)["RandomGenerator"]
+    def theirs(image):
+        return generator(image.shape)({"image": image, "label": np.zeros(image.shape, np.uint8)})["image"][0].numpy()
+
+    return check_weak("SSL4MIS RandomGenerator vs train.augment=rotflip-or-rotate", theirs, draws, always=True)

@@ -85,7 +85,8 @@ def check_recipe(code: Path) -> Item:
     script = (code / "unimatch.py").read_text()
     schedule = "epochs" if "for epoch in range(epoch + 1, cfg['epochs'])" in script else "other"
     return compare_pairs("UniMatch configs/acdc.yaml and unimatch.py (schedule, epochs, batch, lr, confidence, crop)", [
-        ("schedule (the loop over cfg['epochs'])", ours["schedule"], schedule), ("epochs", ours["epochs"], cfg["epochs"]),
+        ("schedule (the loop over cfg['epochs'])", ours["schedule"], schedule),
+        ("epochs", ours["epochs"], cfg["epochs"]),
         ("batch", ours["batch_unlabeled"], cfg["batch_size"]), ("batch labeled", ours["batch_labeled"],
                                                                cfg["batch_size"]),
         ("lr", ours["lr"], cfg["lr"]), ("conf_thresh", umc.conf_thresh, cfg["conf_thresh"]),
@@ -106,6 +107,9 @@ def run(root: Path, draws: int) -> list[Item]:
     items += check_losses(load_file(code / "util" / "utils.py", "unimatch_utils"))
     items += check_cutmix(load_file(code / "dataset" / "transform.py", "unimatch_transform"), draws)
     items.append(check_step(code, unet))
+    items.append(check_step(code, unet, bf16=True))
+    items.append(check_weak_augmentation(code, draws // 4))
+    items.append(check_strong_pixels(code))
     items.append(check_recipe(code))
     return items
 
@@ -125,12 +129,14 @@ class _Reseeded(torch.nn.Module):
         return self.net(x, *args)
 
 
-def check_step(code: Path, unet_cls) -> Item:
+def check_step(code: Path, unet_cls, bf16: bool = False) -> Item:
     """UniMatch's training step: the statements of unimatch.py's loop from the batch's ``.cuda()`` to the total
     loss, executed as written, beside ssbench's ``training_step`` on the same weights and batch. ssbench draws the
     strong views and CutMix boxes (recorded, then given to their loop as its loader's); each train-mode pass of
     either side starts from the same seed (dropout and the feature perturbation's Dropout2d). The loss does not
-    depend on the iteration, so one step; the network is sharpened so that the 0.95 confidence splits pixels."""
+    depend on the iteration, so one step; the network is sharpened so that the 0.95 confidence splits pixels.
+    ``bf16``: ssbench's step under bf16 autocast (its default on a GPU, here on the CPU) against their fp32 loop,
+    each term within ``BF16_SCALE`` x 1e-4, the gradients' differences reported."""
     import yaml
 
     from ssbench.methods import unimatch as um
@@ -173,8 +179,9 @@ def check_step(code: Path, unet_cls) -> Item:
     torch.manual_seed(5)
     with patched(um, "strong_view", strong_view), patched(um, "cutmix_boxes", cutmix_boxes), \
             patched(um, "decode_with_fp", decode_with_fp):
-        out = method.training_step(Batch(img_x.clone(), mask_x.clone()),
-                                   Batch(torch.cat([img_u_w, img_u_w_mix])), StepInfo(0, 30000))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = method.training_step(Batch(img_x.clone(), mask_x.clone()),
+                                       Batch(torch.cat([img_u_w, img_u_w_mix])), StepInfo(0, 30000))
     del method.net.forward
 
     cfg = yaml.safe_load((code / "configs" / "acdc.yaml").read_text())
@@ -189,6 +196,77 @@ def check_step(code: Path, unet_cls) -> Item:
     terms = [("loss_x", ns["loss_x"], out["loss_x"]), ("loss_s1", ns["loss_u_s1"], out["loss_s1"]),
              ("loss_s2", ns["loss_u_s2"], out["loss_s2"]), ("loss_fp", ns["loss_u_w_fp"], out["loss_fp"]),
              ("confident fraction", (ns["conf_u_w"] >= cfg["conf_thresh"]).float().mean(), out["conf_ratio"])]
-    return step_item("UniMatch: step (loss_x, s1, s2, fp, confident fraction, total, gradients)", terms,
-                     (ns["loss"], list(theirs.parameters())), (out["loss"], list(method.net.parameters())),
-                     ns["loss_x"] / 2.0)
+    name = "UniMatch: step (loss_x, s1, s2, fp, confident fraction, total, gradients)"
+    if bf16:
+        name = f"UniMatch: step, ssbench in bf16 autocast vs their fp32 (terms within {BF16_SCALE * 1e-4:g})"
+    return step_item(name, terms, (ns["loss"], list(theirs.parameters())), (out["loss"], list(method.net.parameters())),
+                     ns["loss_x"] / 2.0, BF16_SCALE if bf16 else 1.0, judge_gradients=not bf16)
+
+
+BF16_SCALE = 200.0  # terms within 2e-2 relative: bf16 keeps 8 bits of mantissa (4e-3 per operation)
+
+
+def check_weak_augmentation(code: Path, draws: int) -> Item:
+    """ssbench's weak augmentation beside the medical UniMatch's: the ``if random.random() > 0.5`` statement of
+    ``ACDCDataset.__getitem__``, executed as written with its transform.py functions."""
+    import random
+
+    from .common import check_weak, loop_statements
+
+    transform = load_file(code / "dataset" / "transform.py", "unimatch_transform")
+    decision = loop_statements(code / "dataset" / "acdc.py", "if random.random() > 0.5", "if random.random() > 0.5",
+                               within="__getitem__")
+
+    def theirs(image):
+        ns = {"random": random, "random_rot_flip": transform.random_rot_flip,
+              "random_rotate": transform.random_rotate, "img": image, "mask": np.zeros(image.shape, np.uint8)}
+        exec(decision, ns)
+        return ns["img"]
+
+    return check_weak("UniMatch ACDCDataset vs train.augment=rotflip-rotate (default)", theirs, draws)
+
+
+STRONG_BOUNDS = (0.0075, 0.025)  # documented (README): mean and 99th percentile |difference| per pixel, intensity 0..1
+
+
+def check_strong_pixels(code: Path, n: int = 64, size: int = 128) -> Item:
+    """The measured per-pixel difference of the strong view: UniMatch's (the slice quantised to uint8 as its
+    loader does, torchvision's brightness and contrast on the PIL image, its ``blur``: PIL's GaussianBlur) and
+    ssbench's (float, an exact Gaussian), with the same factors, order and sigma (their ``blur`` draws ours).
+    Equal within ``STRONG_BOUNDS`` (mean and 99th percentile of |difference|); not pixel for pixel."""
+    import random
+    import types
+
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    from ssbench.methods.blocks.strong import apply_blur, apply_jitter, draw_blur, draw_jitter
+
+    from .common import patched
+
+    transform = load_file(code / "dataset" / "transform.py", "unimatch_transform")
+    g = torch.Generator().manual_seed(71)
+    coarse = torch.rand(n, 1, size // 16, size // 16, generator=g)
+    x = (F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+         + 0.05 * torch.randn(n, 1, size, size, generator=g)).clamp(0, 1)
+    q = draw_jitter(n, "cpu", g, p=1.0)
+    sigma = draw_blur(n, "cpu", g, p=1.0)
+    ours = apply_blur(apply_jitter(x, q), sigma)
+    diffs = []
+    for i in range(n):
+        img = Image.fromarray((x[i, 0].numpy() * 255).astype(np.uint8))  # their loader's statement
+        ops = [lambda im: TF.adjust_brightness(im, float(q.brightness[i])),
+               lambda im: TF.adjust_contrast(im, float(q.contrast[i]))]
+        for op in (reversed(ops) if bool(q.contrast_first[i]) else ops):
+            img = op(img)
+        fixed = types.SimpleNamespace(random=types.SimpleNamespace(uniform=lambda *a, s=float(sigma[i]): s))
+        with patched(transform, "np", fixed), patched(transform, "random", types.SimpleNamespace(random=lambda: 0.0)):
+            img = transform.blur(img, p=0.5)
+        theirs = torch.from_numpy(np.array(img)).float() / 255.0
+        diffs.append((theirs - ours[i, 0]).abs().flatten())
+    d = torch.cat(diffs)
+    mean, p99, worst = float(d.mean()), float(torch.quantile(d[::7], 0.99)), float(d.max())
+    return Item("UniMatch strong view, same draws: PIL uint8 pipeline vs ssbench float (|diff| per pixel)",
+                f"{mean:.3g}", mean <= STRONG_BOUNDS[0] and p99 <= STRONG_BOUNDS[1],
+                f"mean {mean:.4f}, 99th percentile {p99:.4f}, max {worst:.3f} over {n} slices of {size}^2; bounds "
+                f"{STRONG_BOUNDS}")

@@ -35,15 +35,33 @@ def load_v2(code: Path):
     return dpt
 
 
-V2_SMALL = {"encoder_size": "small", "features": 64, "out_channels": [48, 96, 192, 384]}  # unimatch_v2.py
+def model_config(code: Path, size: str = "small") -> dict:
+    """DPT's configuration for an encoder size, as unimatch_v2.py's ``model_configs`` gives it."""
+    for node in ast.walk(ast.parse((code / "unimatch_v2.py").read_text())):
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "model_configs":
+            return ast.literal_eval(node.value)[size]
+    raise SystemExit(f"peer_check: {code / 'unimatch_v2.py'}: no model_configs")
 
 
-def _v2_pair(dpt_module, seed: int = 0):
+def our_adamw_betas() -> tuple:
+    """The betas ssbench's engine builds AdamW with: PyTorch's default where engine/train.py passes none."""
+    import inspect
+
+    import ssbench.engine.train as train
+
+    given = [kw.value for c in ast.walk(ast.parse(Path(train.__file__).read_text())) if isinstance(c, ast.Call)
+             and getattr(c.func, "attr", "") == "AdamW" for kw in c.keywords if kw.arg == "betas"]
+    if given:
+        return tuple(ast.literal_eval(given[0]))
+    return tuple(inspect.signature(torch.optim.AdamW).parameters["betas"].default)
+
+
+def _v2_pair(dpt_module, config: dict, seed: int = 0):
     """V2's DPT-S and ours with the same weights (random, then perturbed so that no weight keeps its init)."""
     from ssbench.methods.unimatch_v2.network import DPT
 
     torch.manual_seed(seed)
-    theirs = dpt_module.DPT(nclass=4, **V2_SMALL)
+    theirs = dpt_module.DPT(nclass=4, **config)
     with torch.no_grad():
         for p in theirs.parameters():
             p.add_(torch.randn_like(p) * 0.02)
@@ -76,7 +94,8 @@ def run(code: Path, draws: int) -> list[Item]:
 
     dpt = load_v2(code)
     items = []
-    theirs, ours = _v2_pair(dpt)
+    small = model_config(code, "small")
+    theirs, ours = _v2_pair(dpt, small)
     ts = {k: v for k, v in theirs.state_dict().items() if k != "backbone.mask_token"}
     same = [tuple(v.shape) for v in ts.values()] == [tuple(v.shape) for v in ours.state_dict().values()] and \
         list(ts) == list(ours.state_dict())
@@ -99,7 +118,7 @@ def run(code: Path, draws: int) -> list[Item]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "dinov2_vits14_pretrain.pth"
         torch.save(theirs.backbone.state_dict(), path)
-        _, fresh = _v2_pair(dpt, seed=1)
+        _, fresh = _v2_pair(dpt, small, seed=1)
         network.load_official(fresh.backbone, path, "small")
         fresh.head.load_state_dict(ours.head.state_dict())
     with torch.no_grad():
@@ -188,6 +207,8 @@ def run(code: Path, draws: int) -> list[Item]:
                              max_diff(ns["loss_u_s2"], ours_loss["loss_s2"])), 1e-6,
                          f"loss {float(ours_loss['loss']):.5g} vs {float(ns['loss']):.5g}"))
 
+    items.append(check_step(code, dpt, small))
+
     # recipe defaults: configs/pascal.yaml, the optimizer and EMA of unimatch_v2.py, DPT-S's configuration
     ours_cfg, ours_train = UniMatchV2Config(), {**vars(TrainConfig()), **UniMatchV2.recipe_overrides("published")}
     adamw = call_keywords(code / "unimatch_v2.py", "AdamW")
@@ -196,13 +217,13 @@ def run(code: Path, draws: int) -> list[Item]:
              ("conf_thresh", ours_cfg.conf_thresh, cfg["conf_thresh"]),
              ("backbone", f"dinov2_{ours_cfg.backbone}", cfg["backbone"]),
              ("lock_backbone", ours_cfg.lock_backbone, cfg["lock_backbone"]),
-             ("optimizer", ours_train["optimizer"], "adamw"),
+             ("optimizer (the AdamW call)", ours_train["optimizer"], "adamw" if adamw is not None else "other"),
              ("weight_decay", ours_train["weight_decay"], adamw.get("weight_decay")),
-             ("betas", (0.9, 0.999), adamw.get("betas")), ("EMA decay", ours_cfg.ema_decay, ema),
+             ("betas", our_adamw_betas(), tuple(adamw.get("betas", ()))), ("EMA decay", ours_cfg.ema_decay, ema),
              ("DPT-S features / out_channels", (network.BACKBONES["small"][2], list(network.BACKBONES["small"][3])),
-              (V2_SMALL["features"], V2_SMALL["out_channels"])),
+              (small["features"], small["out_channels"])),
              ("blocks read (small)", list(network.BACKBONES["small"][1]),
-              list(dpt.DPT(nclass=4, **V2_SMALL).intermediate_layer_idx["small"]))]
+              list(dpt.DPT(nclass=4, **small).intermediate_layer_idx["small"]))]
     bad = [f"{name}: ours {a!r}, theirs {b!r}" for name, a, b in pairs if a != b]
     items.append(Item("UniMatch V2 configs/pascal.yaml, optimizer, EMA and DPT-S defaults",
                       "equal" if not bad else f"{len(bad)} differ", not bad, "; ".join(bad)))
@@ -263,3 +284,100 @@ def _complementary_statistics(code: Path, draws: int) -> Item:
                 f"{abs(p_t - p_o):.3g}", good,
                 f"undropped per draw {sorted(und_o)} vs {sorted(und_t)}; kept fraction {p_o:.4f} vs {p_t:.4f}")
 
+
+
+class _Shell(torch.nn.Module):
+    """Their DPT inside ssbench's port shell (one channel to three, ImageNet normalisation, the fit to the patch
+    grid: compared with V2's own evaluation resize by its own item), called as their loop calls ``model``."""
+
+    def __init__(self, their_dpt, fit: str):
+        from ssbench.methods.unimatch_v2 import network
+
+        super().__init__()
+        self.seg = network.Segmenter("small", 4, fit)
+        self.seg.dpt = _Adapter(their_dpt)
+
+    def forward(self, x, comp_drop=False):
+        return self.seg(x, torch.ones(1) if comp_drop else None)
+
+
+class _Adapter(torch.nn.Module):
+    def __init__(self, dpt):
+        super().__init__()
+        self.dpt = dpt
+
+    def forward(self, x, drop=None):
+        return self.dpt(x, comp_drop=drop is not None)
+
+
+def check_step(code: Path, dpt, small: dict) -> Item:
+    """UniMatch V2's training step: the statements of unimatch_v2.py's loop from the batch to the total loss,
+    executed as written (their DPT-S for student and EMA teacher, in ssbench's port shell) beside ssbench's
+    ``training_step`` on the same weights and batch. ssbench draws the strong views, the CutMix boxes and the
+    complementary masks (recorded; their Binomial sample and ``torch.randperm`` return those masks' draws). The
+    loss does not depend on the iteration: one step. 56 px slices (4 x 4 patches)."""
+    import yaml
+
+    from ssbench.methods.blocks import perturb
+    from ssbench.methods.api import Batch, MethodContext, StepInfo
+    from ssbench.methods.unimatch_v2 import method as v2
+
+    from .common import step_item
+
+    size, b = 56, 2
+    g = torch.Generator().manual_seed(61)
+    img_x, img_u_w = torch.rand(b, 1, size, size, generator=g), torch.rand(b, 1, size, size, generator=g)
+    mask_x = torch.randint(0, 4, (b, size, size), generator=g)
+    cfg = v2.UniMatchV2Config(init="random")
+    method = v2.UniMatchV2(cfg, MethodContext(1, 4, size, 30000, torch.device("cpu"), synthetic_data=True))
+    their_s, ours_s = _v2_pair(dpt, small, seed=0)
+    their_t, ours_t = _v2_pair(dpt, small, seed=1)
+    with torch.no_grad():  # a confident teacher: pixels above the 0.95 threshold
+        their_t.head.scratch.output_conv[-1].weight.mul_(30), their_t.head.scratch.output_conv[-1].bias.mul_(30)
+    ours_t.load_state_dict({k: v for k, v in their_t.state_dict().items() if k != "backbone.mask_token"})
+    method.student.dpt.load_state_dict(ours_s.state_dict())
+    method.teacher.dpt.load_state_dict(ours_t.state_dict())
+
+    views, boxes, masks = [], [], []
+    real_view, real_boxes, real_masks = v2.strong_view, v2.cutmix_boxes, perturb.complementary_masks
+
+    def strong_view(*a, **k):
+        views.append(real_view(*a, **k))
+        return views[-1]
+
+    def cutmix_boxes(*a, **k):
+        boxes.append(real_boxes(*a, **k))
+        return boxes[-1]
+
+    def complementary_masks(*a, **k):
+        masks.append(real_masks(*a, **k))
+        return masks[-1]
+
+    method.train()
+    torch.manual_seed(5)
+    with patched(v2, "strong_view", strong_view), patched(v2, "cutmix_boxes", cutmix_boxes), \
+            patched(perturb, "complementary_masks", complementary_masks):
+        out = method.training_step(Batch(img_x.clone(), mask_x.clone()), Batch(img_u_w.clone()), StepInfo(0, 30000))
+
+    first = masks[0][0][0]  # view 1's (B, D) mask: 1 on the undropped images, else 2 x a Bernoulli sample
+    kept = (first == 1).all(1)
+    perm = torch.cat([kept.nonzero()[:, 0], (~kept).nonzero()[:, 0]])
+    their_s.binomial = _Fixed(first / 2.0)
+    model, model_ema = _Shell(their_s, cfg.fit).train(), _Shell(their_t, cfg.fit).eval()
+    conf = yaml.safe_load((code / "configs" / "pascal.yaml").read_text())
+    ns = {"torch": torch, "cfg": conf, "model": model, "model_ema": model_ema,
+          "criterion_l": torch.nn.CrossEntropyLoss(ignore_index=255),
+          "criterion_u": torch.nn.CrossEntropyLoss(reduction="none"),
+          "img_x": img_x.clone(), "mask_x": mask_x.clone(), "img_u_w": img_u_w.clone(),
+          "img_u_s1": views[0].clone(), "img_u_s2": views[1].clone(), "ignore_mask": torch.zeros(b, size, size),
+          "cutmix_box1": boxes[0].long(), "cutmix_box2": boxes[1].long()}
+    with cuda_on_cpu(), patched(torch, "randperm", lambda n, *a, **k: perm[:n].clone()):
+        exec(loop_statements(code / "unimatch_v2.py", "img_x, mask_x =", "loss = (loss_x + loss_u_s)"), ns)
+    terms = [("loss_x", ns["loss_x"], out["loss_x"]), ("loss_s1", ns["loss_u_s1"], out["loss_s1"]),
+             ("loss_s2", ns["loss_u_s2"], out["loss_s2"]),
+             ("confident fraction", (ns["conf_u_w"] >= conf["conf_thresh"]).float().mean(), out["conf_ratio"])]
+    return step_item(f"UniMatch V2: step (loss_x, s1, s2, confident fraction, total, gradients; {int(kept.sum())} "
+                     f"of {b} images undropped)", terms,
+                     (ns["loss"], [p for n, p in their_s.named_parameters() if n != "backbone.mask_token"]),
+                     (out["loss"], list(method.student.dpt.parameters())),
+                     ns["loss_x"] / 2.0)

@@ -105,12 +105,14 @@ class Sampler:
 
     def __init__(self, pool: SlicePool, batch_size: int, seed: int, size: int, resize: str = "order0",
                  augment_weak: bool = True, drop_last: bool = False, device_pool: DevicePool | None = None,
-                 rank: int = 0, world: int = 1, workers: int = 0, pin_memory: bool = False):
+                 rank: int = 0, world: int = 1, workers: int = 0, pin_memory: bool = False,
+                 weak_always: bool = False):
         self.pool = pool
         self.batch_size = batch_size
         self.size = size
         self.resize = resize
         self.augment_weak = augment_weak
+        self.weak_always = weak_always  # train.augment=rotflip-or-rotate
         self.drop_last = drop_last
         self.device_pool = device_pool
         self.rank, self.world = rank, world
@@ -140,7 +142,7 @@ class Sampler:
         picks = []
         for _ in range(self.batch_size):
             i = self._next_index()
-            picks.append((i, draw_weak(self.rng) if self.augment_weak else None))
+            picks.append((i, draw_weak(self.rng, self.weak_always) if self.augment_weak else None))
         return picks
 
     def _share(self, picks):

@@ -90,8 +90,9 @@ class TrainConfig:
     checkpoint_every: Annotated[Count, Field(
         description="iterations between resumable checkpoints (model, optimizer, RNG, sampler position)")] = 1000
     seed: Annotated[Seed, Field(description="training seed (the literature's 1337)")] = 1337
-    augment: Annotated[Literal["rotflip-rotate", "none"], Field(
-        description="the engine's weak augmentation (the literature's random rot90/flip or rotation)")
+    augment: Annotated[Literal["rotflip-rotate", "rotflip-or-rotate", "none"], Field(
+        description=("the engine's weak augmentation: rotflip-rotate = UniMatch's (rot90/flip p 0.5, else a "
+                     "rotation p 0.5, else none); rotflip-or-rotate = SSL4MIS's since 24db034 (always one of the two)"))
     ] = "rotflip-rotate"
     eval_batch: Annotated[Count, Field(description="slices per forward pass at validation and test time")] = 16
     # bf16 autocast of the training step ('auto': on CUDA, off elsewhere; resolved and recorded, since precision

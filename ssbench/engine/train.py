@@ -106,7 +106,8 @@ def make_samplers(method_cls, cfg, pools, runtime=None) -> dict[str, Sampler]:
 
     def sampler(pool_name, batch, seed, drop_last):
         return Sampler(pools[pool_name], batch, seed, d.train_size, d.train_resize, augment, drop_last,
-                       device_pools.get(pool_name), rank, world, workers, pin)
+                       device_pools.get(pool_name), rank, world, workers, pin,
+                       weak_always=t.augment == "rotflip-or-rotate")
 
     samplers = {"labeled": sampler("labeled", t.batch_labeled, t.seed, by_epoch and first == "labeled")}
     if first == "unlabeled":

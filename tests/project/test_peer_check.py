@@ -250,6 +250,7 @@ def test_a_step_item_sees_an_unlabeled_gradient_that_differs_where_the_values_ag
     assert total[0] == total[1]  # the same value on both sides
 
 
+@pytest.mark.slow
 def test_the_threshold_draw_item_reads_the_production_draws_and_sees_another_range():
     import types
 
@@ -263,3 +264,60 @@ def test_the_threshold_draw_item_reads_the_production_draws_and_sees_another_ran
 
     assert ssl4mis.check_threshold_draw(official(0.7, 0.9), 3000).ok
     assert not ssl4mis.check_threshold_draw(official(0.6, 0.9), 3000).ok
+
+
+def test_the_weak_augmentation_item_sees_the_variant_that_never_leaves_a_slice_unaugmented():
+    from ssbench.augment import weak
+
+    rng = np.random.default_rng(7)  # a stand-in for an official loader: ssbench's default variant
+
+    def theirs(image):
+        return weak(image, None, rng)[0]
+
+    assert peer.check_weak("stand-in", theirs, 2000).ok
+    item = peer.check_weak("stand-in", theirs, 2000, always=True)
+    assert not item.ok and "left unchanged: ours 0.0" in item.detail
+
+
+@pytest.mark.slow
+def test_the_cutmix_draw_items_see_other_box_centres_and_a_fixed_partner():
+    import types
+
+    from peercheck import admt
+    from ssbench.methods import admt as ours
+
+    def official(low_fraction=8, shuffle=True):  # AD-MT's cut_mix as a stand-in: its draws, ssbench's paste
+        def cut_mix(image, target, conf):
+            b, _, h, w = image.shape
+            perm = torch.randperm(b) if shuffle else torch.roll(torch.arange(b), 1)
+            lam = torch.tensor(np.random.beta(4, 4), dtype=torch.float32)
+            cx = torch.from_numpy(np.random.randint(size=[b], low=int(h / low_fraction), high=h))
+            cy = torch.from_numpy(np.random.randint(size=[b], low=int(w / low_fraction), high=w))
+            return ours.apply_cutmix(ours.CutMixParams(perm, lam, cx, cy), image, target, conf)
+        return types.SimpleNamespace(cut_mix=cut_mix)
+
+    assert all(i.ok for i in admt.check_cutmix_draws(official(), 2400, size=64))
+    verdicts = {i.name.split(": ")[1]: i.ok for i in admt.check_cutmix_draws(official(low_fraction=2), 2400, size=64)}
+    assert not verdicts["box first row (two-sample KS)"], verdicts
+    verdicts = {i.name.split(": ")[1]: i.ok for i in admt.check_cutmix_draws(official(shuffle=False), 2400, size=64)}
+    assert not verdicts["partner offsets perm[i] - i mod 12 (chi-square)"], verdicts
+
+
+def test_step_item_judges_each_term_the_gradients_and_the_unlabeled_part_with_its_own_tolerance():
+    w1, w2 = torch.nn.Parameter(torch.tensor([1.0, 2.0])), torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    x = torch.tensor([3.0, 4.0])
+
+    def side(w, u_scale=1.0):
+        sup = (w * x).sum()
+        unl = 0.05 * u_scale * (w ** 2).sum()  # a small unlabeled part: 1 % of the gradient
+        return sup, sup + unl
+
+    (s1, t1), (_, t2) = side(w1), side(w2)
+    assert peer.step_item("same", [("sup", s1, s1)], (t1, [w1]), (t2, [w2]), s1).ok
+    (_, t3) = side(w2, 1.001)  # the unlabeled part 0.1 % off: within 5e-3 of its own largest gradient
+    item = peer.step_item("near", [], (t1, [w1]), (t3, [w2]), s1)
+    assert item.ok and "unlabeled gradients 0.001" in item.detail, item
+    (_, t4) = side(w2, 1.02)  # 2 % off
+    assert not peer.step_item("far", [], (t1, [w1]), (t4, [w2]), s1).ok
+    assert not peer.step_item("term", [("sup", s1, s1 * 1.001)], (t1, [w1]), (t2, [w2])).ok
+    assert peer.step_item("loose", [("sup", s1, s1 * 1.001)], (t1, [w1]), (t2, [w2]), tol_scale=100).ok
