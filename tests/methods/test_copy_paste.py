@@ -189,7 +189,7 @@ def test_abd_strong_view_cuts_out_a_box_of_random_0_1_pixels_with_background_lab
     img = torch.full((8, 1, 64, 64), 0.5)
     lab = torch.full((8, 64, 64), 2)
     torch.manual_seed(0)
-    out, out_lab = abd.strong_view(img, lab, cfg)
+    out, out_lab = abd.abd_strong_view(img, lab, cfg)
     box = out_lab == 0
     assert box.any(dim=(1, 2)).all()  # p 1: every view has a box
     assert set(out[:, 0][box].unique().tolist()) == {0.0, 1.0} and torch.all(out[:, 0][~box] == 0.5)
