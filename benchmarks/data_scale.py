@@ -56,17 +56,21 @@ print("RESULT " + json.dumps({"first_step_s": first["s"] - t1, "imports_s": t1 -
 
 def write_release(root: Path, n_unlabeled: int, shape: tuple[int, int, int], labeled: int, bases: list) -> None:
     """A BHSD-layout folder: ``labeled`` scans with masks (dataset.json: half training, half test) and
-    ``n_unlabeled`` without, each a copy of one of the ``bases`` gzip NIfTI files."""
+    ``n_unlabeled`` without, each a copy of one of the ``bases`` gzip NIfTI files: every labeled scan its own base,
+    the unlabeled ones copies of the others (a val or test scan among the unlabeled is refused by the run)."""
+    if len(bases) <= labeled:
+        raise SystemExit(f"data_scale: {len(bases)} base volumes for {labeled} labeled scans: need one more")
     (root / "images").mkdir(parents=True)
     (root / "ground truths").mkdir()
     (root / "unlabeled" / "nobleed").mkdir(parents=True)
     names = [f"ID_l{k:04d}" for k in range(labeled)]
     for k, name in enumerate(names):
-        image, label = bases[k % len(bases)]
+        image, label = bases[k]
         shutil.copyfile(image, root / "images" / f"{name}.nii.gz")
         shutil.copyfile(label, root / "ground truths" / f"{name}.nii.gz")
     for k in range(n_unlabeled):
-        shutil.copyfile(bases[k % len(bases)][0], root / "unlabeled" / "nobleed" / f"ID_u{k:05d}.nii.gz")
+        extra = bases[labeled:]
+        shutil.copyfile(extra[k % len(extra)][0], root / "unlabeled" / "nobleed" / f"ID_u{k:05d}.nii.gz")
     half = labeled // 2 + 1
     spec = {"training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in names[:half]],
             "test": [f"./imagesTs/{n}.nii.gz" for n in names[half:]]}
@@ -158,7 +162,7 @@ def main(argv=None) -> list[dict]:
           "they are upper bounds)", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    bases = make_bases(work / "bases", shape)
+    bases = make_bases(work / "bases", shape, labeled + 2)  # the labeled scans distinct, two bases for the rest
     rows = []
     try:
         for n in sizes:

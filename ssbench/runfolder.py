@@ -44,6 +44,8 @@ TENSORBOARD = "tensorboard"  # the run's TensorBoard event files (engine.trackin
 LOCK = "LOCK"
 STAGING_SUFFIX = ".incomplete"
 
+# data fields that cannot change a number: recorded in config.yaml, left out of its hash (and of --resume's check)
+UNHASHED_DATA = ("root", "device_budget_gb")
 CHECKPOINT_NAMES = ("best", "final")  # the checkpoints a run evaluates on its test set, in this order
 # What a finished run holds besides run.json's status 'complete' (written last): its results. The checkpoints are
 # what ``ssbench eval`` re-evaluates, checked there (results shared without their weights are still results).
@@ -132,7 +134,6 @@ def recorded_hash(raw: dict) -> str:
     refused."""
     raw = {k: v for k, v in raw.items() if k != "config_hash"}
     from ssbench.fields import config_hash
-    from ssbench.engine.runconfig import UNHASHED_DATA
 
     data = raw.get("data")
     d = {**raw, "data": {k: v for k, v in data.items() if k not in UNHASHED_DATA}} if isinstance(data, dict) else raw

@@ -255,10 +255,12 @@ def _check_values(cfg: RunConfig, method_cls) -> None:
 
 def dataset_tag(cfg: RunConfig) -> str:
     """The dataset's folder: the loader's name, plus the data's own name where it has one ('nnunet-Liver')."""
+    if cfg.data.synthetic:  # ssbench's own phantoms (their identity still tells two of them apart)
+        return f"{cfg.data.dataset}-phantom"
     tag = cfg.data.dataset
     if cfg.data.name and cfg.data.name.lower() != tag.lower():
         tag += f"-{cfg.data.name}"
-    return f"{tag}-phantom" if cfg.data.synthetic else tag
+    return tag
 
 
 def run_dir_for(cfg: RunConfig, out: str) -> Path:

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from ssbench.fields import apply_override, check_section, check_value, config_hash, field_types, from_dict, to_dict
 from ssbench.errors import ConfigError
+from ssbench.runfolder import UNHASHED_DATA  # recorded, never hashed (the run folder's owner lists them)
 from ssbench.metrics.evaluation import MetricPolicy
 
 
@@ -129,8 +130,6 @@ CPU_SMALL = {"iters": 600, "batch_labeled": 4, "batch_unlabeled": 4, "val_every"
 CPU_SMALL_TRAIN_SIZE = 128
 
 SHARED_SECTIONS = ("data", "train", "eval")
-# data fields that cannot change a number: recorded in config.yaml, left out of the hash (and of --resume's check)
-UNHASHED_DATA = ("root", "device_budget_gb")
 # Fields the engine sets from the command line or the data: a --set would make the record disagree with the run.
 SET_BY_ENGINE = {
     "data.dataset": "--dataset",

@@ -157,8 +157,8 @@ class TensorBoard(Backend):
 
 def compact_events(folder: Path, step: int) -> None:
     """Cut a run's TensorBoard record back to ``step`` (the checkpoint a resumed run continues from): every event
-    up to it, once (an event of a tag and step seen before is dropped), in one file that replaces the first event
-    file in one rename; the others are deleted after. Killed in between, the next resume cuts again."""
+    up to it, once (an event of a tag and step seen before is dropped), in one file put in place in one rename (named
+    to sort first); the others are deleted after. Killed in between, the next resume cuts again."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -185,10 +185,17 @@ def compact_events(folder: Path, step: int) -> None:
         writer.add_event(event)
     writer.close()
     (written,) = event_files(scratch)
-    os.replace(written, files[0])
-    for path in files[1:]:
-        path.unlink()
+    # A name that sorts before any file a later writer creates (readers load a folder's files in name order, and a
+    # resumed process may have an older pid or the same second as the killed one): the steps stay in order.
+    target = folder / COMPACTED
+    os.replace(written, target)
+    for path in files:
+        if path != target:
+            path.unlink()
     shutil.rmtree(scratch)
+
+
+COMPACTED = "events.out.tfevents.0000000000.compacted"
 
 
 class WandB(Backend):

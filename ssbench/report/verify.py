@@ -33,7 +33,9 @@ def verify_run(run, unreadable) -> None:
     rows = runfolder.CASES if not run.evaluation else f"{runfolder.EVALS}/{run.evaluation}/{runfolder.CASES}"
     test = _test_patients(folder, unreadable)
     empty = str(run.settings.get("eval.empty", "worst"))
-    _check_rows(run.frame, rows, test, (run.summary or {}).get("test_cases"), empty, unreadable)
+    # a prompted protocol (medsam2) scores overlap only: its distance columns are empty by design
+    prompted = bool(((run.summary or {}).get("metric_policy") or {}).get("protocol"))
+    _check_rows(run.frame, rows, test, (run.summary or {}).get("test_cases"), empty, unreadable, prompted)
 
 
 def _check_hash(folder: Path, info: dict, unreadable) -> None:
@@ -62,7 +64,8 @@ def _test_patients(folder: Path, unreadable) -> list[str]:
     return test
 
 
-def _check_rows(frame: pd.DataFrame, name: str, test: list[str], test_cases, empty: str, unreadable) -> None:
+def _check_rows(frame: pd.DataFrame, name: str, test: list[str], test_cases, empty: str, unreadable,
+                prompted: bool = False) -> None:
     bad_status = sorted(set(frame["status"]) - set(STATUSES))
     if bad_status:
         raise unreadable(f"{name}: status {bad_status[0]!r} is not one the engine writes ({', '.join(STATUSES)})")
@@ -74,7 +77,7 @@ def _check_rows(frame: pd.DataFrame, name: str, test: list[str], test_cases, emp
         v = frame.loc[scored, col]
         if v.isna().any() or ((v < 0) | (v > 1)).any():
             raise unreadable(f"{name}: column {col!r} holds values that are missing or outside [0, 1] in scored rows")
-    may_be_nan = (frame["status"] == "absent") | ((frame["status"] != "ok") & (empty == "exclude"))
+    may_be_nan = (frame["status"] == "absent") | ((frame["status"] != "ok") & (empty == "exclude")) | prompted
     for col in distance_names():
         v = frame.loc[~may_be_nan, col]
         if v.isna().any() or (v < 0).any():

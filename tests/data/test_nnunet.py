@@ -141,5 +141,4 @@ def test_data_synth_nnunet_writes_a_marked_phantom_that_runs_are_filed_under(cli
     assert len(s.test) == 4 and all(c.startswith("Ts:") for p in s.test for c in ds.case_ids(p))  # imagesTs
     assert "val = splits_final.json fold 0" in s.protocol and len(s.val) == 4
     cfg, _, _ = build_config(RunRequest(method="supervised", dataset="nnunet", data_root=str(out), split="4"))
-    # filed as a phantom, under its own name (two phantoms never share a folder)
-    assert cfg.data.synthetic and dataset_tag(cfg) == f"nnunet-{cfg.data.name}-phantom"
+    assert cfg.data.synthetic and dataset_tag(cfg) == "nnunet-phantom"

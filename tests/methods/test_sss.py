@@ -410,6 +410,9 @@ def test_sss_run_on_real_format_data_and_offline_reevaluation(tmp_path, bhsd_pha
 
     official = tmp_path / "official.pt"
     sam2_net.save_official(sam2_net.build("sam2.1_hiera_t", 64, torch.device("cpu")), official)
+    data = shutil.copytree(bhsd_phantom, tmp_path / "bhsd")
+    (data / "PHANTOM.json").unlink()  # not marked as ssbench's phantom: read as real data
+    bhsd_phantom = data
     monkeypatch.setenv("SSBENCH_CACHE", str(tmp_path / "cache"))  # no checkpoint there: the run downloads it
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, progress=True: shutil.copy(official, dst))
     sets = ("sss.model=sam2.1_hiera_t", "data.train_size=64", "train.batch_labeled=1", "train.batch_unlabeled=1",

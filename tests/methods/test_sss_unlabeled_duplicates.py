@@ -13,7 +13,9 @@ def test_a_renamed_test_scan_among_the_unlabeled_stops_the_run(tmp_path, cli):
     for p in sorted((root / "imagesTr").glob("*.nii.gz")):  # every scan again, renamed: val and test among them
         shutil.copy(p, root / "imagesTs" / p.name.replace("case_", "extra_"))
     code, _, err = cli("run", "--method", "sss", "--dataset", "nnunet", "--data-root", root, "--split", "2",
-                       "--iters", "1", "--out", tmp_path / "out", "--set", "sss.init=random")
+                       "--iters", "1", "--out", tmp_path / "out", "--set", "sss.init=random",
+                       "--set", "nnunet.imagesTs=unlabeled",  # imagesTs without labelsTs: the unlabeled pool, as asked
+                       "--set", "sss.model=sam2.1_hiera_t", "--set", "data.train_size=64")  # small, were it to train
     one_line(code, err, "imagesTs/extra_", "the same voxels as", "imagesTr/case_")
     assert not list((tmp_path / "out").rglob("metrics_per_case.csv"))
 

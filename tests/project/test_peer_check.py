@@ -199,7 +199,8 @@ def _mean_teacher_items(code):
 @pytest.mark.slow
 def test_a_step_item_is_equal_on_the_same_loop_and_different_with_a_term_scaled_or_two_weights_swapped(
         mean_teacher_checkout, monkeypatch):
-    from ssbench.methods.blocks import losses, mean_teacher
+    from ssbench.methods import mean_teacher
+    from ssbench.methods.blocks import losses
 
     items = _mean_teacher_items(mean_teacher_checkout)
     assert list(items) == ["0", "15000", "29999"] and all(i.ok for i in items.values()), items
