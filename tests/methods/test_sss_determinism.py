@@ -68,12 +68,13 @@ print(execute(RunRequest(method="sss", dataset="nnunet", data_root=sys.argv[2], 
 
 @pytest.mark.slow
 def test_sss_runs_twice_to_identical_metrics(tmp_path, tiny_nnunet):
-    """Two processes (different hash seeds, two threads each) on the tiny two-class dataset (two labeled volumes,
+    """Two processes (different hash seeds, the same thread count) on the tiny two-class dataset (two labeled volumes,
     several prompts per slice): the same train log and the same per-case metrics, to the last digit."""
     root = Path(__file__).resolve().parents[2]
     runs = []
     for i, hashseed in enumerate(("1", "2")):
-        env = {**os.environ, "PYTHONHASHSEED": hashseed, "OMP_NUM_THREADS": "2",
+        threads = os.environ.get("OMP_NUM_THREADS", "2")  # one under the suite's xdist workers (one per core)
+        env = {**os.environ, "PYTHONHASHSEED": hashseed, "OMP_NUM_THREADS": threads,
                "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
         out = tmp_path / f"r{i}"
         proc = subprocess.run([sys.executable, "-c", RUN, str(out), str(tiny_nnunet)], capture_output=True, text=True, env=env)
