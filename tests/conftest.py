@@ -76,6 +76,15 @@ def tiny_nnunet(tmp_path_factory):
     return write_nnunet(tmp_path_factory.mktemp("tiny") / "Dataset001_Tiny")
 
 
+@pytest.fixture
+def data(tmp_path, tiny_nnunet):
+    """A private copy of the tiny nnU-Net dataset to corrupt (labeled 3, 7; unlabeled 0, 2, 4, 8, 9; val 5; test 1,
+    6): the bad-input and protocol-guard tests."""
+    import shutil
+
+    return shutil.copytree(tiny_nnunet, tmp_path / "data")
+
+
 # A whole run on the tiny dataset: 6 iterations of batch 2 + 2 at 32 x 32, validation and a resumable checkpoint
 # every 2 iterations (checkpoints at 2 and 4), the test set of 2 volumes evaluated at the end.
 TINY_SETS = ("data.train_size=32", "train.batch_labeled=2", "train.batch_unlabeled=2", "train.val_every=2",

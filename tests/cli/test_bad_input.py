@@ -16,6 +16,7 @@ import yaml
 
 from conftest import one_line, tiny_args
 from formats import nifti, write_acdc_h5
+from formats import nnunet_image as _img, nnunet_label as _lab
 
 
 def nothing_that_looks_like_a_result(out):
@@ -25,20 +26,6 @@ def nothing_that_looks_like_a_result(out):
     visible = [p for p in out.rglob("run.json") if not any(part.startswith(".") for part in p.relative_to(out).parts)]
     assert visible == [], visible
     assert not list(out.rglob("summary.json")) or all(".incomplete" in str(p) for p in out.rglob("summary.json"))
-
-
-@pytest.fixture
-def data(tmp_path, tiny_nnunet):
-    """A private copy of the tiny nnU-Net dataset to corrupt."""
-    return shutil.copytree(tiny_nnunet, tmp_path / "data")
-
-
-def _img(i):
-    return f"imagesTr/case_{i:03d}_0000.nii.gz"
-
-
-def _lab(i):
-    return f"labelsTr/case_{i:03d}.nii.gz"
 
 
 def _write(root, rel, xyz, dtype=np.float32):

@@ -19,23 +19,10 @@ import yaml
 
 from conftest import one_line, tiny_args
 from formats import nifti, write_acdc_h5, write_acdc_raw
+from formats import nnunet_image as _img, nnunet_label as _lab
 from test_bad_input import nothing_that_looks_like_a_result
 
 ZOOMS = (1.2, 1.2, 5.0)
-
-
-@pytest.fixture
-def data(tmp_path, tiny_nnunet):
-    """A private copy of the tiny nnU-Net dataset (labeled 3, 7; unlabeled 0, 2, 4, 8, 9; val 5; test 1, 6)."""
-    return shutil.copytree(tiny_nnunet, tmp_path / "data")
-
-
-def _img(i):
-    return f"imagesTr/case_{i:03d}_0000.nii.gz"
-
-
-def _lab(i):
-    return f"labelsTr/case_{i:03d}.nii.gz"
 
 
 def _run(cli, root, out, *extra, method="supervised"):

@@ -68,6 +68,15 @@ def write_acdc_h5(root: Path, patients, seed: int = 0, shape_dhw=(6, 40, 48)) ->
     return root
 
 
+def nnunet_image(i: int) -> str:
+    """The tiny nnU-Net dataset's image file of case ``i``, relative to its root."""
+    return f"imagesTr/case_{i:03d}_0000.nii.gz"
+
+
+def nnunet_label(i: int) -> str:
+    return f"labelsTr/case_{i:03d}.nii.gz"
+
+
 def write_nnunet(root: Path, cases: int = 10, shape_xyz=(32, 32, 4), seed: int = 0, zooms=(1.2, 1.2, 5.0)) -> Path:
     """A tiny nnU-Net raw dataset (v2 dataset.json, two foreground classes): with 10 cases its fixed draws give
     7 train, 1 val and 2 test cases, so that a whole run takes seconds on a CPU."""
